@@ -1,0 +1,5 @@
+"""Deployment: the reparameterization walker, equivalence checks and ONNX export."""
+from ..layers.rep import reparameterize
+from .equivalence import assert_equivalent, max_abs_diff, remaining_multi_branch
+
+__all__ = ["reparameterize", "assert_equivalent", "max_abs_diff", "remaining_multi_branch"]

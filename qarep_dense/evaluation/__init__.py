@@ -1,0 +1,3 @@
+from .classification import evaluate_classifier
+
+__all__ = ["evaluate_classifier"]
