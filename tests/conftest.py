@@ -1,0 +1,33 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+def randomize_bn(model: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
+    """Give every BN non-trivial running statistics and affine parameters, so fusion errors show."""
+    g = generator or torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                shape = m.running_mean.shape
+                m.running_mean.copy_(torch.rand(shape, generator=g) * 2 - 1)
+                m.running_var.copy_(torch.rand(shape, generator=g) * 1.5 + 0.1)
+                if m.affine:
+                    m.weight.copy_(torch.rand(shape, generator=g) * 1.5 + 0.5)
+                    m.bias.copy_(torch.rand(shape, generator=g) * 2 - 1)
+    return model
+
+
+@pytest.fixture
+def bn_randomizer():
+    return randomize_bn
