@@ -1,0 +1,113 @@
+"""PNG figures in the style of the paper's Fig. 2-4.
+
+Uses matplotlib's object API with the Agg canvas (no pyplot): nothing global is switched, so a
+caller's interactive backend is left alone, and no display is needed. matplotlib is imported inside
+the functions so ``import qarep_dense.analysis`` stays light.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .weights import quantizable_layers
+
+MAX_POINTS = 20_000  # per violin: a KDE over millions of weights is slow and looks the same
+
+
+def _figure(width: float, height: float, rows: int = 1):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, 1, squeeze=False)[:, 0]
+    return fig, axes
+
+
+def _sample(values: torch.Tensor, k: int = MAX_POINTS) -> torch.Tensor:
+    """At most ``k`` values, always keeping the minimum and maximum (the outliers are the point)."""
+    flat = values.detach().double().flatten().cpu()
+    if flat.numel() <= k:
+        return flat
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randperm(flat.numel(), generator=gen)[: k - 2]
+    return torch.cat([flat[idx], flat.min().view(1), flat.max().view(1)])
+
+
+def _violins(ax, data: list[torch.Tensor], labels: list[str]) -> None:
+    positions = list(range(1, len(data) + 1))
+    # A violin needs spread; a constant tensor (e.g. all-equal multipliers) is drawn as a point.
+    spread = [i for i, d in enumerate(data) if d.numel() > 1 and float(d.max() - d.min()) > 0]
+    if spread:
+        ax.violinplot([data[i].numpy() for i in spread], [positions[i] for i in spread], showextrema=True)
+    for i, d in enumerate(data):
+        if i not in spread:
+            ax.plot([positions[i]], [float(d.mean())], "o", color="C0")
+    ax.set_xticks(positions, labels, rotation=90, fontsize=7)
+    ax.ticklabel_format(axis="y", useOffset=False)  # equal values would otherwise read "1e-6 + ..."
+
+
+def plot_weight_violins(deploy_model: nn.Module, path: str | Path, title: str = "") -> Path:
+    """Fig. 2/3: one violin per conv/linear layer of the fused weights, std written above each."""
+    layers = quantizable_layers(deploy_model)
+    data = [_sample(m.weight) for _, m in layers]
+    fig, (ax,) = _figure(max(6.0, 0.45 * len(layers) + 2), 4.5)
+    _violins(ax, data, [name for name, _ in layers])
+    for pos, (_, m) in enumerate(layers, start=1):
+        std = float(m.weight.detach().double().std(correction=0))
+        ax.annotate(f"{std:.2g}", (pos, float(data[pos - 1].max())), ha="center", va="bottom", fontsize=6)
+    ax.set_ylabel("fused weight value")
+    ax.set_title(title or "Fused conv/linear weights per layer (number: std)")
+    fig.savefig(path, dpi=110)
+    return Path(path)
+
+
+def plot_bn_scales(values: dict[str, dict[str, torch.Tensor]], path: str | Path) -> Path:
+    """Fig. 3 mechanism: per branch type, one violin of log10 |gamma/sqrt(var+eps)| per block."""
+    kinds = [k for k in ("3x3", "1x1", "identity", "post", "bn") if any(k in v for v in values.values())]
+    fig, axes = _figure(max(6.0, 0.45 * len(values) + 2), 2.6 * max(1, len(kinds)), rows=max(1, len(kinds)))
+    for ax, kind in zip(axes, kinds):
+        blocks = [b for b, v in values.items() if kind in v]
+        data = [torch.log10(values[b][kind].abs().clamp_min(1e-12)) for b in blocks]
+        _violins(ax, data, blocks)
+        ax.set_ylabel(f"{kind}: log10 |multiplier|", fontsize=8)
+    axes[0].set_title("BN multipliers gamma/sqrt(var+eps) per block and branch")
+    fig.savefig(path, dpi=110)
+    return Path(path)
+
+
+def plot_activation_ranges(summary: dict[str, dict], flagged: set[str], path: str | Path) -> Path:
+    """C2: per layer, max|x| and std of its input on a log axis; flagged layers marked red."""
+    names = list(summary)
+    pos = list(range(len(names)))
+    fig, (ax,) = _figure(max(6.0, 0.45 * len(names) + 2), 4.0)
+    ax.semilogy(pos, [max(summary[n]["amax"], 1e-12) for n in names], "o-", label="max |x|")
+    ax.semilogy(pos, [max(summary[n]["std"], 1e-12) for n in names], "s-", label="std")
+    for i, name in enumerate(names):
+        if name in flagged:
+            ax.axvspan(i - 0.4, i + 0.4, color="red", alpha=0.15)
+    ax.set_xticks(pos, names, rotation=90, fontsize=7)
+    ax.legend()
+    ax.set_title("Input activations per conv/linear layer (red: C2 flag)")
+    fig.savefig(path, dpi=110)
+    return Path(path)
+
+
+def plot_branch_histogram(values: dict[str, torch.Tensor], block: str, channel: int, path: str | Path) -> Path:
+    """Fig. 4: histograms of one channel of each branch of a block and of their sum."""
+    fig, (ax,) = _figure(7.0, 4.0)
+    for key, v in values.items():
+        if key == "out":
+            continue  # after ReLU: a spike at zero that hides the branches
+        v = v.double()
+        label = f"{key}: mean {float(v.mean()):.3g}, std {float(v.std(correction=0)):.3g}"
+        ax.hist(v.numpy(), bins=80, histtype="step", linewidth=1.4, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("value")
+    ax.set_ylabel("count")
+    ax.legend(fontsize=7)
+    ax.set_title(f"{block}, channel {channel}: branch outputs and their sum")
+    fig.savefig(path, dpi=110)
+    return Path(path)

@@ -1,0 +1,124 @@
+"""Explain why a checkpoint quantizes well or badly: the paper's C1/C2 analyses (Fig. 2-4).
+
+    python tools/analyze.py CHECKPOINT [--data DIR] [--num-batches N] [--out DIR]
+
+Loads a training-form checkpoint (a fused one works too, without the per-branch parts), fuses a copy
+for the weight analysis and runs a few validation batches (DIR/val, an ImageFolder) through both
+forms for the activation analyses. Without --data it feeds random-normal inputs and says so in the
+report. Writes PNG plots, report.md and report.json into --out.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from qarep_dense.analysis import Thresholds, analyze_model
+from qarep_dense.data.preprocess import Preprocess
+from qarep_dense.engine.checkpoint import CheckpointError
+from qarep_dense.models.factory import load_model
+
+log = logging.getLogger("analyze")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", type=Path, help="checkpoint written by this project")
+    p.add_argument("--data", type=Path, metavar="DIR",
+                   help="dataset root holding val/ (ImageFolder); omitted: random inputs")
+    p.add_argument("--num-batches", type=int, default=4, metavar="N", help="batches for the activation statistics")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--image-size", type=int, help="input size (default: the checkpoint's image_size)")
+    p.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: CHECKPOINT's folder/analysis-STEM)")
+    p.add_argument("--hist-block", help="block of the Fig. 4 histogram (default: first block with an identity)")
+    p.add_argument("--hist-channel", type=int, default=0, help="output channel of the Fig. 4 histogram")
+    p.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a flag threshold; names: "
+                        + ", ".join(f.name for f in dataclasses.fields(Thresholds)))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs used without --data")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def parse_thresholds(items: list[str]) -> Thresholds:
+    """``["weight_channel_spread=10", ...]`` -> Thresholds, with a clear error for a bad name or value."""
+    names = {f.name for f in dataclasses.fields(Thresholds)}
+    values = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        if not sep or name not in names:
+            raise ValueError(f"--threshold {item!r}: expected NAME=VALUE with NAME one of {sorted(names)}")
+        try:
+            values[name] = float(raw)
+        except ValueError:
+            raise ValueError(f"--threshold {item!r}: {raw!r} is not a number") from None
+    return Thresholds(**values)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    for flag in ("num_batches", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if args.data is not None and not (args.data / "val").is_dir():
+        raise FileNotFoundError(f"--data {args.data}: expected an ImageFolder split at {args.data / 'val'}")
+
+
+def _image_batches(args: argparse.Namespace, meta: dict, image_size: int) -> Iterator[torch.Tensor]:
+    """Preprocessed validation batches, exactly as evaluation would feed them."""
+    from qarep_dense.data.imagefolder import make_cls_loader  # only needed with --data
+
+    if "preprocess" not in meta:
+        raise ValueError(f"{args.checkpoint}: metadata has no 'preprocess' (mean/std); cannot prepare real images")
+    preprocess = Preprocess(mean=tuple(meta["preprocess"]["mean"]), std=tuple(meta["preprocess"]["std"]))
+    loader = make_cls_loader(args.data, image_size, args.batch_size, train=False, workers=args.workers)
+    for images, _ in itertools.islice(loader, args.num_batches):
+        yield preprocess(images.to(args.device))
+
+
+def _random_batches(args: argparse.Namespace, image_size: int, in_channels: int = 3) -> Iterator[torch.Tensor]:
+    gen = torch.Generator().manual_seed(args.seed)
+    for _ in range(args.num_batches):
+        yield torch.randn(args.batch_size, in_channels, image_size, image_size, generator=gen)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the analysis; returns the report dict (also written to --out/report.json)."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    thresholds = parse_thresholds(args.threshold)
+    _check_args(args)
+    model, meta = load_model(args.checkpoint)
+    image_size = args.image_size or meta.get("image_size")
+    if not image_size:
+        raise ValueError(f"{args.checkpoint}: metadata has no image_size; pass --image-size")
+    if args.data is not None:
+        batches, note = _image_batches(args, meta, image_size), f"images from {args.data / 'val'}"
+    else:
+        batches = _random_batches(args, image_size)
+        note = ("RANDOM-NORMAL inputs (no --data given): activation numbers show the response to noise, "
+                "not to images")
+    out = args.out or args.checkpoint.parent / f"analysis-{args.checkpoint.stem}"
+    info = {"checkpoint": str(args.checkpoint), **{k: meta[k] for k in ("arch", "block", "num_classes", "fused")
+                                                  if k in meta}}
+    report = analyze_model(model, batches, out, thresholds=thresholds, hist_block=args.hist_block,
+                           hist_channel=args.hist_channel, device=args.device, model_info=info,
+                           input_note=note, progress=not args.no_progress)
+    for cond in ("C1", "C2"):
+        for flag in report["flags"][cond]:
+            log.info("%s %s: %s", cond, flag["layer"], "; ".join(flag["reasons"]))
+    log.info("wrote %s", out)
+    return report
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (CheckpointError, FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"analyze: error: {err}") from err
