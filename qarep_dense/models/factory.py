@@ -16,6 +16,11 @@ def build_model_from_meta(meta: dict) -> nn.Module:
     if task == "cls":
         model = build_classifier(meta["arch"], meta["block"], meta["num_classes"],
                                  stem_stride=meta.get("stem_stride", 2))
+    elif task == "det":
+        from .detector import build_detector
+
+        model = build_detector(meta["scale"], meta["block"], meta["num_classes"], use_dfl=meta.get("use_dfl", False),
+                               reg_max=meta.get("reg_max", 16), head_act=meta.get("head_act", "silu"))
     else:
         raise CheckpointError(f"unknown task {task!r} in checkpoint metadata")
     if meta.get("fused"):

@@ -1,0 +1,86 @@
+"""YOLOv6 (v2-era) detector: EfficientRep backbone + Rep-PAN neck + efficient decoupled head.
+
+Sizes are rows of ``DETECTOR_SCALES`` (n, t, s, test); the 3x3 block is any key of ``BLOCK_TYPES``.
+Forward always returns the raw head tensors; fusion is ``qarep_dense.layers.reparameterize(detector)``
+and decoding/NMS are plain functions in :mod:`qarep_dense.models.postprocess`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..layers import block_spec
+from ..ops import make_anchor_points
+from .backbones import EfficientRep
+from .heads import EffiDeHead
+from .necks import RepPANNeck
+from .zoo import YOLOV6_BASE_CHANNELS, YOLOV6_BASE_REPEATS, detector_scale
+
+
+def scaled_repeats(depth: float) -> tuple[int, ...]:
+    """YOLOv6 depth rule: n -> max(round(n * depth), 1) for n > 1, single blocks stay single."""
+    return tuple(max(round(n * depth), 1) if n > 1 else n for n in YOLOV6_BASE_REPEATS)
+
+
+def scaled_channels(width: float) -> tuple[int, ...]:
+    """YOLOv6 width rule: c -> ceil(c * width / 8) * 8 (multiples of 8 suit INT8 kernels)."""
+    return tuple(math.ceil(c * width / 8) * 8 for c in YOLOV6_BASE_CHANNELS)
+
+
+class Detector(nn.Module):
+    """Backbone -> neck -> head. Input (N, 3, H, W), H and W multiples of 32 ->
+    (cls_logits (N, A, num_classes), reg (N, A, 4 * (reg_max + 1))), A = sum over strides 8, 16, 32
+    of (H/s) * (W/s), levels in stride order, cells row-major (as :meth:`anchors` lays them out).
+    """
+
+    def __init__(self, backbone: nn.Module, neck: nn.Module, head: EffiDeHead):
+        super().__init__()
+        self.backbone, self.neck, self.head = backbone, neck, head
+        self.strides: tuple[int, int, int] = tuple(neck.strides)
+        self.num_classes, self.reg_max = head.num_classes, head.reg_max
+
+    def feature_sizes(self, h: int, w: int) -> list[tuple[int, int]]:
+        """(H/s, W/s) per output level; raises if the input does not divide by the largest stride."""
+        top = max(self.strides)
+        if h <= 0 or w <= 0 or h % top or w % top:
+            raise ValueError(f"detector input size {h}x{w} must be positive multiples of {top} "
+                             f"(the top-down path upsamples stride {top} back onto stride {top // 2}); "
+                             "letterbox the image to a multiple of the stride")
+        return [(h // s, w // s) for s in self.strides]
+
+    def anchors(self, h: int, w: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anchor points (A, 2) xy pixels (cell centres) and stride_tensor (A, 1) for an H x W input."""
+        return make_anchor_points(self.feature_sizes(h, w), list(self.strides), device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.dim() != 4:
+            raise ValueError(f"detector input must be (N, C, H, W), got shape {tuple(x.shape)}")
+        if not torch.jit.is_tracing():  # traced sizes are tensors; the export shape is checked eagerly
+            self.feature_sizes(x.shape[-2], x.shape[-1])  # clear error instead of a concat shape mismatch
+        return self.head(self.neck(self.backbone(x)))
+
+
+def build_detector(scale: str, block: str = "qarepvgg", num_classes: int = 80, use_dfl: bool | None = None,
+                   reg_max: int = 16, head_act: str | None = "silu") -> Detector:
+    """Build a YOLOv6 v2-era detector, e.g. ``build_detector("s", "qarepvgg")``.
+
+    scale: a key of ``DETECTOR_SCALES`` ("n", "t", "s", "test"). block: a key of ``BLOCK_TYPES``.
+    use_dfl: None picks the YOLOv6 v2.0 release setting, which trained n/t/s (and our test row)
+    without DFL (plain ltrb regression, reg_max forced to 0); True uses DFL with ``reg_max`` bins.
+    Backbone and neck use ReLU (YOLOv6's rep blocks and SimConv; quantization friendly); the head
+    convs use ``head_act`` (SiLU in YOLOv6 v2).
+    """
+    spec = detector_scale(scale)
+    block_spec(block)
+    if use_dfl is None:
+        use_dfl = False  # every scale in our table is an n/t/s-class model (no DFL in v2.0)
+    if use_dfl and reg_max < 1:
+        raise ValueError(f"use_dfl=True needs reg_max >= 1, got reg_max={reg_max}")
+    repeats, channels = scaled_repeats(spec.depth), scaled_channels(spec.width)
+    backbone = EfficientRep(channels[:5], repeats[:5], block)
+    neck = RepPANNeck(backbone.out_channels, channels[5:], repeats[5:], block)
+    head = EffiDeHead(neck.out_channels, num_classes, reg_max if use_dfl else 0, head_act)
+    return Detector(backbone, neck, head)

@@ -1,0 +1,4 @@
+"""Detection necks: feature tuples in, feature tuples out."""
+from .rep_pan import RepPANNeck
+
+__all__ = ["RepPANNeck"]
