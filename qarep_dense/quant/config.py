@@ -1,0 +1,76 @@
+"""Quantization settings: one typed dataclass, validated once with clear messages."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+# "max" keeps the largest |x| seen; the histogram methods pick a clipping amax from a
+# 2048-bin histogram of |x| (percentile of the mass, min MSE, min KL divergence).
+CALIBRATORS: tuple[str, ...] = ("max", "percentile", "mse", "entropy")
+HISTOGRAM_CALIBRATORS: frozenset[str] = frozenset({"percentile", "mse", "entropy"})
+
+
+@dataclass
+class QuantConfig:
+    """How to quantize a fused model (the paper's setting is the default: W8A8, max calibration).
+
+    Weights: symmetric, per output channel (max of |w| per channel). Activations: symmetric, per
+    tensor, at the input of every conv/linear (first and last layer included), of pooling layers
+    (``quantize_pooling``), upsample outputs and concats (one shared scale per concat).
+
+    calibrator: "max" | "percentile" | "mse" | "entropy" (activations only).
+    percentile: the percentile calibrator's value, e.g. 99.99.
+    num_calib_batches: batches of the calibration loader to use (>= 1).
+    weight_bits / act_bits: 8/8 (W8A8) or 4/8 (W4A8); any value in 2..8 runs in fake-quant.
+    skip_layers: module names kept in float; a name also covers every module below it.
+    repair_dead_channels: zero kernel columns that read an all-zero input channel before PTQ
+        (FP32 outputs on the calibration data do not change; see :mod:`qarep_dense.quant.repair`).
+    quantize_pooling: also quantize the input of average pools, so the last conv's output is an
+        integer tensor (ORT then runs that conv as an integer kernel too).
+    num_bins / hist_start_bin / hist_stride: histogram calibrator settings.
+    backend: name of the fake-quant backend (see :mod:`qarep_dense.quant.backends`).
+    """
+
+    calibrator: str = "max"
+    percentile: float = 99.99
+    num_calib_batches: int = 8
+    weight_bits: int = 8
+    act_bits: int = 8
+    skip_layers: tuple[str, ...] = field(default_factory=tuple)
+    repair_dead_channels: bool = False
+    quantize_pooling: bool = True
+    num_bins: int = 2048
+    hist_start_bin: int = 128
+    hist_stride: int = 1
+    backend: str = "pytorch_quantization"
+
+    def __post_init__(self) -> None:
+        self.skip_layers = tuple(self.skip_layers)
+        self.validate()
+
+    def validate(self) -> "QuantConfig":
+        """Raise ValueError naming the bad field; returns self for chaining."""
+        if self.calibrator not in CALIBRATORS:
+            raise ValueError(f"QuantConfig.calibrator: unknown calibrator {self.calibrator!r}; "
+                             f"expected one of {list(CALIBRATORS)}")
+        if not 0.0 < self.percentile <= 100.0:
+            raise ValueError(f"QuantConfig.percentile must be in (0, 100], got {self.percentile}")
+        if int(self.num_calib_batches) != self.num_calib_batches or self.num_calib_batches < 1:
+            raise ValueError(f"QuantConfig.num_calib_batches must be an integer >= 1, got {self.num_calib_batches}")
+        for name in ("weight_bits", "act_bits"):
+            bits = getattr(self, name)
+            if not isinstance(bits, int) or not 2 <= bits <= 8:
+                raise ValueError(f"QuantConfig.{name} must be an integer in 2..8, got {bits!r}")
+        if self.num_bins < 16 or self.hist_start_bin < 1 or self.hist_stride < 1:
+            raise ValueError("QuantConfig: num_bins >= 16, hist_start_bin >= 1 and hist_stride >= 1 are required, "
+                             f"got {self.num_bins}, {self.hist_start_bin}, {self.hist_stride}")
+        if self.hist_start_bin >= self.num_bins:
+            raise ValueError(f"QuantConfig.hist_start_bin ({self.hist_start_bin}) must be below num_bins ({self.num_bins})")
+        return self
+
+    @property
+    def scheme(self) -> str:
+        """Short name such as "W8A8" or "W4A8"."""
+        return f"W{self.weight_bits}A{self.act_bits}"
+
+    def as_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,52 @@
+"""Task evaluators for the FP32-vs-INT8 tools: one small protocol, one implementation per task.
+
+Classification is implemented here; detection (COCO mAP) and segmentation (mIoU) plug in by
+implementing the same four members.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from ..data.preprocess import Preprocess
+from ..evaluation.classification import evaluate_classifier
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+    """metric_name: the headline key of ``evaluate``'s dict (higher is better).
+    preprocess: the uint8 -> float step shared by evaluation and calibration."""
+
+    metric_name: str
+    preprocess: Preprocess
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Score ``model`` (torch or an ORT-backed module) on the evaluation split."""
+        ...
+
+    def calibration_loader(self) -> Iterable:
+        """Loader of calibration batches (uint8 images first), from the training split."""
+        ...
+
+
+class ClassificationEvaluator:
+    """Top-1/top-5 on a loader of (uint8 (N, 3, H, W), labels (N,))."""
+
+    metric_name = "top1"
+
+    def __init__(self, val_loader: Iterable, calib_loader: Iterable, preprocess: Preprocess,
+                 device: str | torch.device = "cpu", progress: bool = True):
+        self.val_loader = val_loader
+        self.calib_loader = calib_loader
+        self.preprocess = preprocess
+        self.device = device
+        self.progress = progress
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        return evaluate_classifier(model, self.val_loader, self.preprocess, self.device, topk=(1, 5),
+                                   progress=self.progress)
+
+    def calibration_loader(self) -> Iterable:
+        return self.calib_loader

@@ -1,0 +1,74 @@
+"""Post-training quantization of a fused model."""
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from ..data.preprocess import Preprocess
+from ..deploy.equivalence import remaining_multi_branch
+from .backends import get_backend
+from .calibration import calibrate, collect_batches
+from .config import QuantConfig
+from .repair import RepairEntry, repair_dead_channels
+from .swap import quantize_modules
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PTQReport:
+    """What :func:`quantize_ptq` did."""
+
+    config: dict
+    quantized: list[str]
+    act_amax: dict[str, float]
+    repair: list[RepairEntry] = field(default_factory=list)
+    calib_seconds: float = 0.0
+    calib_images: int = 0
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["repair"] = [e.as_dict() for e in self.repair]
+        return out
+
+
+def check_fused(model: nn.Module, where: str = "quantize_ptq") -> None:
+    """Refuse a model that still has multi-branch blocks (PTQ of the paper is on the deploy model)."""
+    leftover = remaining_multi_branch(model)
+    if leftover:
+        shown = ", ".join(leftover[:4]) + (" ..." if len(leftover) > 4 else "")
+        raise ValueError(f"{where}: the model is not fused: it still has {len(leftover)} multi-branch blocks "
+                         f"({shown}). Fuse it first with qarep_dense.deploy.reparameterize(model).")
+
+
+def quantize_ptq(fused_model: nn.Module, calib_loader: Iterable, preprocess: Preprocess,
+                 config: QuantConfig | None = None, device: str | torch.device = "cpu",
+                 progress: bool = True) -> tuple[nn.Module, PTQReport]:
+    """Fake-quantize a copy of ``fused_model`` and calibrate it; ``fused_model`` is not changed.
+
+    calib_loader: yields uint8 image batches (N, 3, H, W), alone or as the first item of a tuple;
+        the first ``config.num_calib_batches`` are used.
+    preprocess: the SAME ``Preprocess`` evaluation uses.
+    Returns (quantized model in eval mode on ``device``, :class:`PTQReport`).
+    """
+    config = (config or QuantConfig()).validate()
+    check_fused(fused_model)
+    backend = get_backend(config.backend)
+    batches = collect_batches(calib_loader, config.num_calib_batches)
+    model = copy.deepcopy(fused_model).to(device).eval()
+    repair = []
+    if config.repair_dead_channels:
+        repair = repair_dead_channels(model, batches, preprocess, device, progress)
+    quantized = quantize_modules(model, backend, config)
+    if not quantized:
+        raise ValueError("quantize_ptq: nothing to quantize (no Conv2d/ConvTranspose2d/Linear outside skip_layers)")
+    amax, seconds = calibrate(model, backend, batches, preprocess, config, device, progress)
+    log.info("PTQ %s, %s calibration on %d batches: %d modules quantized in %.1f s", config.scheme,
+             config.calibrator, len(batches), len(quantized), seconds)
+    report = PTQReport(config.as_dict(), quantized, amax, repair, seconds, sum(int(b.shape[0]) for b in batches))
+    return model.eval(), report
