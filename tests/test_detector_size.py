@@ -5,39 +5,9 @@ import pytest
 import torch
 from torch import nn
 
+from qarep_dense.analysis.complexity import count_macs
 from qarep_dense.layers import reparameterize
 from qarep_dense.models.detector import build_detector
-
-
-def count_macs(model: nn.Module, x: torch.Tensor) -> int:
-    """Multiply-adds of one forward pass (per image) over Conv2d, ConvTranspose2d and Linear layers."""
-    total = 0
-
-    def conv_hook(m: nn.Conv2d, inputs, out: torch.Tensor) -> None:
-        nonlocal total
-        total += out[0].numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-
-    def deconv_hook(m: nn.ConvTranspose2d, inputs, out: torch.Tensor) -> None:
-        nonlocal total  # every input element meets out/groups x k x k weights
-        total += inputs[0][0].numel() * (m.out_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-
-    def linear_hook(m: nn.Linear, inputs, out: torch.Tensor) -> None:
-        nonlocal total
-        total += out[0].numel() * m.in_features
-
-    hooks = []
-    for m in model.modules():
-        # ConvTranspose2d is not a Conv2d subclass, so the order of the checks does not matter
-        hook = {nn.Conv2d: conv_hook, nn.ConvTranspose2d: deconv_hook, nn.Linear: linear_hook}.get(type(m))
-        if hook is not None:
-            hooks.append(m.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model.eval()(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return total
 
 
 def test_count_macs_by_hand():

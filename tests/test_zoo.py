@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from qarep_dense.analysis.complexity import count_macs, count_params
 from qarep_dense.deploy import remaining_multi_branch
 from qarep_dense.layers import reparameterize
 from qarep_dense.models import CLASSIFIER_ARCHS, build_classifier
@@ -14,21 +15,7 @@ BLOCKS = ["repvgg", "qarepvgg", "qarepvgg_v2", "repopt", "hs"]
 
 
 def count_params_and_macs(model: nn.Module, size: int) -> tuple[int, int]:
-    macs = 0
-
-    def hook(mod, inputs, out):
-        nonlocal macs
-        if isinstance(mod, nn.Conv2d):
-            macs += out.numel() * mod.in_channels // mod.groups * math.prod(mod.kernel_size)
-        elif isinstance(mod, nn.Linear):
-            macs += mod.in_features * mod.out_features * out.shape[0]
-
-    handles = [m.register_forward_hook(hook) for m in model.modules()]
-    with torch.no_grad():
-        model(torch.zeros(1, 3, size, size))
-    for h in handles:
-        h.remove()
-    return sum(p.numel() for p in model.parameters()), macs
+    return count_params(model), count_macs(model, torch.zeros(1, 3, size, size))
 
 
 # Paper Table 5 (deploy models at 224x224): params (M, 2 decimals, truncated) and multiply-adds (G).
