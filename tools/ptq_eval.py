@@ -32,18 +32,20 @@ from qarep_dense.models.factory import load_model
 from qarep_dense.quant import (CALIBRATORS, OrtModule, QuantConfig, check_ort_int8, export_qdq_onnx,
                                ort_quantize_static, quantize_ptq)
 from qarep_dense.quant.calibration import batch_images
-from qarep_dense.quant.evaluators import ClassificationEvaluator, Evaluator
+from qarep_dense.quant.evaluators import ClassificationEvaluator, DetectionEvaluator, Evaluator
 
 log = logging.getLogger("ptq_eval")
 # Checkpoints compared in one table must describe the same network and input.
-_SAME_META = ("task", "arch", "num_classes", "image_size", "stem_stride")
+_SAME_META = ("task", "arch", "scale", "num_classes", "image_size", "stem_stride", "use_dfl")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--task", choices=sorted(EVALUATORS), default="cls", help="task evaluator (default: cls)")
     p.add_argument("--checkpoints", type=Path, nargs="+", required=True, help="checkpoints of the same arch")
-    p.add_argument("--data", type=Path, required=True, help="dataset root (cls: ImageFolder with train/ and val/)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="dataset root (cls: ImageFolder with train/ and val/, required; det: COCO-layout root, "
+                        "default: the data.root of the checkpoint's training config)")
     p.add_argument("--calibrator", nargs="+", choices=CALIBRATORS, default=["max"], help="one or several")
     p.add_argument("--percentile", type=float, default=99.99, help="value for the percentile calibrator")
     p.add_argument("--calib-batches", type=int, default=8, help="calibration batches from the train split")
@@ -97,6 +99,8 @@ def check_same_network(metas: list[dict], paths: list[Path]) -> None:
 def _cls_evaluator(args: argparse.Namespace, meta: dict) -> Evaluator:
     from qarep_dense.data.imagefolder import make_cls_loader
 
+    if args.data is None:
+        raise ValueError("--task cls needs --data (an ImageFolder root with train/ and val/)")
     size = args.image_size or meta.get("image_size")
     if not size:
         raise CheckpointError(f"{args.checkpoints[0]}: no image_size in the checkpoint; pass --image-size")
@@ -112,7 +116,31 @@ def _cls_evaluator(args: argparse.Namespace, meta: dict) -> Evaluator:
     return ClassificationEvaluator(val, calib, preprocess, args.device, progress=not args.no_progress)
 
 
-EVALUATORS: dict[str, Callable[[argparse.Namespace, dict], Evaluator]] = {"cls": _cls_evaluator}
+def _det_evaluator(args: argparse.Namespace, meta: dict) -> Evaluator:
+    """COCO mAP on the val split of the checkpoint's training data (or --data, same layout); calibration on
+    shuffled train images with the eval letterbox and preprocessing."""
+    from qarep_dense.config import config_from_dict
+    from qarep_dense.data.det_loader import make_det_loader
+    from qarep_dense.tasks.detection import DetConfig, data_paths
+
+    if meta.get("task") != "det" or "config" not in meta:
+        raise CheckpointError(f"{args.checkpoints[0]}: not a detector checkpoint written by tools/train_det.py")
+    cfg = config_from_dict(meta["config"], DetConfig, source=f"{args.checkpoints[0]} (training config)")
+    if args.data is not None:
+        cfg.data.root = str(args.data)
+    paths = data_paths(cfg.data)
+    size = args.image_size or meta["image_size"]
+    val = make_det_loader(paths["val_images"], paths["val_ann"], size, args.batch_size, train=False,
+                          workers=args.workers)
+    calib = make_det_loader(paths["train_images"], paths["train_ann"], size, args.batch_size, train=False,
+                            shuffle=True, workers=args.workers)
+    model = load_model(args.checkpoints[0])[0]
+    return DetectionEvaluator(val, calib, Preprocess(**meta["preprocess"]), model.strides, model.reg_max,
+                              args.device, cfg.eval, progress=not args.no_progress)
+
+
+EVALUATORS: dict[str, Callable[[argparse.Namespace, dict], Evaluator]] = {"cls": _cls_evaluator,
+                                                                          "det": _det_evaluator}
 
 
 # --- one row ------------------------------------------------------------------------------------
@@ -135,7 +163,7 @@ def evaluate_row(label: str, model: nn.Module, meta: dict, fp32: float, evaluato
     qmodel, report = quantize_ptq(model, evaluator.calibration_loader(), evaluator.preprocess, config, args.device,
                                   progress=not args.no_progress)
     int8 = evaluator.evaluate(qmodel)[metric]
-    row = {"model": label, "block": meta.get("block"), "arch": meta.get("arch"), "calibrator": config.calibrator,
+    row = {"model": label, "block": meta.get("block"), "arch": meta.get("arch") or meta.get("scale"), "calibrator": config.calibrator,
            "scheme": config.scheme, "fp32": fp32, "int8": int8, "drop": fp32 - int8,
            "repaired_channels": sum(len(e.channels) for e in report.repair), "calib_seconds": report.calib_seconds}
     example = evaluator.preprocess(batch_images(next(iter(evaluator.calibration_loader()))).to(args.device))[:8]

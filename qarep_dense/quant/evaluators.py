@@ -50,3 +50,29 @@ class ClassificationEvaluator:
 
     def calibration_loader(self) -> Iterable:
         return self.calib_loader
+
+
+class DetectionEvaluator:
+    """COCO mAP (percent, like the paper's tables) of a detector on a loader of (uint8 images, targets, infos)."""
+
+    metric_name = "AP"
+
+    def __init__(self, val_loader: Iterable, calib_loader: Iterable, preprocess: Preprocess, strides: tuple[int, ...],
+                 reg_max: int, device: str | torch.device = "cpu", settings=None, progress: bool = True):
+        from ..evaluation.coco import COCOEvaluator
+        from ..evaluation.detection import DetEvalSettings
+
+        self.val_loader, self.calib_loader, self.preprocess = val_loader, calib_loader, preprocess
+        self.strides, self.reg_max, self.device, self.progress = tuple(strides), reg_max, device, progress
+        self.settings = settings or DetEvalSettings()
+        self.coco = COCOEvaluator(val_loader.dataset.ann_file, val_loader.dataset.category_ids)
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        from ..evaluation.detection import evaluate_detector
+
+        metrics = evaluate_detector(model, self.val_loader, self.coco, self.preprocess, self.strides, self.reg_max,
+                                    self.device, self.settings, progress=self.progress)
+        return {k: 100.0 * v for k, v in metrics.items()}
+
+    def calibration_loader(self) -> Iterable:
+        return self.calib_loader

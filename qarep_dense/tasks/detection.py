@@ -1,0 +1,341 @@
+"""Detection task: YOLOv6-style training of a rep-block detector on COCO-format data.
+
+``train(cfg, work_dir)`` builds the detector, the COCO loaders (real COCO 2017 or the synthetic
+shapes export), the loss with its ATSS -> task-aligned assigner switch, and the hook set of the
+YOLOv6 recipe (warm-up with momentum and bias-lr ramps, cosine, EMA, mosaic off for the last
+epochs, eval + best-by-mAP checkpoints). At the end the EMA model is fused and evaluated too.
+
+Batch size is *global* (split over torchrun processes); gradients accumulate to
+``optim.nominal_batch`` and weight decay is scaled by batch*accumulate/nominal_batch, as in YOLOv6.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from ..config import ConfigError, config_to_dict
+from ..data.coco import DetAugment
+from ..data.det_loader import make_det_loader
+from ..data.preprocess import DETECTION
+from ..data.synthetic.coco import generate_coco
+from ..engine.checkpoint import load_checkpoint, save_checkpoint
+from ..engine.distributed import DistInfo, barrier, cleanup_distributed, init_distributed
+from ..engine.hooks import CheckpointHook, EMAHook, EpochCallbackHook, EvalHook, LoggerHook, YoloV6LRHook
+from ..engine.logging import MetricLogger, setup_logging
+from ..engine.trainer import Trainer, accumulate_steps
+from ..evaluation.coco import COCOEvaluator
+from ..evaluation.detection import DetEvalSettings, evaluate_detector
+from ..layers import BLOCK_TYPES, reparameterize
+from ..losses import DetectionLoss
+from ..models.detector import Detector, build_detector
+from ..models.zoo import DETECTOR_SCALES, detector_scale
+from ..ops import make_anchor_points
+from .common import check_resume_meta, seed_all, set_determinism, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+# --- config --------------------------------------------------------------------------------------
+
+
+@dataclass
+class DetModelConfig:
+    scale: str = "s"                # a DETECTOR_SCALES row: n, t, s, test
+    block: str = "qarepvgg"         # a BLOCK_TYPES row (repvgg, qarepvgg, qarepvgg_v2, repopt, hs, ...)
+    num_classes: int = 80
+    use_dfl: bool = False           # YOLOv6 v2.0 trained n/t/s without DFL
+    reg_max: int = 16
+    head_act: str = "silu"
+
+
+@dataclass
+class DetDataConfig:
+    kind: Literal["coco", "synthetic"] = "coco"
+    root: str = "data/coco"         # COCO 2017 layout; the synthetic export is written here if absent
+    train_images: str = "images/train2017"  # relative to root
+    train_ann: str = "annotations/instances_train2017.json"
+    val_images: str = "images/val2017"
+    val_ann: str = "annotations/instances_val2017.json"
+    image_size: int = 640
+    batch_size: int = 32            # global
+    workers: int = 8
+    augment: DetAugment = field(default_factory=DetAugment)
+    synthetic_train: int = 400      # synthetic export sizes (kind = "synthetic")
+    synthetic_val: int = 100
+    synthetic_image_size: int = 256
+    synthetic_classes: int = 6
+    seed: int = 0
+
+
+@dataclass
+class DetOptimConfig:
+    lr0: float = 0.01
+    lrf: float = 0.01
+    momentum: float = 0.937
+    weight_decay: float = 5e-4
+    nesterov: bool = True
+    epochs: int = 300
+    warmup_epochs: float = 3.0
+    warmup_min_iters: int = 1000
+    warmup_momentum: float = 0.8
+    warmup_bias_lr: float = 0.1
+    nominal_batch: int = 64
+    grad_clip: float | None = None
+
+
+@dataclass
+class DetLossConfig:
+    iou_type: str = ""              # "" = the scale's default (siou for n/t, giou for s)
+    cls_weight: float = 1.0
+    iou_weight: float = 2.5
+    dfl_weight: float = 0.5
+    atss_epochs: int = 4            # ATSS assigner for the first epochs, then task-aligned
+    atss_topk: int = 9
+    tal_topk: int = 13
+    tal_alpha: float = 1.0
+    tal_beta: float = 6.0
+
+
+@dataclass
+class DetTrainConfig:
+    device: str = "auto"
+    amp: bool = True                # CUDA only
+    seed: int = 0
+    eval_interval: int = 10
+    ema: bool = True
+    ema_decay: float = 0.9999
+    ema_tau: float = 2000.0
+    mosaic_off_epochs: int = 15     # mosaic off for the last N epochs
+    log_interval: int = 50
+    keep_every: int = 0
+    tensorboard: bool = False
+    progress: bool = True
+    deterministic: bool = False
+
+
+@dataclass
+class DetRepOptConfig:
+    hs_checkpoint: str = ""         # trained "hs" detector whose scales drive RepOptimizer training of "repopt"
+
+
+@dataclass
+class DetConfig:
+    model: DetModelConfig = field(default_factory=DetModelConfig)
+    data: DetDataConfig = field(default_factory=DetDataConfig)
+    optim: DetOptimConfig = field(default_factory=DetOptimConfig)
+    loss: DetLossConfig = field(default_factory=DetLossConfig)
+    eval: DetEvalSettings = field(default_factory=DetEvalSettings)
+    train: DetTrainConfig = field(default_factory=DetTrainConfig)
+    repopt: DetRepOptConfig = field(default_factory=DetRepOptConfig)
+
+    def __post_init__(self) -> None:
+        m, d, o = self.model, self.data, self.optim
+        checks = [
+            (m.scale in DETECTOR_SCALES, f"model.scale {m.scale!r} is not one of {sorted(DETECTOR_SCALES)}"),
+            (m.block in BLOCK_TYPES, f"model.block {m.block!r} is not one of {sorted(BLOCK_TYPES)}"),
+            (m.num_classes >= 1, f"model.num_classes must be >= 1, got {m.num_classes}"),
+            (d.image_size % 32 == 0, f"data.image_size must be a multiple of 32, got {d.image_size}"),
+            (d.batch_size >= 1 and o.epochs >= 1, "data.batch_size and optim.epochs must be >= 1"),
+            (self.loss.iou_type in ("", "giou", "siou", "ciou"), f"loss.iou_type {self.loss.iou_type!r} unknown"),
+            (not self.repopt.hs_checkpoint or m.block == "repopt",
+             f"repopt.hs_checkpoint is set but model.block is {m.block!r}; RepOptimizer trains block 'repopt'"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+def det_meta(cfg: DetConfig, category_ids: list[int], names: list[str]) -> dict:
+    """Checkpoint metadata of a train-form detector (see ``qarep_dense.models.factory``)."""
+    m = cfg.model
+    return {"task": "det", "scale": m.scale, "block": m.block, "num_classes": m.num_classes,
+            "use_dfl": m.use_dfl, "reg_max": m.reg_max, "head_act": m.head_act, "fused": False, "fold_bn": True,
+            "image_size": cfg.data.image_size, "preprocess": DETECTION.as_dict(), "category_ids": category_ids,
+            "names": names, "config": config_to_dict(cfg)}
+
+
+# --- builders ------------------------------------------------------------------------------------
+
+
+def data_paths(cfg: DetDataConfig) -> dict[str, Path]:
+    """{"train_images", "train_ann", "val_images", "val_ann"}; generates the synthetic export if asked."""
+    root = Path(cfg.root)
+    if cfg.kind == "synthetic":
+        return generate_coco(root, cfg.synthetic_train, cfg.synthetic_val, cfg.synthetic_image_size, seed=cfg.seed,
+                             num_classes=cfg.synthetic_classes)
+    paths = {k: root / getattr(cfg, k) for k in ("train_images", "train_ann", "val_images", "val_ann")}
+    missing = [str(p) for p in paths.values() if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"data.root {root}: missing {missing} (expected the COCO 2017 layout; "
+                                "see README 'Real datasets')")
+    return paths
+
+
+def build_det_loaders(cfg: DetConfig, paths: dict[str, Path], dist: DistInfo):
+    d = cfg.data
+    if d.batch_size % dist.world_size:
+        raise ConfigError(f"data.batch_size {d.batch_size} is not divisible by the {dist.world_size} processes")
+    train = make_det_loader(paths["train_images"], paths["train_ann"], d.image_size, d.batch_size // dist.world_size,
+                            train=True, augment=d.augment, workers=d.workers, seed=cfg.train.seed,
+                            distributed=dist.distributed, drop_last=True)
+    val = make_det_loader(paths["val_images"], paths["val_ann"], d.image_size, d.batch_size, train=False,
+                          workers=d.workers)
+    if train.dataset.num_classes != cfg.model.num_classes:
+        raise ConfigError(f"model.num_classes is {cfg.model.num_classes} but {paths['train_ann']} has "
+                          f"{train.dataset.num_classes} categories")
+    return train, val
+
+
+def build_loss(cfg: DetConfig, model: Detector) -> DetectionLoss:
+    lc = cfg.loss
+    return DetectionLoss(cfg.model.num_classes, reg_max=model.reg_max, use_dfl=model.reg_max > 0,
+                         iou_type=lc.iou_type or detector_scale(cfg.model.scale).iou_loss,
+                         loss_weights=dict(cls=lc.cls_weight, iou=lc.iou_weight, dfl=lc.dfl_weight),
+                         atss_topk=lc.atss_topk, tal_topk=lc.tal_topk, tal_alpha=lc.tal_alpha, tal_beta=lc.tal_beta)
+
+
+def build_det_optimizer(cfg: DetConfig, model: nn.Module, accumulate: int, per_process_batch: int,
+                        world_size: int, reinit: bool = True) -> torch.optim.Optimizer:
+    """SGD (Nesterov) over conv-weight / BN / bias groups, or the RepOptimizer for a "repopt" detector."""
+    from ..optim import build_repopt_sgd, param_groups
+
+    o = cfg.optim
+    # YOLOv6 scales decay with the effective batch so the recipe holds at any batch size.
+    wd = o.weight_decay * per_process_batch * world_size * accumulate / o.nominal_batch
+    if cfg.repopt.hs_checkpoint:
+        from ..models.factory import load_model
+
+        hs_model, hs_meta = load_model(cfg.repopt.hs_checkpoint)
+        if hs_meta.get("block") != "hs" or hs_meta.get("fused") or hs_meta.get("scale") != cfg.model.scale:
+            raise ConfigError(f"repopt.hs_checkpoint {cfg.repopt.hs_checkpoint}: expected an unfused 'hs' detector "
+                              f"of scale {cfg.model.scale!r}, got block {hs_meta.get('block')!r} "
+                              f"scale {hs_meta.get('scale')!r}")
+        device = next(model.parameters()).device
+        return build_repopt_sgd(model, hs_model.to(device), o.lr0, o.momentum, wd, o.nesterov, reinit=reinit)
+    return torch.optim.SGD(param_groups(model, wd), lr=o.lr0, momentum=o.momentum, nesterov=o.nesterov,
+                           weight_decay=0.0)
+
+
+def make_det_step(model: Detector, loss_fn: DetectionLoss, device: torch.device):
+    """``step(model, (uint8 images, targets (T, 6), infos)) -> (loss, items)``."""
+    strides = list(model.strides)
+
+    def step(wrapped: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        images, targets, _ = batch
+        x = DETECTION(images.to(device, non_blocking=True))
+        cls_logits, reg = wrapped(x)
+        sizes = [(x.shape[-2] // s, x.shape[-1] // s) for s in strides]
+        points, stride_tensor = make_anchor_points(sizes, strides, device=x.device)
+        loss, items = loss_fn(cls_logits, reg, points, stride_tensor, targets.to(device), sizes)
+        return loss, {k: v for k, v in items.items() if k != "total"}
+
+    return step
+
+
+def make_det_evaluator(cfg: DetConfig, val_loader, strides: tuple[int, ...], reg_max: int, device: torch.device):
+    evaluator = COCOEvaluator(val_loader.dataset.ann_file, val_loader.dataset.category_ids)
+
+    def evaluate(model: nn.Module) -> dict:
+        return evaluate_detector(model, val_loader, evaluator, DETECTION, strides, reg_max, device, cfg.eval,
+                                 progress=cfg.train.progress)
+
+    return evaluate
+
+
+def build_det_trainer(cfg: DetConfig, work_dir: Path, dist: DistInfo, device: torch.device, resume: bool):
+    """(trainer, evaluate(model) -> metrics)."""
+    paths = data_paths(cfg.data) if dist.is_main else None
+    barrier()  # other ranks wait for rank 0's export
+    paths = paths or data_paths(cfg.data)
+    train_loader, val_loader = build_det_loaders(cfg, paths, dist)
+    m = cfg.model
+    model = build_detector(m.scale, m.block, m.num_classes, m.use_dfl, m.reg_max, m.head_act).to(device)
+    per_process = cfg.data.batch_size // dist.world_size
+    accumulate = accumulate_steps(cfg.optim.nominal_batch, per_process, dist.world_size)
+    optimizer = build_det_optimizer(cfg, model, accumulate, per_process, dist.world_size, reinit=not resume)
+    loss_fn = build_loss(cfg, model)
+    evaluate = make_det_evaluator(cfg, val_loader, model.strides, model.reg_max, device)
+    o, t = cfg.optim, cfg.train
+    dataset = train_loader.dataset
+
+    def mosaic_off(_: Trainer) -> None:
+        dataset.mosaic_enabled = False
+
+    hooks = [YoloV6LRHook(o.lrf, o.warmup_epochs, o.warmup_min_iters, o.warmup_momentum, o.momentum, o.warmup_bias_lr),
+             EpochCallbackHook(cfg.loss.atss_epochs, lambda _: loss_fn.set_assigner("tal"), "assigner ATSS -> TAL"),
+             EpochCallbackHook(max(o.epochs - t.mosaic_off_epochs, 0), mosaic_off, "mosaic off"),
+             EvalHook(evaluate, t.eval_interval), LoggerHook(t.log_interval),
+             CheckpointHook(work_dir, metric="AP", keep_every=t.keep_every)]
+    if t.ema:
+        hooks.append(EMAHook(t.ema_decay, t.ema_tau))
+    trainer = Trainer(model, optimizer, train_loader, make_det_step(model, loss_fn, device), epochs=o.epochs,
+                      hooks=hooks, device=device, amp=t.amp, accumulate=accumulate, grad_clip=o.grad_clip, dist=dist,
+                      seed=t.seed, meta=det_meta(cfg, dataset.category_ids, dataset.names),
+                      logger=MetricLogger(work_dir, enabled=dist.is_main, tensorboard=t.tensorboard),
+                      progress=t.progress)
+    return trainer, evaluate
+
+
+def finalize(trainer: Trainer, evaluate, work_dir: Path) -> dict:
+    """Fuse the evaluated (EMA) model, evaluate both forms, write ``deploy.pt`` and ``results.json``."""
+    model = trainer.eval_model
+    train_form = trainer.metrics if trainer.metrics_epoch == trainer.max_epochs - 1 else evaluate(model)
+    deploy = reparameterize(model, fold_bn=True)
+    deploy_metrics = evaluate(deploy)
+    meta = {**trainer.meta, "fused": True, "fold_bn": True}
+    save_checkpoint(work_dir / "deploy.pt", deploy.state_dict(), meta, metrics=deploy_metrics)
+    ckpt = next(h for h in trainer.hooks if isinstance(h, CheckpointHook))
+    results = {"task": "det", "scale": meta["scale"], "block": meta["block"], "epochs": trainer.max_epochs,
+               "weights": "ema" if trainer.ema is not None else "final",
+               "train_form": dict(train_form), "deploy": dict(deploy_metrics),
+               "best": {"AP": ckpt.best, "epoch": None if ckpt.best_epoch is None else ckpt.best_epoch + 1},
+               "files": {k: str(work_dir / f) for k, f in (("last", "last.pt"), ("best", "best.pt"),
+                                                           ("deploy", "deploy.pt"))},
+               "config": meta["config"]}
+    write_json_atomic(work_dir / "results.json", results)
+    log.info("train-form AP50 %.3f AP %.3f | deploy AP50 %.3f AP %.3f -> %s", train_form["AP50"], train_form["AP"],
+             deploy_metrics["AP50"], deploy_metrics["AP"], work_dir / "results.json")
+    return results
+
+
+def _run(cfg: DetConfig, work_dir: Path, resume: bool, dist: DistInfo, device: torch.device) -> dict:
+    setup_logging(work_dir, dist.is_main)
+    set_determinism(cfg.train.deterministic)
+    seed_all(cfg.train.seed + dist.rank)
+    trainer, evaluate = build_det_trainer(cfg, work_dir, dist, device, resume)
+    last = work_dir / "last.pt"
+    if resume:
+        if not last.is_file():
+            raise FileNotFoundError(f"--resume: {last} not found (nothing to resume in {work_dir})")
+        payload = load_checkpoint(last)
+        check_resume_meta(last, payload["meta"], trainer.meta, ("task", "scale", "block", "num_classes", "use_dfl"))
+        trainer.resume(payload, source=str(last))
+    elif last.is_file() and dist.is_main:
+        log.warning("%s exists and will be overwritten; pass --resume to continue that run", last)
+    if dist.is_main:
+        (work_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
+    trainer.train()
+    return finalize(trainer, evaluate, work_dir) if dist.is_main else {}
+
+
+def train(cfg: DetConfig, work_dir: str | os.PathLike, resume: bool = False, device: str | None = None) -> dict:
+    """Train, evaluate, fuse, evaluate the deploy model; return the results dict (``{}`` on ranks > 0)."""
+    import torch.distributed as tdist
+
+    work_dir = Path(work_dir)
+    owns_group = not (tdist.is_available() and tdist.is_initialized())
+    dist, dev = init_distributed(device or cfg.train.device)
+    if dist.is_main:
+        work_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run(cfg, work_dir, resume, dist, dev)
+    finally:
+        if owns_group:
+            cleanup_distributed()

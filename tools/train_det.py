@@ -1,0 +1,18 @@
+#!/usr/bin/env python
+"""Train a YOLOv6-style rep-block detector on COCO-format data, then fuse it and evaluate both forms.
+
+    python tools/train_det.py configs/det/synthetic_qarepvgg.toml --work-dir work_dirs/det_demo
+    torchrun --nproc_per_node=8 tools/train_det.py configs/det/yolov6s_qarepvgg_coco.toml --device cuda
+    python tools/train_det.py CONFIG --work-dir DIR --resume          # continue exactly from DIR/last.pt
+    python tools/train_det.py CONFIG --set optim.epochs=100 --set data.batch_size=64
+
+Writes WORK_DIR/{last,best,deploy}.pt, results.json, train.csv, val.csv, train.log, config.json.
+All logic lives in ``qarep_dense.tasks.detection.train``; this file only parses arguments.
+"""
+import sys
+
+from qarep_dense.tasks.cli import train_main
+from qarep_dense.tasks.detection import DetConfig, train
+
+if __name__ == "__main__":
+    sys.exit(train_main(__doc__, DetConfig, train, "det", ("train_form", "deploy", "best")))
