@@ -117,23 +117,11 @@ def _cls_evaluator(args: argparse.Namespace, meta: dict) -> Evaluator:
 
 
 def _det_evaluator(args: argparse.Namespace, meta: dict) -> Evaluator:
-    """COCO mAP on the val split of the checkpoint's training data (or --data, same layout); calibration on
-    shuffled train images with the eval letterbox and preprocessing."""
-    from qarep_dense.config import config_from_dict
-    from qarep_dense.data.det_loader import make_det_loader
-    from qarep_dense.tasks.detection import DetConfig, data_paths
+    """COCO mAP on the val split of the checkpoint's training data (or --data, same layout)."""
+    from qarep_dense.tasks.detection import loaders_from_meta
 
-    if meta.get("task") != "det" or "config" not in meta:
-        raise CheckpointError(f"{args.checkpoints[0]}: not a detector checkpoint written by tools/train_det.py")
-    cfg = config_from_dict(meta["config"], DetConfig, source=f"{args.checkpoints[0]} (training config)")
-    if args.data is not None:
-        cfg.data.root = str(args.data)
-    paths = data_paths(cfg.data)
-    size = args.image_size or meta["image_size"]
-    val = make_det_loader(paths["val_images"], paths["val_ann"], size, args.batch_size, train=False,
-                          workers=args.workers)
-    calib = make_det_loader(paths["train_images"], paths["train_ann"], size, args.batch_size, train=False,
-                            shuffle=True, workers=args.workers)
+    cfg, val, calib = loaders_from_meta(meta, str(args.checkpoints[0]), args.data, args.image_size, args.batch_size,
+                                        args.workers)
     model = load_model(args.checkpoints[0])[0]
     return DetectionEvaluator(val, calib, Preprocess(**meta["preprocess"]), model.strides, model.reg_max,
                               args.device, cfg.eval, progress=not args.no_progress)

@@ -339,3 +339,30 @@ def train(cfg: DetConfig, work_dir: str | os.PathLike, resume: bool = False, dev
     finally:
         if owns_group:
             cleanup_distributed()
+
+
+# --- evaluation of saved checkpoints (tools/eval_det.py, tools/ptq_eval.py) ------------------------
+
+
+def loaders_from_meta(meta: dict, source: str, data_root: str | os.PathLike | None = None,
+                      image_size: int | None = None, batch_size: int = 32, workers: int = 0):
+    """(config, val loader, calibration loader) for a detector checkpoint written by ``train``.
+
+    The data layout comes from the checkpoint's training config (``data_root`` replaces its root);
+    the calibration loader reads shuffled *train* images with the eval letterbox, so calibration
+    sees exactly the preprocessing evaluation sees.
+    """
+    from ..config import config_from_dict
+    from ..engine.checkpoint import CheckpointError
+
+    if meta.get("task") != "det" or "config" not in meta:
+        raise CheckpointError(f"{source}: not a detector checkpoint written by tools/train_det.py")
+    cfg = config_from_dict(meta["config"], DetConfig, source=f"{source} (training config)")
+    if data_root is not None:
+        cfg.data.root = str(data_root)
+    paths = data_paths(cfg.data)
+    size = image_size or meta["image_size"]
+    val = make_det_loader(paths["val_images"], paths["val_ann"], size, batch_size, train=False, workers=workers)
+    calib = make_det_loader(paths["train_images"], paths["train_ann"], size, batch_size, train=False, shuffle=True,
+                            workers=workers)
+    return cfg, val, calib

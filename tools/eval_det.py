@@ -1,0 +1,60 @@
+#!/usr/bin/env python
+"""COCO mAP of a detector checkpoint (train-form or deploy), with pycocotools.
+
+    python tools/eval_det.py work_dirs/det/synthetic_qarepvgg/best.pt
+    python tools/eval_det.py work_dirs/y6s/deploy.pt --data data/coco --batch-size 64 --device cuda
+    python tools/eval_det.py CHECKPOINT --fuse --out metrics.json   # evaluate the fused deploy form
+
+The validation split, image size and NMS settings come from the checkpoint's training config;
+``--data`` points at another root of the same layout (e.g. real COCO 2017).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from qarep_dense.data.preprocess import Preprocess
+from qarep_dense.engine.checkpoint import CheckpointError
+from qarep_dense.evaluation.coco import COCOEvaluator
+from qarep_dense.evaluation.detection import evaluate_detector
+from qarep_dense.layers import reparameterize
+from qarep_dense.models.factory import load_model
+from qarep_dense.tasks.detection import loaders_from_meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--data", type=Path, default=None, help="dataset root (default: the training config's)")
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--fuse", action="store_true", help="evaluate the fused deploy form of a train-form checkpoint")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path, default=None, help="also write the metrics as JSON here")
+    args = p.parse_args(argv)
+    try:
+        model, meta = load_model(args.checkpoint)
+        cfg, val, _ = loaders_from_meta(meta, str(args.checkpoint), args.data, args.image_size, args.batch_size,
+                                        args.workers)
+    except (CheckpointError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.fuse:
+        model = reparameterize(model)
+    model = model.to(args.device)
+    coco = COCOEvaluator(val.dataset.ann_file, val.dataset.category_ids)
+    metrics = evaluate_detector(model, val, coco, Preprocess(**meta["preprocess"]), model.strides, model.reg_max,
+                                args.device, cfg.eval, progress=True)
+    result = {"checkpoint": str(args.checkpoint), "fused": bool(meta.get("fused") or args.fuse), **metrics}
+    print(json.dumps(result, indent=2))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
