@@ -1,0 +1,59 @@
+"""scikit-learn's bundled digits (8x8 grey, 1797 images, no download) as an RGB ImageFolder export.
+
+The CPU-scale stand-in for ImageNet used to reproduce the paper's quantization collapse (REFERENCE §8).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .imagefolder import begin_export, export_is_current, finish_export
+
+log = logging.getLogger(__name__)
+
+DIGITS_TRAIN, DIGITS_VAL = 1437, 360
+
+
+def digits_images(size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """(N, size, size, 3) uint8 RGB images and (N,) int labels, upsampled bilinearly from 8x8."""
+    from sklearn.datasets import load_digits  # lazily: sklearn is only needed for this export
+
+    digits = load_digits()
+    grey = np.clip(digits.images * (255.0 / 16.0), 0, 255).astype(np.uint8)  # pixel values are 0..16
+    big = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_LINEAR) for im in grey])
+    return np.repeat(big[..., None], 3, axis=-1), digits.target.astype(np.int64)
+
+
+def export_digits(out_dir: str | os.PathLike, size: int = 32, seed: int = 0) -> Path:
+    """Write ``out_dir/{train,val}/<digit>/<index>.png`` (stratified 80/20 split: 1437/360) and return ``out_dir``.
+
+    Skipped when ``out_dir/manifest.json`` shows the same export (size, seed) is already complete.
+    """
+    from sklearn.model_selection import train_test_split
+
+    if size < 8:
+        raise ValueError(f"export_digits: size must be >= 8 (the source images are 8x8), got {size}")
+    out_dir = Path(out_dir)
+    spec = {"dataset": "sklearn-digits", "size": size, "seed": seed, "split": "stratified-80-20", "version": 1}
+    if export_is_current(out_dir, spec):
+        return out_dir
+    log.info("exporting scikit-learn digits at %dx%d to %s", size, size, out_dir)
+    images, labels = digits_images(size)
+    index = np.arange(len(labels))
+    train_idx, val_idx = train_test_split(index, test_size=0.2, stratify=labels, random_state=seed)
+    begin_export(out_dir, spec)
+    counts = {}
+    for split, ids in (("train", train_idx), ("val", val_idx)):
+        for label in range(10):
+            (out_dir / split / str(label)).mkdir(parents=True, exist_ok=True)
+        for i in sorted(ids):
+            path = out_dir / split / str(labels[i]) / f"{i:04d}.png"
+            if not cv2.imwrite(str(path), images[i][..., ::-1]):  # OpenCV writes BGR
+                raise OSError(f"{path}: could not write image")
+        counts[split] = len(ids)
+    finish_export(out_dir, spec, counts)
+    return out_dir

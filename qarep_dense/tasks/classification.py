@@ -1,0 +1,347 @@
+"""Classification task: typed config, builders, the train step, and ``train()`` (the logic of tools/train_cls.py).
+
+``train(cfg, work_dir)`` trains a zoo classifier on an ImageFolder root (or the digits /
+synthetic-shapes exports), evaluates top-1/top-5 every ``train.eval_interval`` epochs, writes
+``last.pt`` / ``best.pt`` every epoch, then fuses the evaluated (EMA or final) model, evaluates
+the deploy form too and writes ``deploy.pt`` and ``results.json``.
+
+Batch size and learning rate are *global*: ``data.batch_size`` is split over the torchrun
+processes, so one config gives the same recipe on 1 or N GPUs (no hidden lr scaling).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.distributed as tdist
+from torch import nn
+
+from ..config import ConfigError, config_to_dict
+from ..data.digits import export_digits
+from ..data.imagefolder import make_cls_loader
+from ..data.preprocess import IMAGENET, Preprocess
+from ..data.synthetic.imagefolder import generate_imagefolder
+from ..deploy.equivalence import max_abs_diff
+from ..engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..engine.distributed import DistInfo, barrier, cleanup_distributed, init_distributed, unwrap_model
+from ..engine.hooks import CheckpointHook, EMAHook, EvalHook, LoggerHook, WarmupCosineLRHook
+from ..engine.logging import MetricLogger, setup_logging
+from ..engine.trainer import Trainer, accumulate_steps
+from ..evaluation.classification import evaluate_classifier
+from ..layers import BLOCK_TYPES, reparameterize
+from ..models.classifier import build_classifier
+from ..models.factory import load_model
+from ..models.zoo import CLASSIFIER_ARCHS
+from ..optim import build_repopt_sgd, custom_l2_penalty, param_groups
+
+log = logging.getLogger(__name__)
+
+
+# --- config --------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "A0"                # a CLASSIFIER_ARCHS row
+    block: str = "qarepvgg"         # a BLOCK_TYPES row
+    num_classes: int = 1000
+    stem_stride: int = 2            # 1 for 32x32 inputs
+
+
+@dataclass
+class DataConfig:
+    kind: Literal["imagefolder", "digits", "synthetic"] = "imagefolder"
+    root: str = "data/imagenet"     # holds train/ and val/; digits/synthetic are written here if absent
+    image_size: int = 224
+    batch_size: int = 256           # global: split over the torchrun processes
+    workers: int = 4
+    seed: int = 0                   # split / generation seed of the digits and synthetic exports
+    synthetic_per_class_train: int = 100
+    synthetic_per_class_val: int = 20
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.1                 # for the global batch
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False
+    l2: Literal["normal", "custom", "eq5"] = "normal"
+    epochs: int = 120
+    warmup_epochs: float = 5.0
+    lrf: float = 0.0                # cosine ends at lr * lrf
+    label_smoothing: float = 0.0
+    nominal_batch: int | None = None  # accumulate gradients up to this batch (None: no accumulation)
+    grad_clip: float | None = None
+
+
+@dataclass
+class RepOptConfig:
+    hs_checkpoint: str = ""         # a trained "hs" model: its scales drive RepOptimizer training of "repopt"
+
+
+@dataclass
+class TrainConfig:
+    device: str = "auto"            # auto | cpu | cuda | cuda:N (the CLI's --device overrides)
+    amp: bool = True                # CUDA only
+    seed: int = 0
+    eval_interval: int = 1
+    deterministic: bool = False
+    ema: bool = False
+    ema_decay: float = 0.9999
+    ema_tau: float = 2000.0
+    log_interval: int = 50
+    keep_every: int = 0             # also keep epoch_<k>.pt every k epochs (0: only last/best)
+    tensorboard: bool = False
+    progress: bool = True
+
+
+@dataclass
+class ClsConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    repopt: RepOptConfig = field(default_factory=RepOptConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        m, d, o, t = self.model, self.data, self.optim, self.train
+        checks = [
+            (m.arch in CLASSIFIER_ARCHS, f"model.arch {m.arch!r} is not one of {sorted(CLASSIFIER_ARCHS)}"),
+            (m.block in BLOCK_TYPES, f"model.block {m.block!r} is not one of {sorted(BLOCK_TYPES)}"),
+            (m.num_classes >= 2, f"model.num_classes must be >= 2, got {m.num_classes}"),
+            (m.stem_stride in (1, 2), f"model.stem_stride must be 1 or 2, got {m.stem_stride}"),
+            (d.batch_size >= 1 and d.image_size >= 8, "data.batch_size must be >= 1 and data.image_size >= 8"),
+            (o.epochs >= 1 and o.lr > 0, f"optim.epochs must be >= 1 and optim.lr > 0; got {o.epochs}, {o.lr}"),
+            (t.eval_interval >= 1, f"train.eval_interval must be >= 1, got {t.eval_interval}"),
+            (d.kind != "digits" or m.num_classes == 10, "data.kind 'digits' needs model.num_classes = 10"),
+            (d.kind != "synthetic" or 2 <= m.num_classes <= 6,
+             "data.kind 'synthetic' has one class per shape: model.num_classes must be 2..6"),
+            (not self.repopt.hs_checkpoint or m.block == "repopt",
+             f"repopt.hs_checkpoint is set but model.block is {m.block!r}; RepOptimizer trains block 'repopt'"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+def cls_meta(cfg: ClsConfig) -> dict:
+    """Checkpoint metadata of a train-form classifier (see ``qarep_dense.models.factory``)."""
+    return {"task": "cls", "arch": cfg.model.arch, "block": cfg.model.block, "num_classes": cfg.model.num_classes,
+            "stem_stride": cfg.model.stem_stride, "fused": False, "fold_bn": True,
+            "image_size": cfg.data.image_size, "preprocess": IMAGENET.as_dict(), "config": config_to_dict(cfg)}
+
+
+# --- builders ------------------------------------------------------------------------------------
+
+
+def prepare_data(cfg: DataConfig, num_classes: int) -> Path:
+    """The ImageFolder root for ``cfg``: export digits / generate shapes there first if needed."""
+    root = Path(cfg.root)
+    if cfg.kind == "digits":
+        export_digits(root, size=cfg.image_size, seed=cfg.seed)
+    elif cfg.kind == "synthetic":
+        generate_imagefolder(root, num_classes, cfg.synthetic_per_class_train, cfg.synthetic_per_class_val,
+                             size=cfg.image_size, seed=cfg.seed)
+    elif not (root / "train").is_dir() or not (root / "val").is_dir():
+        raise FileNotFoundError(f"data.root {root}: expected an ImageFolder root with train/ and val/ subfolders")
+    return root
+
+
+def build_loaders(cfg: ClsConfig, root: Path, dist: DistInfo, device: torch.device):
+    """(train loader with the per-process batch, validation loader) yielding uint8 images."""
+    if cfg.data.batch_size % dist.world_size:
+        raise ConfigError(f"data.batch_size {cfg.data.batch_size} is not divisible by the {dist.world_size} "
+                          "processes (it is the global batch)")
+    pin = device.type == "cuda"
+    train_loader = make_cls_loader(root, cfg.data.image_size, cfg.data.batch_size // dist.world_size, train=True,
+                                   workers=cfg.data.workers, distributed=dist.distributed, seed=cfg.train.seed,
+                                   pin_memory=pin)
+    val_loader = make_cls_loader(root, cfg.data.image_size, cfg.data.batch_size, train=False,
+                                 workers=cfg.data.workers, pin_memory=pin)
+    classes = train_loader.dataset.classes
+    if len(classes) != cfg.model.num_classes:
+        raise ConfigError(f"model.num_classes is {cfg.model.num_classes} but {root / 'train'} has "
+                          f"{len(classes)} class folders")
+    return train_loader, val_loader
+
+
+def build_optimizer(cfg: ClsConfig, model: nn.Module, reinit: bool = True) -> torch.optim.Optimizer:
+    """SGD over ``qarep_dense.optim.param_groups`` or, with ``repopt.hs_checkpoint``, the RepOptimizer.
+
+    ``reinit`` (RepOpt only): re-initialise the target from the scales; False on resume, where the
+    checkpoint's weights and optimizer state are loaded next.
+    """
+    o = cfg.optim
+    if cfg.repopt.hs_checkpoint:
+        hs_model, hs_meta = load_model(cfg.repopt.hs_checkpoint)
+        if hs_meta.get("block") != "hs" or hs_meta.get("fused") or hs_meta.get("arch") != cfg.model.arch:
+            raise ConfigError(f"repopt.hs_checkpoint {cfg.repopt.hs_checkpoint}: expected an unfused 'hs' model of "
+                              f"arch {cfg.model.arch!r}, got block {hs_meta.get('block')!r} arch {hs_meta.get('arch')!r}")
+        device = next(model.parameters()).device
+        return build_repopt_sgd(model, hs_model.to(device), o.lr, o.momentum, o.weight_decay, o.nesterov,
+                                reinit=reinit)
+    return torch.optim.SGD(param_groups(model, o.weight_decay, o.l2), lr=o.lr, momentum=o.momentum,
+                           nesterov=o.nesterov, weight_decay=0.0)  # each group carries its own decay
+
+
+def make_step_fn(cfg: ClsConfig, preprocess: Preprocess, device: torch.device):
+    """``step(model, (uint8 images (N,3,H,W), labels (N,))) -> (loss, {"ce", ["l2"]})``.
+
+    With l2 "custom"/"eq5" RepVGG's penalty is added to the loss (those kernels get no plain decay).
+    """
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+    l2, wd = cfg.optim.l2, cfg.optim.weight_decay
+
+    def step(model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        images, labels = batch
+        logits = model(preprocess(images.to(device, non_blocking=True)))
+        ce = criterion(logits.float(), labels.to(device, non_blocking=True))
+        if l2 == "normal":
+            return ce, {"ce": ce.detach()}
+        penalty = custom_l2_penalty(unwrap_model(model), wd, denominator=(l2 == "custom"))
+        return ce + penalty, {"ce": ce.detach(), "l2": penalty.detach()}
+
+    return step
+
+
+def _check_resume_meta(path: Path, saved: dict, expected: dict) -> None:
+    for key in ("task", "arch", "block", "num_classes", "stem_stride"):
+        if saved.get(key) != expected[key]:
+            raise CheckpointError(f"{path} was written for {key}={saved.get(key)!r} but this config has "
+                                  f"{key}={expected[key]!r}; resume with the same model settings or use another "
+                                  "--work-dir")
+
+
+def _set_determinism(cfg: TrainConfig) -> None:
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
+        # warn_only: some CUDA backward kernels (adaptive avg-pool) have no deterministic variant;
+        # on CPU every op used here is deterministic, which the exact-resume test relies on.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+# --- training ------------------------------------------------------------------------------------
+
+
+def build_trainer(cfg: ClsConfig, work_dir: Path, dist: DistInfo, device: torch.device, resume: bool):
+    """Everything ``train`` needs: (trainer, evaluate(model) -> metrics, validation loader)."""
+    root = prepare_data(cfg.data, cfg.model.num_classes) if dist.is_main else Path(cfg.data.root)
+    barrier()  # other ranks wait for rank 0's export
+    train_loader, val_loader = build_loaders(cfg, root, dist, device)
+    model = build_classifier(cfg.model.arch, cfg.model.block, cfg.model.num_classes,
+                             stem_stride=cfg.model.stem_stride).to(device)
+    optimizer = build_optimizer(cfg, model, reinit=not resume)
+
+    def evaluate(m: nn.Module) -> dict:
+        return evaluate_classifier(m, val_loader, IMAGENET, device, topk=(1, 5), progress=cfg.train.progress)
+
+    t = cfg.train
+    hooks = [WarmupCosineLRHook(cfg.optim.warmup_epochs, cfg.optim.lrf), EvalHook(evaluate, t.eval_interval),
+             LoggerHook(t.log_interval), CheckpointHook(work_dir, metric="top1", keep_every=t.keep_every)]
+    if t.ema:
+        hooks.append(EMAHook(t.ema_decay, t.ema_tau))
+    per_process = cfg.data.batch_size // dist.world_size
+    trainer = Trainer(model, optimizer, train_loader, make_step_fn(cfg, IMAGENET, device),
+                      epochs=cfg.optim.epochs, hooks=hooks, device=device, amp=t.amp,
+                      accumulate=accumulate_steps(cfg.optim.nominal_batch, per_process, dist.world_size),
+                      grad_clip=cfg.optim.grad_clip, dist=dist, seed=t.seed, meta=cls_meta(cfg),
+                      logger=MetricLogger(work_dir, enabled=dist.is_main, tensorboard=t.tensorboard),
+                      progress=t.progress)
+    return trainer, evaluate, val_loader
+
+
+@torch.no_grad()
+def max_logit_diff(a: nn.Module, b: nn.Module, loader, preprocess: Preprocess, device: torch.device,
+                   max_batches: int = 20) -> float:
+    """Largest |logit_a - logit_b| over the first ``max_batches`` batches of ``loader``."""
+    worst = 0.0
+    for i, (images, _) in enumerate(loader):
+        if i >= max_batches:
+            break
+        worst = max(worst, max_abs_diff(a, b, preprocess(images.to(device))))
+    return worst
+
+
+def finalize(trainer: Trainer, evaluate, val_loader, work_dir: Path) -> dict:
+    """Fuse the evaluated model, evaluate both forms, write ``deploy.pt`` and ``results.json``."""
+    model = trainer.eval_model
+    last_epoch = trainer.max_epochs - 1
+    train_form = trainer.metrics if trainer.metrics_epoch == last_epoch else evaluate(model)
+    deploy = reparameterize(model, fold_bn=True)
+    deploy_metrics = evaluate(deploy)
+    diff = max_logit_diff(model, deploy, val_loader, IMAGENET, trainer.device)
+    meta = {**trainer.meta, "fused": True, "fold_bn": True}
+    save_checkpoint(work_dir / "deploy.pt", deploy.state_dict(), meta, metrics=deploy_metrics)
+    ckpt_hook = next(h for h in trainer.hooks if isinstance(h, CheckpointHook))
+    results = {
+        "task": "cls", "arch": meta["arch"], "block": meta["block"], "epochs": trainer.max_epochs,
+        "weights": "ema" if trainer.ema is not None else "final",
+        "train_form": dict(train_form), "deploy": dict(deploy_metrics),
+        "top1_gap": float(train_form["top1"]) - float(deploy_metrics["top1"]),
+        "max_logit_diff": diff,
+        "best": {"top1": ckpt_hook.best, "epoch": None if ckpt_hook.best_epoch is None else ckpt_hook.best_epoch + 1},
+        "files": {k: str(work_dir / f) for k, f in (("last", "last.pt"), ("best", "best.pt"), ("deploy", "deploy.pt"))},
+        "config": meta["config"],
+    }
+    tmp = work_dir / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2))
+    os.replace(tmp, work_dir / "results.json")
+    log.info("train-form top1 %.2f | deploy top1 %.2f | max logit diff %.3g -> %s", train_form["top1"],
+             deploy_metrics["top1"], diff, work_dir / "results.json")
+    return results
+
+
+def _run(cfg: ClsConfig, work_dir: Path, resume: bool, dist: DistInfo, device: torch.device) -> dict:
+    setup_logging(work_dir, dist.is_main)
+    _set_determinism(cfg.train)
+    _seed_all(cfg.train.seed + dist.rank)
+    trainer, evaluate, val_loader = build_trainer(cfg, work_dir, dist, device, resume)
+    last = work_dir / "last.pt"
+    if resume:
+        if not last.is_file():
+            raise FileNotFoundError(f"--resume: {last} not found (nothing to resume in {work_dir})")
+        payload = load_checkpoint(last)  # on CPU: RNG states must stay CPU tensors
+        _check_resume_meta(last, payload["meta"], trainer.meta)
+        trainer.resume(payload, source=str(last))
+    elif last.is_file() and dist.is_main:
+        log.warning("%s exists and will be overwritten; pass --resume to continue that run", last)
+    if dist.is_main:
+        (work_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
+    trainer.train()
+    return finalize(trainer, evaluate, val_loader, work_dir) if dist.is_main else {}
+
+
+def train(cfg: ClsConfig, work_dir: str | os.PathLike, resume: bool = False,
+          device: str | None = None) -> dict:
+    """Train, evaluate, fuse, evaluate the deploy model; return the results dict (``{}`` on ranks > 0).
+
+    Works under ``torchrun`` (DDP, one process per GPU, or Gloo on CPU) and as a plain call.
+    ``device`` overrides ``cfg.train.device``.
+    """
+    work_dir = Path(work_dir)
+    owns_group = not (tdist.is_available() and tdist.is_initialized())
+    dist, dev = init_distributed(device or cfg.train.device)
+    if dist.is_main:
+        work_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run(cfg, work_dir, resume, dist, dev)
+    finally:
+        if owns_group:
+            cleanup_distributed()
