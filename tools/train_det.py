@@ -11,8 +11,17 @@ All logic lives in ``qarep_dense.tasks.detection.train``; this file only parses 
 """
 import sys
 
-from qarep_dense.tasks.cli import train_main
+from qarep_dense.tasks.cli import build_parser, train_main
 from qarep_dense.tasks.detection import DetConfig, train
 
+
+def parse_args(argv=None):
+    return build_parser(__doc__, "det").parse_args(argv)
+
+
+def main(argv=None) -> int:
+    return train_main(__doc__, DetConfig, train, "det", ("train_form", "deploy", "best"), argv)
+
+
 if __name__ == "__main__":
-    sys.exit(train_main(__doc__, DetConfig, train, "det", ("train_form", "deploy", "best")))
+    sys.exit(main())

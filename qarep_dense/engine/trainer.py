@@ -141,9 +141,11 @@ class Trainer:
         loader = self.train_loader
         samplers = {id(s): s for s in (getattr(loader, "sampler", None),
                                        getattr(getattr(loader, "batch_sampler", None), "sampler", None))}
-        for sampler in samplers.values():
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
+        dataset = getattr(loader, "dataset", None)
+        # Datasets whose augmentation draws from (seed, epoch, index) streams (detection) follow the epoch too.
+        for obj in (*samplers.values(), dataset):
+            if hasattr(obj, "set_epoch"):
+                obj.set_epoch(epoch)
         generator = getattr(loader, "generator", None)
         if isinstance(generator, torch.Generator):  # shuffling and worker seeds of this epoch
             generator.manual_seed(_epoch_seed(self.seed, epoch))

@@ -10,17 +10,13 @@ processes, so one config gives the same recipe on 1 or N GPUs (no hidden lr scal
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
-import torch.distributed as tdist
 from torch import nn
 
 from ..config import ConfigError, config_to_dict
@@ -29,16 +25,17 @@ from ..data.imagefolder import make_cls_loader
 from ..data.preprocess import IMAGENET, Preprocess
 from ..data.synthetic.imagefolder import generate_imagefolder
 from ..deploy.equivalence import max_abs_diff
-from ..engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from ..engine.distributed import DistInfo, barrier, cleanup_distributed, init_distributed, unwrap_model
+from ..engine.checkpoint import save_checkpoint
+from ..engine.distributed import DistInfo, barrier, unwrap_model
 from ..engine.hooks import CheckpointHook, EMAHook, EvalHook, LoggerHook, WarmupCosineLRHook
-from ..engine.logging import MetricLogger, setup_logging
+from ..engine.logging import MetricLogger
 from ..engine.trainer import Trainer, accumulate_steps
 from ..evaluation.classification import evaluate_classifier
 from ..layers import BLOCK_TYPES, reparameterize
 from ..models.classifier import build_classifier
 from ..models.factory import load_model
 from ..models.zoo import CLASSIFIER_ARCHS
+from .common import run_training, write_json_atomic
 from ..optim import build_repopt_sgd, custom_l2_penalty, param_groups
 
 log = logging.getLogger(__name__)
@@ -212,31 +209,6 @@ def make_step_fn(cfg: ClsConfig, preprocess: Preprocess, device: torch.device):
     return step
 
 
-def _check_resume_meta(path: Path, saved: dict, expected: dict) -> None:
-    for key in ("task", "arch", "block", "num_classes", "stem_stride"):
-        if saved.get(key) != expected[key]:
-            raise CheckpointError(f"{path} was written for {key}={saved.get(key)!r} but this config has "
-                                  f"{key}={expected[key]!r}; resume with the same model settings or use another "
-                                  "--work-dir")
-
-
-def _set_determinism(cfg: TrainConfig) -> None:
-    if cfg.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
-        # warn_only: some CUDA backward kernels (adaptive avg-pool) have no deterministic variant;
-        # on CPU every op used here is deterministic, which the exact-resume test relies on.
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
-
-
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
-
-
 # --- training ------------------------------------------------------------------------------------
 
 
@@ -300,32 +272,10 @@ def finalize(trainer: Trainer, evaluate, val_loader, work_dir: Path) -> dict:
         "files": {k: str(work_dir / f) for k, f in (("last", "last.pt"), ("best", "best.pt"), ("deploy", "deploy.pt"))},
         "config": meta["config"],
     }
-    tmp = work_dir / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, work_dir / "results.json")
+    write_json_atomic(work_dir / "results.json", results)
     log.info("train-form top1 %.2f | deploy top1 %.2f | max logit diff %.3g -> %s", train_form["top1"],
              deploy_metrics["top1"], diff, work_dir / "results.json")
     return results
-
-
-def _run(cfg: ClsConfig, work_dir: Path, resume: bool, dist: DistInfo, device: torch.device) -> dict:
-    setup_logging(work_dir, dist.is_main)
-    _set_determinism(cfg.train)
-    _seed_all(cfg.train.seed + dist.rank)
-    trainer, evaluate, val_loader = build_trainer(cfg, work_dir, dist, device, resume)
-    last = work_dir / "last.pt"
-    if resume:
-        if not last.is_file():
-            raise FileNotFoundError(f"--resume: {last} not found (nothing to resume in {work_dir})")
-        payload = load_checkpoint(last)  # on CPU: RNG states must stay CPU tensors
-        _check_resume_meta(last, payload["meta"], trainer.meta)
-        trainer.resume(payload, source=str(last))
-    elif last.is_file() and dist.is_main:
-        log.warning("%s exists and will be overwritten; pass --resume to continue that run", last)
-    if dist.is_main:
-        (work_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
-    trainer.train()
-    return finalize(trainer, evaluate, val_loader, work_dir) if dist.is_main else {}
 
 
 def train(cfg: ClsConfig, work_dir: str | os.PathLike, resume: bool = False,
@@ -336,12 +286,9 @@ def train(cfg: ClsConfig, work_dir: str | os.PathLike, resume: bool = False,
     ``device`` overrides ``cfg.train.device``.
     """
     work_dir = Path(work_dir)
-    owns_group = not (tdist.is_available() and tdist.is_initialized())
-    dist, dev = init_distributed(device or cfg.train.device)
-    if dist.is_main:
-        work_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        return _run(cfg, work_dir, resume, dist, dev)
-    finally:
-        if owns_group:
-            cleanup_distributed()
+
+    def build(dist: DistInfo, dev: torch.device):
+        trainer, evaluate, val_loader = build_trainer(cfg, work_dir, dist, dev, resume)
+        return trainer, lambda t: finalize(t, evaluate, val_loader, work_dir)
+
+    return run_training(cfg, work_dir, resume, device, build, ("task", "arch", "block", "num_classes", "stem_stride"))

@@ -8,27 +8,36 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import ConfigError, load_config
+from ..engine.checkpoint import CheckpointError
 
 
-def train_main(description: str, config_cls: type, train_fn: Callable[..., dict], task: str,
-               summary_keys: tuple[str, ...], argv: list[str] | None = None) -> int:
-    """Parse arguments, load the typed config, run ``train_fn(cfg, work_dir, resume, device)``, print a summary."""
+def build_parser(description: str, task: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", type=Path, help=f"TOML config, e.g. configs/{task}/...toml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key (dotted, type-checked), e.g. --set optim.epochs=10; repeatable")
+    parser.add_argument("config", type=Path, help=f"TOML config, e.g. configs/{task}/<name>.toml")
+    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override config keys (dotted, type-checked), e.g. --set optim.epochs=10 train.seed=1; "
+                             "repeatable")
     parser.add_argument("--work-dir", type=Path, default=None,
                         help=f"output folder (default: work_dirs/{task}/<config name>)")
     parser.add_argument("--resume", action="store_true", help="continue exactly from WORK_DIR/last.pt")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the config's train.device)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def train_main(description: str, config_cls: type, train_fn: Callable[..., dict], task: str,
+               summary_keys: tuple[str, ...], argv: list[str] | None = None) -> int:
+    """Parse arguments, load the typed config, run ``train_fn(cfg, work_dir, resume, device)``, print a summary.
+
+    User errors (bad config key or value, unusable checkpoint, missing data) print one line and exit 2.
+    """
+    args = build_parser(description, task).parse_args(argv)
+    work_dir = args.work_dir or Path("work_dirs") / task / args.config.stem
     try:
         cfg = load_config(args.config, config_cls, args.overrides)
-    except (ConfigError, ValueError) as err:
+        results = train_fn(cfg, work_dir, resume=args.resume, device=args.device)
+    except (ConfigError, CheckpointError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    work_dir = args.work_dir or Path("work_dirs") / task / args.config.stem
-    results = train_fn(cfg, work_dir, resume=args.resume, device=args.device)
     if results:  # rank 0 only
         print(json.dumps({k: results[k] for k in summary_keys if k in results}, indent=2))
     return 0

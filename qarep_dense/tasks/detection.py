@@ -10,7 +10,6 @@ Batch size is *global* (split over torchrun processes); gradients accumulate to
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -25,10 +24,10 @@ from ..data.coco import DetAugment
 from ..data.det_loader import make_det_loader
 from ..data.preprocess import DETECTION
 from ..data.synthetic.coco import generate_coco
-from ..engine.checkpoint import load_checkpoint, save_checkpoint
-from ..engine.distributed import DistInfo, barrier, cleanup_distributed, init_distributed
+from ..engine.checkpoint import save_checkpoint
+from ..engine.distributed import DistInfo, barrier
 from ..engine.hooks import CheckpointHook, EMAHook, EpochCallbackHook, EvalHook, LoggerHook, YoloV6LRHook
-from ..engine.logging import MetricLogger, setup_logging
+from ..engine.logging import MetricLogger
 from ..engine.trainer import Trainer, accumulate_steps
 from ..evaluation.coco import COCOEvaluator
 from ..evaluation.detection import DetEvalSettings, evaluate_detector
@@ -37,7 +36,7 @@ from ..losses import DetectionLoss
 from ..models.detector import Detector, build_detector
 from ..models.zoo import DETECTOR_SCALES, detector_scale
 from ..ops import make_anchor_points
-from .common import check_resume_meta, seed_all, set_determinism, write_json_atomic
+from .common import run_training, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -305,40 +304,18 @@ def finalize(trainer: Trainer, evaluate, work_dir: Path) -> dict:
     return results
 
 
-def _run(cfg: DetConfig, work_dir: Path, resume: bool, dist: DistInfo, device: torch.device) -> dict:
-    setup_logging(work_dir, dist.is_main)
-    set_determinism(cfg.train.deterministic)
-    seed_all(cfg.train.seed + dist.rank)
-    trainer, evaluate = build_det_trainer(cfg, work_dir, dist, device, resume)
-    last = work_dir / "last.pt"
-    if resume:
-        if not last.is_file():
-            raise FileNotFoundError(f"--resume: {last} not found (nothing to resume in {work_dir})")
-        payload = load_checkpoint(last)
-        check_resume_meta(last, payload["meta"], trainer.meta, ("task", "scale", "block", "num_classes", "use_dfl"))
-        trainer.resume(payload, source=str(last))
-    elif last.is_file() and dist.is_main:
-        log.warning("%s exists and will be overwritten; pass --resume to continue that run", last)
-    if dist.is_main:
-        (work_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
-    trainer.train()
-    return finalize(trainer, evaluate, work_dir) if dist.is_main else {}
-
-
 def train(cfg: DetConfig, work_dir: str | os.PathLike, resume: bool = False, device: str | None = None) -> dict:
-    """Train, evaluate, fuse, evaluate the deploy model; return the results dict (``{}`` on ranks > 0)."""
-    import torch.distributed as tdist
+    """Train, evaluate, fuse, evaluate the deploy model; return the results dict (``{}`` on ranks > 0).
 
+    Works under ``torchrun`` (DDP) and as a plain call; ``device`` overrides ``cfg.train.device``.
+    """
     work_dir = Path(work_dir)
-    owns_group = not (tdist.is_available() and tdist.is_initialized())
-    dist, dev = init_distributed(device or cfg.train.device)
-    if dist.is_main:
-        work_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        return _run(cfg, work_dir, resume, dist, dev)
-    finally:
-        if owns_group:
-            cleanup_distributed()
+
+    def build(dist: DistInfo, dev: torch.device):
+        trainer, evaluate = build_det_trainer(cfg, work_dir, dist, dev, resume)
+        return trainer, lambda t: finalize(t, evaluate, work_dir)
+
+    return run_training(cfg, work_dir, resume, device, build, ("task", "scale", "block", "num_classes", "use_dfl"))
 
 
 # --- evaluation of saved checkpoints (tools/eval_det.py, tools/ptq_eval.py) ------------------------
