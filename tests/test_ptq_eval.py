@@ -19,16 +19,9 @@ from qarep_dense.models import build_classifier  # noqa: E402
 from qarep_dense.quant import QuantConfig, quantize_ptq  # noqa: E402
 from tools import ptq_eval  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SIZE = 16
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP spin-waits when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _meta(arch, block, num_classes):

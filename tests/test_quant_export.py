@@ -1,4 +1,6 @@
 """QDQ ONNX export and onnxruntime: integer kernels counted, outputs compared to fake quant."""
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -14,22 +16,12 @@ from qarep_dense.quant import (OrtModule, QuantConfig, check_ort_int8, export_qd
                                ort_quantize_static, quantize_ptq)
 from qarep_dense.quant.backends import get_backend  # noqa: E402
 from qarep_dense.quant.swap import quantize_modules  # noqa: E402
+from support import uint8_batches  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and OpenMP spin-waits make each op ~100x slower
-    when other jobs share the two cores (measured: 70 ms vs 0.5 ms per small conv)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-def image_loader(n_batches=2, batch=8, size=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=g), torch.zeros(batch))
-            for _ in range(n_batches)]
+image_loader = partial(uint8_batches, size=16)
 
 
 @pytest.fixture(scope="module")

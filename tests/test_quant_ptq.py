@@ -2,6 +2,8 @@
 import subprocess
 import sys
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -17,22 +19,12 @@ from qarep_dense.quant import QuantConfig, quantize_ptq  # noqa: E402
 from qarep_dense.quant.backends import get_backend  # noqa: E402
 from qarep_dense.quant.calibration import entropy_amax, mse_amax  # noqa: E402
 from qarep_dense.quant.swap import QuantConcat, QuantInput, QuantOutput, quantize_modules  # noqa: E402
+from support import uint8_batches  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and OpenMP spin-waits make each op ~100x slower
-    when other jobs share the two cores (measured: 70 ms vs 0.5 ms per small conv)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-def image_loader(n_batches=2, batch=8, size=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=g), torch.zeros(batch))
-            for _ in range(n_batches)]
+image_loader = partial(uint8_batches, size=16)
 
 
 def rel_err(model, qmodel, x):

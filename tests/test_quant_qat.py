@@ -14,16 +14,8 @@ from qarep_dense.models import build_classifier  # noqa: E402
 from qarep_dense.quant import QuantConfig, fold_after_qat, prepare_qat, qat_finetune, quantize_ptq  # noqa: E402
 from qarep_dense.quant.qat import warmup_cosine  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and OpenMP spin-waits make each op ~100x slower
-    when other jobs share the two cores (measured: 70 ms vs 0.5 ms per small conv)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 def colour_task(n_batches=4, batch=12, size=12, seed=0):
     """3 classes: the brightest colour channel is the label."""

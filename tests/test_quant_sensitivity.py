@@ -1,4 +1,6 @@
 """Per-layer sensitivity finds the planted outlier layer; partial PTQ keeps it float."""
+from functools import partial
+
 import pytest
 import torch
 from torch import nn
@@ -9,22 +11,12 @@ from qarep_dense.data.preprocess import IMAGENET  # noqa: E402
 from qarep_dense.layers import make_block, reparameterize  # noqa: E402
 from qarep_dense.quant import QuantConfig, quantize_partial, quantize_ptq, rank_layers, sensitivity  # noqa: E402
 from qarep_dense.quant.sensitivity import relative_mse  # noqa: E402
+from support import uint8_batches  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and OpenMP spin-waits make each op ~100x slower
-    when other jobs share the two cores (measured: 70 ms vs 0.5 ms per small conv)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-def image_loader(n_batches=2, batch=8, size=12, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=g), torch.zeros(batch))
-            for _ in range(n_batches)]
+image_loader = partial(uint8_batches, size=12)
 
 
 def outlier_model(channels=8):

@@ -26,6 +26,11 @@ class QuantConfig:
         (FP32 outputs on the calibration data do not change; see :mod:`qarep_dense.quant.repair`).
     quantize_pooling: also quantize the input of average pools, so the last conv's output is an
         integer tensor (ORT then runs that conv as an integer kernel too).
+    quantize_conv_outputs: give every conv whose output is not read by exactly one quantizer an
+        output quantizer of its own (TensorRT-style int8 conv outputs: detector head convs before
+        their SiLU, prediction convs, convs fanning out to a concat and a conv or to a max-pool),
+        so onnxruntime runs every conv as an integer kernel. Found from the data flow of one
+        forward pass; a classifier (each conv read by one quantizer) gets none.
     num_bins / hist_start_bin / hist_stride: histogram calibrator settings.
     backend: name of the fake-quant backend (see :mod:`qarep_dense.quant.backends`).
     """
@@ -38,6 +43,7 @@ class QuantConfig:
     skip_layers: tuple[str, ...] = field(default_factory=tuple)
     repair_dead_channels: bool = False
     quantize_pooling: bool = True
+    quantize_conv_outputs: bool = True
     num_bins: int = 2048
     hist_start_bin: int = 128
     hist_stride: int = 1
@@ -60,6 +66,9 @@ class QuantConfig:
             bits = getattr(self, name)
             if not isinstance(bits, int) or not 2 <= bits <= 8:
                 raise ValueError(f"QuantConfig.{name} must be an integer in 2..8, got {bits!r}")
+        for name in ("repair_dead_channels", "quantize_pooling", "quantize_conv_outputs"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"QuantConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if self.num_bins < 16 or self.hist_start_bin < 1 or self.hist_stride < 1:
             raise ValueError("QuantConfig: num_bins >= 16, hist_start_bin >= 1 and hist_stride >= 1 are required, "
                              f"got {self.num_bins}, {self.hist_start_bin}, {self.hist_stride}")

@@ -15,7 +15,7 @@ from .backends import get_backend
 from .calibration import calibrate, collect_batches
 from .config import QuantConfig
 from .repair import RepairEntry, repair_dead_channels
-from .swap import quantize_modules
+from .swap import add_output_quantizers, quantize_modules
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ class PTQReport:
     repair: list[RepairEntry] = field(default_factory=list)
     calib_seconds: float = 0.0
     calib_images: int = 0
+    output_quantized: list[str] = field(default_factory=list)  # modules given an output/input quantizer
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -54,6 +55,8 @@ def quantize_ptq(fused_model: nn.Module, calib_loader: Iterable, preprocess: Pre
     calib_loader: yields uint8 image batches (N, 3, H, W), alone or as the first item of a tuple;
         the first ``config.num_calib_batches`` are used.
     preprocess: the SAME ``Preprocess`` evaluation uses.
+    With ``config.quantize_conv_outputs`` the first image of the first batch is traced once to find
+    the convs that need their own output quantizer (see :func:`~qarep_dense.quant.swap.add_output_quantizers`).
     Returns (quantized model in eval mode on ``device``, :class:`PTQReport`).
     """
     config = (config or QuantConfig()).validate()
@@ -67,8 +70,12 @@ def quantize_ptq(fused_model: nn.Module, calib_loader: Iterable, preprocess: Pre
     quantized = quantize_modules(model, backend, config)
     if not quantized:
         raise ValueError("quantize_ptq: nothing to quantize (no Conv2d/ConvTranspose2d/Linear outside skip_layers)")
+    outputs = []
+    if config.quantize_conv_outputs:
+        outputs = add_output_quantizers(model, backend, config, preprocess(batches[0][:1].to(device)))
     amax, seconds = calibrate(model, backend, batches, preprocess, config, device, progress)
     log.info("PTQ %s, %s calibration on %d batches: %d modules quantized in %.1f s", config.scheme,
              config.calibrator, len(batches), len(quantized), seconds)
-    report = PTQReport(config.as_dict(), quantized, amax, repair, seconds, sum(int(b.shape[0]) for b in batches))
+    report = PTQReport(config.as_dict(), quantized, amax, repair, seconds, sum(int(b.shape[0]) for b in batches),
+                       outputs)
     return model.eval(), report
