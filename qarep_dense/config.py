@@ -378,3 +378,13 @@ def config_to_dict(cfg: Any) -> dict:
     if not (dataclasses.is_dataclass(cfg) and not isinstance(cfg, type)):
         raise TypeError(f"config_to_dict needs a dataclass instance, got {type(cfg).__name__}")
     return _plain(cfg)
+
+
+def require(checks: Iterable[tuple[bool, str]]) -> None:
+    """Raise ``ValueError`` with the message of the first failed (condition, message) pair.
+
+    Config classes call it from ``__post_init__`` for checks that span several keys.
+    """
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)

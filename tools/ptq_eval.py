@@ -141,7 +141,9 @@ def _ort_columns(qmodel: nn.Module, evaluator: Evaluator, example: torch.Tensor,
     score = evaluator.evaluate(OrtModule(check.onnx_path))[evaluator.metric_name]
     return {"ort_int8": score, "ort_all_convs_integer": check.all_convs_integer,
             "ort_integer_convs": f"{check.integer_convs}/{check.convs_total}",
-            "ort_vs_torch_rel_error": check.rel_error}
+            "ort_vs_torch_rel_error": check.rel_error,
+            # ORT has no integer ConvTranspose on CPU: the detector's upsamples stay float, said here.
+            **({"ort_float_conv_transposes": check.float_conv_transposes} if check.conv_transposes_total else {})}
 
 
 def evaluate_row(label: str, model: nn.Module, meta: dict, fp32: float, evaluator: Evaluator,
@@ -169,6 +171,7 @@ def evaluate_row(label: str, model: nn.Module, meta: dict, fp32: float, evaluato
 
 _COLUMNS = [("model", "model"), ("block", "block"), ("calibrator", "calibrator"), ("fp32", "FP32"),
             ("int8", "INT8"), ("drop", "drop"), ("ort_int8", "ORT INT8"), ("ort_integer_convs", "ORT int convs"),
+            ("ort_float_conv_transposes", "ORT float deconvs"),
             ("ort_static_int8", "ORT static INT8")]
 
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..config import ConfigError, config_to_dict
+from ..config import ConfigError, config_to_dict, require
 from ..data.digits import export_digits
 from ..data.imagefolder import make_cls_loader
 from ..data.preprocess import IMAGENET, Preprocess
@@ -110,7 +110,7 @@ class ClsConfig:
 
     def __post_init__(self) -> None:
         m, d, o, t = self.model, self.data, self.optim, self.train
-        checks = [
+        require([
             (m.arch in CLASSIFIER_ARCHS, f"model.arch {m.arch!r} is not one of {sorted(CLASSIFIER_ARCHS)}"),
             (m.block in BLOCK_TYPES, f"model.block {m.block!r} is not one of {sorted(BLOCK_TYPES)}"),
             (m.num_classes >= 2, f"model.num_classes must be >= 2, got {m.num_classes}"),
@@ -123,10 +123,7 @@ class ClsConfig:
              "data.kind 'synthetic' has one class per shape: model.num_classes must be 2..6"),
             (not self.repopt.hs_checkpoint or m.block == "repopt",
              f"repopt.hs_checkpoint is set but model.block is {m.block!r}; RepOptimizer trains block 'repopt'"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        ])
 
 
 def cls_meta(cfg: ClsConfig) -> dict:

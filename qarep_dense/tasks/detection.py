@@ -19,7 +19,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..config import ConfigError, config_to_dict
+from ..config import ConfigError, config_to_dict, require
 from ..data.coco import DetAugment
 from ..data.det_loader import make_det_loader
 from ..data.preprocess import DETECTION
@@ -136,7 +136,7 @@ class DetConfig:
 
     def __post_init__(self) -> None:
         m, d, o = self.model, self.data, self.optim
-        checks = [
+        require([
             (m.scale in DETECTOR_SCALES, f"model.scale {m.scale!r} is not one of {sorted(DETECTOR_SCALES)}"),
             (m.block in BLOCK_TYPES, f"model.block {m.block!r} is not one of {sorted(BLOCK_TYPES)}"),
             (m.num_classes >= 1, f"model.num_classes must be >= 1, got {m.num_classes}"),
@@ -145,10 +145,7 @@ class DetConfig:
             (self.loss.iou_type in ("", "giou", "siou", "ciou"), f"loss.iou_type {self.loss.iou_type!r} unknown"),
             (not self.repopt.hs_checkpoint or m.block == "repopt",
              f"repopt.hs_checkpoint is set but model.block is {m.block!r}; RepOptimizer trains block 'repopt'"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        ])
 
 
 def det_meta(cfg: DetConfig, category_ids: list[int], names: list[str]) -> dict:
