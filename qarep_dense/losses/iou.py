@@ -30,17 +30,12 @@ def pairwise_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = 1e-9) 
 
     Leading dimensions broadcast. Zero-area or inverted boxes give IoU 0, never NaN.
     """
-    b1, b2 = boxes1.unsqueeze(-2), boxes2.unsqueeze(-3)  # (..., M, 1, 4), (..., 1, A, 4)
-    lt = torch.maximum(b1[..., :2], b2[..., :2])
-    rb = torch.minimum(b1[..., 2:], b2[..., 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    w1, h1 = _wh(b1)
-    w2, h2 = _wh(b2)
-    return inter / (w1 * h1 + w2 * h2 - inter + eps)
+    # (..., M, 1, 4) against (..., 1, A, 4): the aligned formula broadcasts to every pair
+    return aligned_iou(boxes1.unsqueeze(-2), boxes2.unsqueeze(-3), eps)
 
 
 def aligned_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = _EPS) -> torch.Tensor:
-    """IoU of matching rows: (..., 4) and (..., 4) -> (...)."""
+    """IoU of matching rows: (..., 4) and (..., 4) -> (...) (leading dimensions broadcast)."""
     lt = torch.maximum(boxes1[..., :2], boxes2[..., :2])
     rb = torch.minimum(boxes1[..., 2:], boxes2[..., 2:])
     inter = (rb - lt).clamp(min=0).prod(-1)
