@@ -180,8 +180,10 @@ def _fmt(value) -> str:
 
 
 def markdown_table(rows: list[dict], metric: str) -> str:
-    cols = [(k, h) for k, h in _COLUMNS if any(k in r for r in rows)]
-    lines = [f"{metric}, {rows[0]['scheme'] if rows else ''}",
+    scheme = rows[0]["scheme"] if rows else ""
+    # "INT8" only for W8A8: a W4A8 table must not be read as INT8 numbers.
+    cols = [(k, h.replace("INT8", scheme) if scheme != "W8A8" else h) for k, h in _COLUMNS if any(k in r for r in rows)]
+    lines = [f"{metric}, {scheme}",
              "",
              "| " + " | ".join(h for _, h in cols) + " |",
              "|" + "|".join("---" for _ in cols) + "|"]
