@@ -97,9 +97,11 @@ def bench_arch(arch: str, args: argparse.Namespace, work: Path) -> list[str]:
 
 
 def main() -> None:
+    import onnxruntime
+
     args = parse_args()
     torch.set_num_threads(args.threads)
-    header = [f"onnxruntime {__import__('onnxruntime').__version__}, {platform.processor() or platform.machine()}, "
+    header = [f"onnxruntime {onnxruntime.__version__}, {platform.processor() or platform.machine()}, "
               f"{args.threads} intra-op threads, {args.size}x{args.size}, random-init fused QARepVGG, median ms",
               "",
               "| model | batch | INT8 variant | integer convs | FP32 ms | INT8 ms | speed-up | runs |",
