@@ -30,6 +30,34 @@ def test_block_fusion_is_exact(block, shape, bn_randomizer):
     assert fused.conv.groups == groups and fused.conv.stride == (stride, stride)
 
 
+DILATED = [(8, 8, 1, 1, 2), (8, 16, 1, 2, 2), (8, 8, 1, 4, 4), (8, 8, 2, 1, 2), (8, 16, 2, 2, 3)]
+
+
+@pytest.mark.parametrize("block", sorted(b for b, spec in BLOCK_TYPES.items() if not spec.avg_pool))
+@pytest.mark.parametrize("shape", DILATED, ids=lambda s: "i{}o{}s{}g{}d{}".format(*s))
+def test_dilated_block_fusion_is_exact(block, shape, bn_randomizer):
+    # A fused dilated 3x3 must pad by the dilation, or its output shifts and shrinks.
+    c_in, c_out, stride, groups, dilation = shape
+    module = bn_randomizer(make_block(block, c_in, c_out, stride, groups, dilation=dilation).double()).eval()
+    x = torch.randn(2, c_in, 11, 13, dtype=torch.float64)
+    with torch.no_grad():
+        expected = module(x)
+        assert expected.shape[-2:] == ((11 - 1) // stride + 1, (13 - 1) // stride + 1)
+        for fold_bn in (True, False):
+            fused = reparameterize(module, fold_bn=fold_bn)
+            assert fused(x).shape == expected.shape
+            assert (fused(x) - expected).abs().max().item() < 1e-10
+    assert reparameterize(module).conv.dilation == (dilation, dilation)
+
+
+def test_avg_pool_branch_only_at_stride_1_and_never_dilated():
+    # YOLOv6's QARepVGGBlockV2 has the pool only where the identity could be: stride 1, in == out.
+    assert make_block("qarepvgg_v2", 8, 8, stride=2).branch_avg is None
+    assert make_block("qarepvgg_v2", 8, 16).branch_avg is None
+    with pytest.raises(ValueError, match="avg-pool branch cannot be dilated"):
+        make_block("qarepvgg_v2", 8, 8, dilation=2)
+
+
 def test_fuse_does_not_mutate_and_keeps_post_bn_for_qat(bn_randomizer):
     block = bn_randomizer(make_block("qarepvgg", 8, 8)).eval()
     before = {k: v.clone() for k, v in block.state_dict().items()}

@@ -45,10 +45,12 @@ class ConvBNAct(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-                 groups: int = 1, act: str | None = "relu", bias: bool = False, padding: int | None = None):
+                 groups: int = 1, act: str | None = "relu", bias: bool = False, padding: int | None = None,
+                 dilation: int = 1):
         super().__init__()
-        padding = kernel_size // 2 if padding is None else padding
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=bias)
+        padding = kernels.same_padding(kernel_size, dilation) if padding is None else padding
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation=dilation,
+                              groups=groups, bias=bias)
         self.bn = nn.BatchNorm2d(out_channels)
         self.act = make_act(act)
 

@@ -58,11 +58,21 @@ def avgpool_kernel(channels: int, groups: int, size: int, like: torch.Tensor) ->
     return kernel
 
 
+def same_padding(kernel_size: int, dilation: int = 1) -> int:
+    """Padding that keeps H x W at stride 1 for an odd kernel: a dilated k x k kernel spans d*(k-1)+1 pixels."""
+    return dilation * (kernel_size // 2)
+
+
 def conv_like(template: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Conv2d:
-    """A new Conv2d with the geometry of ``template`` (kernel size taken from ``weight``)."""
+    """A new Conv2d with the geometry of ``template`` (kernel size taken from ``weight``).
+
+    The padding follows the dilation: a fused dilated 3x3 must see exactly the pixels its
+    branches saw, or the output shifts and shrinks.
+    """
     k = weight.shape[-1]
-    conv = nn.Conv2d(template.in_channels, template.out_channels, k, template.stride, k // 2,
-                     dilation=template.dilation, groups=template.groups, bias=bias is not None,
+    dilation = template.dilation[0]
+    conv = nn.Conv2d(template.in_channels, template.out_channels, k, template.stride, same_padding(k, dilation),
+                     dilation=dilation, groups=template.groups, bias=bias is not None,
                      device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
         conv.weight.copy_(weight)

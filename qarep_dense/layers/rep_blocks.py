@@ -68,14 +68,18 @@ def block_spec(block: str) -> BlockSpec:
 
 
 def make_block(block: str | BlockSpec, in_channels: int, out_channels: int, stride: int = 1,
-               groups: int = 1, act: str | None = "relu") -> nn.Module:
-    """Build one 3x3 block of the named type (a key of ``BLOCK_TYPES``) or spec."""
+               groups: int = 1, act: str | None = "relu", dilation: int = 1) -> nn.Module:
+    """Build one 3x3 block of the named type (a key of ``BLOCK_TYPES``) or spec.
+
+    ``dilation`` dilates the 3x3 branch (segmentation backbones at output stride 8/16); the 1x1 and
+    identity branches read the centre pixel either way, so fusion stays exact.
+    """
     spec = block_spec(block) if isinstance(block, str) else block
     if spec.kind == "plain":
-        return ConvBNAct(in_channels, out_channels, 3, stride, groups, act)
+        return ConvBNAct(in_channels, out_channels, 3, stride, groups, act, dilation=dilation)
     if spec.kind == "hs":
-        return LinearAddBlock(in_channels, out_channels, stride, groups, act)
-    return RepVGGBlock(in_channels, out_channels, stride, groups, act, spec)
+        return LinearAddBlock(in_channels, out_channels, stride, groups, act, dilation=dilation)
+    return RepVGGBlock(in_channels, out_channels, stride, groups, act, spec, dilation=dilation)
 
 
 def _norm(kind: BranchNorm, channels: int) -> nn.Module | None:
@@ -88,11 +92,11 @@ class _Branch(nn.Module):
     """conv [-> BN]. Without BN the 3x3 conv carries a bias and the 1x1 does not (paper, M3)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int,
-                 norm: BranchNorm):
+                 norm: BranchNorm, dilation: int = 1):
         super().__init__()
         bias = norm == "none" and kernel_size == 3
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2,
-                              groups=groups, bias=bias)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride,
+                              kernels.same_padding(kernel_size, dilation), dilation=dilation, groups=groups, bias=bias)
         self.bn = _norm(norm, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,23 +118,29 @@ class RepVGGBlock(nn.Module):
     """3x3 + 1x1 (+ identity) (+ 3x3 avg-pool) branches, summed, [post-BN], activation.
 
     Input (N, C_in, H, W) -> output (N, C_out, H/stride, W/stride). The identity and avg-pool
-    branches exist only when C_in == C_out (and stride == 1 for the identity).
+    branches exist only when C_in == C_out and stride == 1, as in YOLOv6's QARepVGGBlockV2.
+    With ``dilation`` > 1 only the 3x3 branch dilates; a dilated block has no avg-pool branch
+    (a 3x3 average pool is not a dilated kernel, so it could not fuse exactly).
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, groups: int = 1,
-                 act: str | None = "relu", spec: BlockSpec = _REPVGG):
+                 act: str | None = "relu", spec: BlockSpec = _REPVGG, dilation: int = 1):
         super().__init__()
         if spec.kind != "rep":
             raise ValueError(f"RepVGGBlock needs a 'rep' spec, got kind={spec.kind!r}")
+        if spec.avg_pool and dilation != 1:
+            raise ValueError(f"a block with the avg-pool branch cannot be dilated (dilation={dilation}): the pool "
+                             "would not fuse into the dilated 3x3 kernel")
         self.in_channels, self.out_channels, self.stride, self.groups = in_channels, out_channels, stride, groups
+        self.dilation = dilation
         self.spec = spec
-        self.branch_3x3 = _Branch(in_channels, out_channels, 3, stride, groups, spec.norm_3x3)
+        self.branch_3x3 = _Branch(in_channels, out_channels, 3, stride, groups, spec.norm_3x3, dilation)
         self.branch_1x1 = _Branch(in_channels, out_channels, 1, stride, groups, spec.norm_1x1)
-        has_identity = spec.identity is not None and in_channels == out_channels and stride == 1
+        same_shape = in_channels == out_channels and stride == 1
         self.branch_identity: nn.Module | None = None
-        if has_identity:
+        if spec.identity is not None and same_shape:
             self.branch_identity = nn.BatchNorm2d(out_channels) if spec.identity == "bn" else nn.Identity()
-        self.branch_avg = (nn.AvgPool2d(3, stride, 1) if spec.avg_pool and in_channels == out_channels else None)
+        self.branch_avg = nn.AvgPool2d(3, 1, 1) if spec.avg_pool and same_shape else None
         self.post_bn = nn.BatchNorm2d(out_channels) if spec.post_bn else None
         self.act = make_act(act)
 
@@ -193,10 +203,11 @@ class LinearAddBlock(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, groups: int = 1,
-                 act: str | None = "relu", conv_scale_init: float = 1.0):
+                 act: str | None = "relu", conv_scale_init: float = 1.0, dilation: int = 1):
         super().__init__()
         self.in_channels, self.out_channels, self.stride, self.groups = in_channels, out_channels, stride, groups
-        self.conv_3x3 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, groups=groups, bias=False)
+        self.conv_3x3 = nn.Conv2d(in_channels, out_channels, 3, stride, dilation, dilation=dilation, groups=groups,
+                                  bias=False)
         self.conv_1x1 = nn.Conv2d(in_channels, out_channels, 1, stride, 0, groups=groups, bias=False)
         self.scale_3x3 = ScaleLayer(out_channels, conv_scale_init)
         self.scale_1x1 = ScaleLayer(out_channels, conv_scale_init)
