@@ -3,9 +3,10 @@ without dead-channel repair, over seeds and the two recipes of REFERENCE §8.
 
     python benchmarks/bench_digits_ptq.py --seeds 0 1 --epochs 8 --out benchmarks/results/digits_ptq.md
 
-gentle: lr 0.1, wd 1e-4; aggressive: lr 0.4, wd 5e-4 (RepVGG always with its custom L2, the others with
-normal L2). RepOpt trains a Hyper-Search model first and reuses its scales. Every number comes from a
-real training run and a real evaluation on the 360 held-out digits.
+gentle: lr 0.1, wd 1e-4; aggressive: lr 0.4, wd 5e-4 (RepVGG always with its custom L2, which also decays
+the identity-BN gammas as RepVGG's official training does; the others with normal L2). RepOpt trains a
+Hyper-Search model first and reuses its scales. Every number comes from a real training run and a real
+evaluation on the 360 held-out digits.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from qarep_dense.config import load_config
 from qarep_dense.data.imagefolder import make_cls_loader
 from qarep_dense.data.preprocess import IMAGENET
 from qarep_dense.evaluation.classification import evaluate_classifier
-from qarep_dense.models.factory import load_model
+from qarep_dense.tasks.registry import load_model
 from qarep_dense.quant import QuantConfig, quantize_ptq
 from qarep_dense.tasks.classification import ClsConfig, train
 

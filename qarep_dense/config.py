@@ -351,9 +351,33 @@ def load_config(path: str | os.PathLike, cls: type[T], overrides: Iterable[str] 
         raise TypeError(f"load_config needs a dataclass type, got {cls!r}")
     path = Path(path)
     raw = _load_raw(path, cls)
+    overrides = list(overrides)
+    merged = [raw]  # merged[k]: the file with the first k overrides applied
     for item in overrides:
-        raw = _deep_merge(raw, _override_table(item, cls))
-    return _build(cls, raw, str(path))
+        merged.append(_deep_merge(merged[-1], _override_table(item, cls)))
+    try:
+        return _build(cls, merged[-1], str(path))
+    except ConfigError as err:
+        if not overrides:
+            raise
+        raise ConfigError(_blame_override(cls, path, overrides, merged, err)) from None
+
+
+def _blame_override(cls: type, path: Path, overrides: list[str], merged: list[dict], err: ConfigError) -> str:
+    """The message of a check that fails only with the overrides, naming the ``--set`` that broke it.
+
+    The file alone failing too keeps the file's name; otherwise the first override after which the
+    build fails is blamed (for a check across keys: the one that completed the bad combination).
+    """
+    problem = str(err).split(": ", 1)[1] if str(err).startswith(f"{path}: ") else str(err)
+    for k in range(len(overrides) + 1):
+        try:
+            _build(cls, merged[k], str(path))
+        except ConfigError:
+            if k == 0:
+                return str(err)
+            return f"--set {overrides[k - 1]}: {problem}"
+    return f"{path} with --set {' '.join(overrides)}: {problem}"
 
 
 def config_from_dict(data: dict, cls: type[T], source: str = "<dict>") -> T:

@@ -5,7 +5,7 @@ import torch
 from qarep_dense.engine import CheckpointError, load_checkpoint, save_checkpoint
 from qarep_dense.layers import reparameterize
 from qarep_dense.models import build_classifier
-from qarep_dense.models.factory import load_model
+from qarep_dense.tasks.registry import load_model
 
 META = {"task": "cls", "arch": "test", "block": "qarepvgg", "num_classes": 3, "stem_stride": 1, "fused": False}
 
@@ -59,3 +59,54 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path):
         save_checkpoint(path, model.state_dict(), META, epoch=2, junk=Boom())
     assert load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp files left behind
+
+
+class _Payload:
+    """A pickled object whose loading would run code: what weights_only=True exists to refuse."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.getcwd, ())
+
+
+def test_unsafe_file_is_refused_without_torch_advice_to_disable_the_check(tmp_path):
+    torch.save({"format": "qarep-dense/1", "model": {}, "extra": _Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(tmp_path / "evil.pt")
+    message = str(err.value)
+    assert "evil.pt: refused as unsafe" in message and "pickled Python objects" in message
+    assert "weights_only=False" not in message and "will likely succeed" not in message
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # torch's advice not chained either
+
+
+def test_stale_temp_files_of_our_writes_are_removed_and_only_those(tmp_path):
+    import os
+    import time
+
+    old = time.time() - 3600
+    stale = tmp_path / ".last.pt.k3j9x_2a.tmp"           # a write killed an hour ago
+    fresh = tmp_path / ".last.pt.zz81mmq0.tmp"           # a write that may still be running
+    other = tmp_path / ".best.pt.k3j9x_2a.tmp"           # another checkpoint's temp file
+    foreign = tmp_path / ".last.pt.user-notes.tmp"       # not our name pattern
+    for path in (stale, fresh, other, foreign):
+        path.write_bytes(b"partial")
+    for path in (stale, other, foreign):
+        os.utime(path, (old, old))
+    save_checkpoint(tmp_path / "last.pt", {}, META)
+    assert not stale.exists()
+    assert fresh.exists() and other.exists() and foreign.exists()
+    assert load_checkpoint(tmp_path / "last.pt")["meta"] == META
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_checkpoint_mode_follows_the_umask(tmp_path, umask, mode):
+    import os
+    import stat
+
+    previous = os.umask(umask)
+    try:
+        path = save_checkpoint(tmp_path / "a.pt", {}, META)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == mode  # mkstemp alone gives 0600 whatever the umask

@@ -96,10 +96,25 @@ def _one_image_tree(tmp_path: Path) -> Path:
 def test_corrupt_image_names_the_file(tree):
     bad = tree / "train" / "dog" / "9_bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
-    ds = ImageFolderDataset(tree / "train")
+    with pytest.raises(ImageReadError, match=r"train: 1 corrupt .*9_bad\.png: not a readable image"):
+        ImageFolderDataset(tree / "train")  # found when the dataset is built, before any training
+    ds = ImageFolderDataset(tree / "train", check_images=False)
     index = [str(p) for p, _ in ds.samples].index(str(bad))
     with pytest.raises(ImageReadError, match=r"9_bad\.png: cannot read image"):
-        ds[index]
+        ds[index]  # and again when loaded, should it break after the check
+
+
+def test_truncated_png_and_wrong_format_are_caught_at_build(tree):
+    good = (tree / "train" / "dog" / "0.png").read_bytes()
+    (tree / "train" / "dog" / "7_cut.png").write_bytes(good[: len(good) // 2])
+    with pytest.raises(ImageReadError, match=r"7_cut\.png: PNG without its end chunk"):
+        ImageFolderDataset(tree / "train")
+    (tree / "train" / "dog" / "7_cut.png").unlink()
+    from PIL import Image
+
+    Image.new("RGB", (4, 4)).save(tree / "train" / "dog" / "8.jpg", format="BMP")  # decode_image cannot read BMP
+    with pytest.raises(ImageReadError, match=r"8\.jpg: format BMP is not one of"):
+        make_cls_loader(tree, 16, batch_size=2, train=True)
 
 
 def test_digits_export_counts_classes_and_skip(tmp_path):

@@ -154,3 +154,18 @@ def test_cross_field_checks_name_the_file_and_key(tmp_path):
         load_config(path, ClsConfig)
     with pytest.raises(ConfigError, match=r"repopt\.hs_checkpoint is set but model\.block is 'qarepvgg'"):
         load_config(write(tmp_path / "r.toml", ""), ClsConfig, ["repopt.hs_checkpoint=hs.pt"])
+
+
+def test_cross_field_check_broken_by_an_override_blames_that_override(tmp_path):
+    path = write(tmp_path / "ok.toml", '[model]\narch = "A0"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ClsConfig, ["optim.epochs=3", "model.arch=zzz", "train.seed=1"])
+    assert str(err.value).startswith("--set model.arch=zzz: model.arch 'zzz' is not one of")
+    assert "ok.toml" not in str(err.value)
+    # a check across two keys: the override that completes the bad combination is named
+    with pytest.raises(ConfigError, match=r"^--set model\.num_classes=3: data\.kind 'digits' needs"):
+        load_config(write(tmp_path / "d.toml", '[data]\nkind = "digits"\n[model]\nnum_classes = 10\n'), ClsConfig,
+                    ["optim.lr=0.2", "model.num_classes=3"])
+    # the file itself wrong, overrides innocent: the file keeps the blame
+    with pytest.raises(ConfigError, match=r"^.*m\.toml: model\.arch 'Z9' is not one of"):
+        load_config(write(tmp_path / "m.toml", '[model]\narch = "Z9"\n'), ClsConfig, ["optim.lr=0.2"])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from qarep_dense.data.coco import AnnotationError, CocoDetection, DetAugment
+from qarep_dense.data.coco import AnnotationError, CocoDetection, DetAugment, ImageReadError
 from qarep_dense.data.det_loader import collate_detection, make_det_loader, set_loader_epoch
 from qarep_dense.data.synthetic.coco import generate_coco, render_image
 from qarep_dense.data.synthetic.shapes import SHAPES, textured_background
@@ -153,12 +153,34 @@ def test_missing_image_named_at_construction(tmp_path, syn):
         CocoDetection(tmp_path, ann, 64)
 
 
-def test_corrupt_image_named_at_load(tmp_path, syn):
+def test_corrupt_image_named_at_build_and_at_load(tmp_path, syn):
     ann = _one_image_json(tmp_path, syn, [])
     (tmp_path / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
-    ds = CocoDetection(tmp_path, ann, 64)
+    with pytest.raises(ImageReadError, match=r"ann\.json: 1 corrupt .*a\.png: not a readable image"):
+        CocoDetection(tmp_path, ann, 64)  # found when the dataset is built, before an epoch is spent
+    ds = CocoDetection(tmp_path, ann, 64, check_images=False)
     with pytest.raises(OSError, match=r"a\.png: cannot decode image"):
         ds[0]
+
+
+def test_image_size_differing_from_annotation_caught_at_build(tmp_path, syn):
+    ann = _one_image_json(tmp_path, syn, [])
+    data = json.loads(ann.read_text())
+    data["images"][0]["height"] = 50
+    _write_json(ann, data)
+    with pytest.raises(ImageReadError, match=r"a\.png: header size .* \(96, 128\) differs from the declared \(50, 128\)"):
+        CocoDetection(tmp_path, ann, 64)
+
+
+def test_empty_images_list_names_the_annotation_file(tmp_path, syn):
+    ann = _write_json(tmp_path / "empty.json", {"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]})
+    with pytest.raises(AnnotationError, match=r"empty\.json: the 'images' list is empty"):
+        make_det_loader(tmp_path, ann, 64, batch_size=2, train=True)
+
+
+def test_fewer_images_than_one_batch_names_the_annotation_file(syn):
+    with pytest.raises(ValueError, match=r"instances_val\.json: 6 image\(s\) are fewer than one batch of 8"):
+        make_det_loader(syn["val_images"], syn["val_ann"], 64, batch_size=8, train=True, drop_last=True)
 
 
 def test_collate_builds_image_indices():

@@ -101,3 +101,104 @@ def test_ptq_eval_refuses_mismatched_checkpoints(setup, capsys):
     assert "checkpoint file not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         ptq_eval.parse_args(["--checkpoints", str(ckpts[0]), "--data", str(root), "--calibrator", "kl"])
+
+
+# --- robustness: nothing lost, nothing silent -----------------------------------------------------------------
+
+
+def _args(setup, out, *extra):
+    tmp, root, ckpts, _ = setup
+    return ["--task", "cls", "--checkpoints", str(ckpts[0]), "--data", str(root), "--calib-batches", "1",
+            "--batch-size", "8", "--out", str(out), "--no-progress", *extra]
+
+
+def test_unwritable_out_fails_before_any_work(setup, tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("evaluation started before --out was checked")
+
+    monkeypatch.setattr(ptq_eval, "load_fused", no_work)
+    assert ptq_eval.main(_args(setup, blocker / "out")) == 2
+    assert "--out " in (err := capsys.readouterr().err) and "cannot write results there" in err
+    assert ptq_eval.main(_args(setup, blocker)) == 2  # --out naming an existing file
+    assert blocker.read_text() == "not a folder"
+
+
+def test_rows_are_printed_and_written_as_they_are_computed(setup, tmp_path, monkeypatch, capsys):
+    real = ptq_eval.evaluate_row
+    calls = []
+
+    def fail_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ValueError("simulated failure in the second row")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ptq_eval, "evaluate_row", fail_second)
+    out = tmp_path / "out"
+    assert ptq_eval.main(_args(setup, out, "--calibrator", "max", "percentile")) == 2
+    printed = capsys.readouterr().out
+    assert "[1/2] repvgg max: FP32 " in printed and "INT8 " in printed
+    rows = json.loads((out / "ptq_table.json").read_text())["rows"]
+    assert [(r["model"], r["calibrator"]) for r in rows] == [("repvgg", "max")]  # the finished row survived
+    assert "| repvgg | repvgg | max |" in (out / "ptq_table.md").read_text()
+
+
+def test_reused_out_removes_only_its_own_onnx_files(setup, tmp_path):
+    out = tmp_path / "out"
+    assert ptq_eval.main(_args(setup, out, "--calibrator", "max", "--ort")) == 0
+    assert (out / "onnx" / "repvgg_max_qdq.onnx").is_file()
+    (out / "onnx" / "mine.onnx").write_bytes(b"a user's model")
+    (out / "notes.md").write_text("a user's notes")
+    assert ptq_eval.main(_args(setup, out, "--calibrator", "percentile", "--ort")) == 0
+    assert sorted(p.name for p in (out / "onnx").glob("*_qdq.onnx")) == ["repvgg_percentile_qdq.onnx"]
+    assert (out / "onnx" / "mine.onnx").read_bytes() == b"a user's model"
+    assert (out / "notes.md").read_text() == "a user's notes"
+    rows = json.loads((out / "ptq_table.json").read_text())["rows"]
+    assert [r["calibrator"] for r in rows] == ["percentile"]
+
+
+def test_out_of_an_earlier_version_is_adopted_and_foreign_tables_refused(setup, tmp_path, capsys):
+    out = tmp_path / "old"
+    (out / "onnx").mkdir(parents=True)
+    (out / "onnx" / "repvgg_entropy_qdq.onnx").write_bytes(b"written by an earlier ptq_eval")
+    (out / "onnx" / "mine.onnx").write_bytes(b"a user's model")
+    (out / "ptq_table.json").write_text(json.dumps({"task": "cls", "metric": "top1", "checkpoints": ["x.pt"],
+                                                    "rows": [{"model": "repvgg", "calibrator": "entropy"}]}))
+    assert ptq_eval.main(_args(setup, out)) == 0
+    assert not (out / "onnx" / "repvgg_entropy_qdq.onnx").exists()
+    assert (out / "onnx" / "mine.onnx").read_bytes() == b"a user's model"
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "ptq_table.md").write_text("someone else's table")
+    assert ptq_eval.main(_args(setup, foreign)) == 2
+    assert "ptq_table.md exists but was not written" in capsys.readouterr().err
+    assert (foreign / "ptq_table.md").read_text() == "someone else's table"
+
+
+def test_same_checkpoint_twice_is_refused(setup, tmp_path, capsys):
+    tmp, root, ckpts, _ = setup
+    args = ["--checkpoints", str(ckpts[0]), str(ckpts[1]), str(ckpts[0].parent / ".." / ckpts[0].parent.name /
+                                                                  ckpts[0].name),
+            "--data", str(root), "--out", str(tmp_path / "o"), "--no-progress"]
+    assert ptq_eval.main(args) == 2
+    assert "repvgg.pt is given twice" in capsys.readouterr().err
+
+
+def test_labels_stay_distinct_for_same_named_checkpoints(tmp_path):
+    paths = [tmp_path / "a" / "x" / "deploy.pt", tmp_path / "b" / "x" / "deploy.pt", tmp_path / "c" / "best.pt"]
+    assert ptq_eval.model_labels(paths) == ["a/x/deploy", "b/x/deploy", "best"]
+
+
+def test_checkpoint_of_another_task_is_refused_by_name(setup, tmp_path, capsys):
+    from qarep_dense.models.detector import build_detector
+
+    det = save_checkpoint(tmp_path / "det.pt", build_detector("test", "qarepvgg", 3).state_dict(),
+                          {"task": "det", "scale": "test", "block": "qarepvgg", "num_classes": 3, "fused": False})
+    tmp, root, _, _ = setup
+    assert ptq_eval.main(["--task", "cls", "--checkpoints", str(det), "--data", str(root), "--out",
+                          str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "det.pt: this is a 'det' (detection) checkpoint, but a cls (classification) checkpoint is expected" in err

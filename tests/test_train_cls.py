@@ -18,7 +18,7 @@ from qarep_dense.data.preprocess import IMAGENET
 from qarep_dense.deploy import remaining_multi_branch
 from qarep_dense.engine.checkpoint import CheckpointError, load_checkpoint
 from qarep_dense.evaluation import evaluate_classifier
-from qarep_dense.models.factory import load_model
+from qarep_dense.tasks.registry import load_model
 from qarep_dense.tasks.classification import ClsConfig, train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,17 +13,25 @@ import argparse
 import dataclasses
 import itertools
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
+_ROOT = str(Path(__file__).resolve().parents[1])  # this checkout: `python tools/x.py` runs without an install
+if sys.path[:1] != [_ROOT]:
+    sys.path.insert(0, _ROOT)
 
-from qarep_dense.analysis import Thresholds, analyze_model
-from qarep_dense.data.preprocess import Preprocess
-from qarep_dense.engine.checkpoint import CheckpointError
-from qarep_dense.models.factory import load_model
+import torch  # noqa: E402
+
+from qarep_dense.analysis import Thresholds, analyze_model  # noqa: E402
+from qarep_dense.data.preprocess import Preprocess  # noqa: E402
+from qarep_dense.engine.checkpoint import CheckpointError  # noqa: E402
+from qarep_dense.tasks.registry import load_model  # noqa: E402
 
 log = logging.getLogger("analyze")
+# Any task's rep-block network: the weight and BN analyses need only its modules; real-image inputs (--data)
+# are for classification checkpoints, the others get random inputs.
+ANALYZABLE = ("cls", "det", "seg")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -82,10 +90,12 @@ def _image_batches(args: argparse.Namespace, meta: dict, image_size: int) -> Ite
         yield preprocess(images.to(args.device))
 
 
-def _random_batches(args: argparse.Namespace, image_size: int, in_channels: int = 3) -> Iterator[torch.Tensor]:
+def _random_batches(args: argparse.Namespace, image_size: int | list[int],
+                    in_channels: int = 3) -> Iterator[torch.Tensor]:
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
     gen = torch.Generator().manual_seed(args.seed)
     for _ in range(args.num_batches):
-        yield torch.randn(args.batch_size, in_channels, image_size, image_size, generator=gen)
+        yield torch.randn(args.batch_size, in_channels, height, width, generator=gen)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -94,10 +104,14 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     thresholds = parse_thresholds(args.threshold)
     _check_args(args)
-    model, meta = load_model(args.checkpoint)
+    model, meta = load_model(args.checkpoint, ANALYZABLE)
     image_size = args.image_size or meta.get("image_size")
     if not image_size:
         raise ValueError(f"{args.checkpoint}: metadata has no image_size; pass --image-size")
+    if args.data is not None and meta.get("task") != "cls":
+        raise ValueError(f"{args.checkpoint}: --data feeds ImageFolder images, which only a classification ('cls') "
+                         f"checkpoint takes; this is a {meta.get('task')!r} checkpoint: omit --data to analyse it "
+                         "with random inputs")
     if args.data is not None:
         batches, note = _image_batches(args, meta, image_size), f"images from {args.data / 'val'}"
     else:
@@ -105,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
         note = ("RANDOM-NORMAL inputs (no --data given): activation numbers show the response to noise, "
                 "not to images")
     out = args.out or args.checkpoint.parent / f"analysis-{args.checkpoint.stem}"
-    info = {"checkpoint": str(args.checkpoint), **{k: meta[k] for k in ("arch", "block", "num_classes", "fused")
+    info = {"checkpoint": str(args.checkpoint), **{k: meta[k] for k in ("task", "arch", "scale", "block", "num_classes", "fused")
                                                   if k in meta}}
     report = analyze_model(model, batches, out, thresholds=thresholds, hist_block=args.hist_block,
                            hist_channel=args.hist_channel, device=args.device, model_info=info,
@@ -117,8 +131,15 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
-if __name__ == "__main__":
+def cli(argv: list[str] | None = None) -> int:
+    """``main`` for the command line: a bad checkpoint, path or option prints ``error: ...`` and returns 2."""
     try:
-        main()
-    except (CheckpointError, FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"analyze: error: {err}") from err
+        main(argv)
+    except (CheckpointError, FileNotFoundError, NotADirectoryError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -15,19 +15,24 @@ import json
 import sys
 from pathlib import Path
 
-from qarep_dense.data.preprocess import Preprocess
-from qarep_dense.engine.checkpoint import CheckpointError
-from qarep_dense.evaluation.coco import COCOEvaluator
-from qarep_dense.evaluation.detection import evaluate_detector
-from qarep_dense.layers import reparameterize
-from qarep_dense.models.factory import load_model
-from qarep_dense.tasks.detection import loaders_from_meta
+_ROOT = str(Path(__file__).resolve().parents[1])  # this checkout: `python tools/x.py` runs without an install
+if sys.path[:1] != [_ROOT]:
+    sys.path.insert(0, _ROOT)
+
+from qarep_dense.data.preprocess import Preprocess  # noqa: E402
+from qarep_dense.engine.checkpoint import CheckpointError  # noqa: E402
+from qarep_dense.evaluation.coco import COCOEvaluator  # noqa: E402
+from qarep_dense.evaluation.detection import evaluate_detector  # noqa: E402
+from qarep_dense.layers import reparameterize  # noqa: E402
+from qarep_dense.tasks.registry import load_model  # noqa: E402
+from qarep_dense.tasks.detection import loaders_from_meta  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", type=Path)
-    p.add_argument("--data", type=Path, default=None, help="dataset root (default: the training config's)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="dataset root, read as it is (default: the training config's, generated there if synthetic)")
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=0)
@@ -36,10 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="also write the metrics as JSON here")
     args = p.parse_args(argv)
     try:
-        model, meta = load_model(args.checkpoint)
+        model, meta = load_model(args.checkpoint, "det")
         cfg, val, _ = loaders_from_meta(meta, str(args.checkpoint), args.data, args.image_size, args.batch_size,
                                         args.workers)
-    except (CheckpointError, FileNotFoundError, ValueError) as err:
+    except (CheckpointError, FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.fuse:

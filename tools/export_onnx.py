@@ -15,12 +15,19 @@ import json
 import sys
 from pathlib import Path
 
-import torch
+_ROOT = str(Path(__file__).resolve().parents[1])  # this checkout: `python tools/x.py` runs without an install
+if sys.path[:1] != [_ROOT]:
+    sys.path.insert(0, _ROOT)
 
-from qarep_dense.deploy.onnx import export_onnx, verify_onnx
-from qarep_dense.engine.checkpoint import CheckpointError
-from qarep_dense.layers import reparameterize
-from qarep_dense.models.factory import load_model
+import torch  # noqa: E402
+
+from qarep_dense.deploy.onnx import export_onnx, verify_onnx  # noqa: E402
+from qarep_dense.engine.checkpoint import CheckpointError  # noqa: E402
+from qarep_dense.layers import reparameterize  # noqa: E402
+from qarep_dense.tasks.registry import load_model  # noqa: E402
+
+# Tasks whose network takes one (N, 3, S, S) image tensor: the export below.
+EXPORTABLE = ("cls", "det", "seg")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,16 +40,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--atol", type=float, default=1e-3, help="largest accepted |ORT - PyTorch|")
     args = p.parse_args(argv)
     try:
-        model, meta = load_model(args.checkpoint)
+        model, meta = load_model(args.checkpoint, EXPORTABLE)
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     deploy = model if meta.get("fused") else reparameterize(model)
     size = args.image_size or meta.get("image_size") or 224
-    example = torch.randn(args.batch, 3, size, size)
-    path = export_onnx(deploy, example, args.out, args.opset)
+    height, width = (size, size) if isinstance(size, int) else size  # (H, W) for non-square inputs
+    example = torch.randn(args.batch, 3, height, width)
+    try:
+        path = export_onnx(deploy, example, args.out, args.opset)
+    except OSError as err:
+        print(f"error: --out {args.out}: cannot write the ONNX file ({type(err).__name__}: {err})", file=sys.stderr)
+        return 2
     diff = verify_onnx(path, deploy, example)
-    print(json.dumps({"onnx": str(path), "input": [args.batch, 3, size, size], "preprocess": meta.get("preprocess"),
+    print(json.dumps({"onnx": str(path), "input": [args.batch, 3, height, width], "preprocess": meta.get("preprocess"),
                       "max_abs_diff_vs_torch": diff}, indent=2))
     if diff > args.atol:
         print(f"error: ONNX Runtime differs from PyTorch by {diff:.3g} > {args.atol}", file=sys.stderr)

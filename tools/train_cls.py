@@ -2,16 +2,23 @@
 """Train a RepVGG / QARepVGG / RepOpt-VGG classifier, then fuse it and evaluate both forms.
 
     python tools/train_cls.py configs/cls/digits_qarepvgg.toml --work-dir work_dirs/digits_qa
-    python tools/train_cls.py CONFIG --set optim.lr=0.2 --set train.seed=1 --resume
+    python tools/train_cls.py CONFIG --set optim.lr=0.2 --set train.seed=1
+    python tools/train_cls.py CONFIG --work-dir DIR --resume            # continue exactly from DIR/last.pt
+    python tools/train_cls.py CONFIG --work-dir DIR --overwrite         # start over, replacing DIR's checkpoints
     torchrun --nproc_per_node=8 tools/train_cls.py configs/cls/a0_qarepvgg_imagenet.toml --device cuda
 
 Writes WORK_DIR/{last,best,deploy}.pt, results.json, train.csv, val.csv, train.log, config.json.
 All logic lives in ``qarep_dense.tasks.classification.train``; this file only parses arguments.
 """
 import sys
+from pathlib import Path
 
-from qarep_dense.tasks.classification import ClsConfig, train
-from qarep_dense.tasks.cli import build_parser, train_main
+_ROOT = str(Path(__file__).resolve().parents[1])  # this checkout: `python tools/x.py` runs without an install
+if sys.path[:1] != [_ROOT]:
+    sys.path.insert(0, _ROOT)
+
+from qarep_dense.tasks.classification import ClsConfig, train  # noqa: E402
+from qarep_dense.tasks.cli import build_parser, train_main  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -4,15 +4,21 @@
     python tools/train_det.py configs/det/synthetic_qarepvgg.toml --work-dir work_dirs/det_demo
     torchrun --nproc_per_node=8 tools/train_det.py configs/det/yolov6s_qarepvgg_coco.toml --device cuda
     python tools/train_det.py CONFIG --work-dir DIR --resume          # continue exactly from DIR/last.pt
+    python tools/train_det.py CONFIG --work-dir DIR --overwrite       # start over, replacing DIR's checkpoints
     python tools/train_det.py CONFIG --set optim.epochs=100 --set data.batch_size=64
 
 Writes WORK_DIR/{last,best,deploy}.pt, results.json, train.csv, val.csv, train.log, config.json.
 All logic lives in ``qarep_dense.tasks.detection.train``; this file only parses arguments.
 """
 import sys
+from pathlib import Path
 
-from qarep_dense.tasks.cli import build_parser, train_main
-from qarep_dense.tasks.detection import DetConfig, train
+_ROOT = str(Path(__file__).resolve().parents[1])  # this checkout: `python tools/x.py` runs without an install
+if sys.path[:1] != [_ROOT]:
+    sys.path.insert(0, _ROOT)
+
+from qarep_dense.tasks.cli import build_parser, train_main  # noqa: E402
+from qarep_dense.tasks.detection import DetConfig, train  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from . import transforms as T
+from .image_check import ImageReadError, check_image_files  # noqa: F401 (ImageReadError: raised at build)
 
 logger = logging.getLogger(__name__)
 
@@ -117,11 +118,14 @@ class CocoDetection(Dataset):
         image_size: output side S.
         train: enables ``augment`` (None = letterbox only, like eval).
         seed: base of the per-item random generators.
+        check_images: read every image's header now (format, size against the JSON), so a corrupt file
+            raises :class:`ImageReadError` naming it when the dataset is built, not mid-epoch.
     Set ``mosaic_enabled = False`` to switch mosaic off (last epochs); call ``set_epoch`` every epoch.
     """
 
     def __init__(self, img_dir: str | os.PathLike, ann_file: str | os.PathLike, image_size: int,
-                 train: bool = False, augment: DetAugment | None = None, seed: int = 0) -> None:
+                 train: bool = False, augment: DetAugment | None = None, seed: int = 0,
+                 check_images: bool = True) -> None:
         if not isinstance(image_size, int) or image_size <= 0:
             raise ValueError(f"image_size must be a positive int, got {image_size!r}")
         self.img_dir, self.ann_file = Path(img_dir), Path(ann_file)
@@ -135,6 +139,8 @@ class CocoDetection(Dataset):
         self.names: list[str] = [c["name"] for c in cats]
         cat_to_index = {cid: k for k, cid in enumerate(self.category_ids)}
         self.images = sorted(data["images"], key=lambda e: e["id"])
+        if not self.images:
+            raise AnnotationError(f"{self.ann_file}: the 'images' list is empty (no image to train or evaluate on)")
         by_image: dict[Any, list[dict]] = {e["id"]: [] for e in self.images}
         for ann in data["annotations"]:
             by_image[ann["image_id"]].append(ann)
@@ -146,9 +152,9 @@ class CocoDetection(Dataset):
         if dropped:
             logger.warning("%s: dropped %d degenerate boxes (width or height <= 0 after clipping to the image)",
                            self.ann_file, dropped)
-        self._check_files()
+        self._check_files(check_images)
 
-    def _check_files(self) -> None:
+    def _check_files(self, check_images: bool) -> None:
         if not self.img_dir.is_dir():
             raise FileNotFoundError(f"{self.img_dir}: image folder not found (annotations: {self.ann_file})")
         missing = [str(self.img_dir / e["file_name"]) for e in self.images
@@ -156,6 +162,9 @@ class CocoDetection(Dataset):
         if missing:
             shown = ", ".join(missing[:3]) + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else "")
             raise FileNotFoundError(f"{self.ann_file}: {len(missing)} image(s) listed but missing on disk: {shown}")
+        if check_images:
+            check_image_files([self.img_dir / e["file_name"] for e in self.images], f"{self.ann_file}",
+                              expected_hw=[(e["height"], e["width"]) for e in self.images])
 
     @property
     def num_classes(self) -> int:

@@ -63,6 +63,9 @@ def make_det_loader(img_dir: str | os.PathLike, ann_file: str | os.PathLike, ima
         # also what N workers on N cores want. The main process then does no image work.
         cv2.setNumThreads(0)
     dataset = CocoDetection(img_dir, ann_file, image_size, train=train, augment=augment, seed=seed)
+    if drop_last and len(dataset) < batch_size * (1 if not distributed else _world_size()):
+        raise ValueError(f"{ann_file}: {len(dataset)} image(s) are fewer than one batch of {batch_size} per process "
+                         "(the last partial batch is dropped, so the loader would yield nothing); lower the batch size")
     shuffle = train if shuffle is None else shuffle
     # torch's DistributedSampler is the library's seed+epoch shuffler; one replica outside distributed runs
     replicas = {} if distributed else {"num_replicas": 1, "rank": 0}
@@ -72,6 +75,12 @@ def make_det_loader(img_dir: str | os.PathLike, ann_file: str | os.PathLike, ima
                       collate_fn=collate_detection, worker_init_fn=_seed_worker, drop_last=drop_last,
                       generator=torch.Generator().manual_seed(seed), persistent_workers=False,
                       pin_memory=False)
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def set_loader_epoch(loader: DataLoader, epoch: int) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .imagefolder import begin_export, export_is_current, finish_export
+from .export_guard import begin_export, export_is_current, finish_export
 
 log = logging.getLogger(__name__)
 

@@ -2,14 +2,12 @@
 
 Loaders yield (uint8 (N, 3, H, W), int64 labels (N,)); normalisation is NOT done here but by
 :mod:`qarep_dense.data.preprocess` (``IMAGENET``), the one uint8 -> float step.
-Also the manifest helpers that let exporters (digits, synthetic shapes) skip a finished export.
+The export guard (``begin_export`` ...) lives in :mod:`.export_guard` and is re-exported here.
 """
 from __future__ import annotations
 
-import json
 import os
 import random
-import shutil
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -19,13 +17,13 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
+from .export_guard import MANIFEST, begin_export, export_is_current, finish_export  # noqa: F401 (re-exported)
+from .image_check import ImageReadError, check_image_files
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+IMAGE_FORMATS = {"JPEG", "MPO", "PNG", "WEBP"}  # what torchvision's decode_image reads (Pillow's names)
 # Below this size images are tiny (digits, synthetic shapes at 32): resize directly, light augmentation.
 SMALL_IMAGE = 64
-
-
-class ImageReadError(RuntimeError):
-    """An image file is unreadable or corrupt; the message names the file."""
 
 
 def _list_images(folder: Path) -> list[Path]:
@@ -50,11 +48,12 @@ class ImageFolderDataset(Dataset):
 
     ``class_names`` fixes the class -> index mapping (pass the train split's classes to a
     validation split so the indices agree); by default it is the sorted subfolder names.
-    ``transform`` is applied to the uint8 image tensor.
+    ``transform`` is applied to the uint8 image tensor. ``check_images``: read every file's header now
+    (raises :class:`ImageReadError` naming the corrupt files), so a bad file fails before training.
     """
 
     def __init__(self, root: str | os.PathLike, transform: Callable | None = None,
-                 class_names: Sequence[str] | None = None):
+                 class_names: Sequence[str] | None = None, check_images: bool = True):
         self.root = Path(root)
         found = list_classes(self.root)
         self.classes = list(class_names) if class_names is not None else found
@@ -68,6 +67,8 @@ class ImageFolderDataset(Dataset):
             if not files:
                 raise ValueError(f"{self.root / name}: class folder has no images ({', '.join(IMAGE_EXTENSIONS)})")
             self.samples.extend((f, self.class_to_idx[name]) for f in files)
+        if check_images:
+            check_image_files([p for p, _ in self.samples], str(self.root), IMAGE_FORMATS)
         self.transform = transform
 
     def __len__(self) -> int:
@@ -144,47 +145,3 @@ def make_cls_loader(root: str | os.PathLike, image_size: int, batch_size: int, t
                       pin_memory=pin_memory, worker_init_fn=_seed_worker,
                       generator=torch.Generator().manual_seed(seed))
 
-
-# --- export manifests ----------------------------------------------------------------------------
-
-MANIFEST = "manifest.json"
-
-
-def export_is_current(out_dir: Path, spec: dict) -> bool:
-    """True when ``out_dir`` holds a complete export made with exactly ``spec`` (file counts checked)."""
-    path = out_dir / MANIFEST
-    if not path.is_file():
-        return False
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    if manifest.get("spec") != spec or manifest.get("status") != "complete":
-        return False
-    return all(len(_list_images(out_dir / split)) == n for split, n in manifest.get("counts", {}).items())
-
-
-def begin_export(out_dir: Path, spec: dict, splits: Sequence[str] = ("train", "val")) -> None:
-    """Clear a previous (stale or partial) export of ours and mark the folder as being written.
-
-    Refuses to delete split folders it did not write (no manifest): those may be real data.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ours = (out_dir / MANIFEST).is_file()
-    for split in splits:
-        if (out_dir / split).exists():
-            if not ours:
-                raise FileExistsError(f"{out_dir / split} exists but was not written by this exporter "
-                                      f"(no {MANIFEST}); choose another folder or remove it")
-            shutil.rmtree(out_dir / split)
-    _write_manifest(out_dir, {"spec": spec, "status": "incomplete"})
-
-
-def finish_export(out_dir: Path, spec: dict, counts: dict[str, int]) -> None:
-    _write_manifest(out_dir, {"spec": spec, "status": "complete", "counts": counts})
-
-
-def _write_manifest(out_dir: Path, manifest: dict) -> None:
-    tmp = out_dir / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    os.replace(tmp, out_dir / MANIFEST)

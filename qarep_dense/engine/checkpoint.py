@@ -8,9 +8,14 @@ Layout of a checkpoint file (a dict):
 """
 from __future__ import annotations
 
+import glob
+import logging
 import os
 import pickle
+import re
+import stat
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -19,22 +24,65 @@ import torch
 from torch import nn
 
 FORMAT = "qarep-dense/1"
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated, of another format, or does not fit the model."""
 
 
+# The temporary names save_checkpoint gives (tempfile.mkstemp: ".<name>." + 8 random characters + ".tmp").
+_TMP_SUFFIX_CHARS = 8
+# A temp file untouched for this long belongs to a write that died (a killed run), not to a write in progress.
+STALE_TMP_SECONDS = 60.0
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask would set it to read it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def stale_temp_files(path: str | os.PathLike, min_age: float = STALE_TMP_SECONDS) -> list[Path]:
+    """Temporary files of earlier :func:`save_checkpoint` calls for ``path`` that died before the rename.
+
+    Only names of our own pattern in the same folder (``.<name>.XXXXXXXX.tmp``) untouched for ``min_age`` s.
+    """
+    path = Path(path)
+    pattern = re.compile(re.escape(f".{path.name}.") + r"[A-Za-z0-9_]{%d}\.tmp" % _TMP_SUFFIX_CHARS)
+    now = time.time()
+    stale = []
+    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            info = candidate.lstat()
+        except FileNotFoundError:
+            continue
+        if pattern.fullmatch(candidate.name) and stat.S_ISREG(info.st_mode) and now - info.st_mtime >= min_age:
+            stale.append(candidate)
+    return sorted(stale)
+
+
 def save_checkpoint(path: str | os.PathLike, model_state: dict, meta: dict, **states: Any) -> Path:
     """Write atomically: to a temporary file in the same folder, fsync, then rename over ``path``.
 
-    A run killed mid-write leaves the previous checkpoint intact.
+    A run killed mid-write leaves the previous checkpoint intact; its temporary file is removed by the
+    next write of the same checkpoint. The file gets the mode a plain ``open`` would give (0666 & ~umask),
+    not mkstemp's private 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "meta": dict(meta), "model": model_state, **states}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
             f.flush()
@@ -43,6 +91,9 @@ def save_checkpoint(path: str | os.PathLike, model_state: dict, meta: dict, **st
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    for stale in stale_temp_files(path):
+        log.info("removing %s, left by an interrupted checkpoint write", stale)
+        stale.unlink(missing_ok=True)
     return path
 
 
@@ -53,11 +104,23 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as err:
+    except pickle.UnpicklingError as err:
+        if "weights only load failed" in str(err).lower():
+            raise CheckpointError(_unsafe_message(path, err)) from None  # not torch's "weights_only=False" advice
+        raise CheckpointError(f"{path}: cannot read checkpoint (truncated or corrupt file?): {err}") from err
+    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError) as err:
         raise CheckpointError(f"{path}: cannot read checkpoint (truncated or corrupt file?): {err}") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or "model" not in payload:
         raise CheckpointError(f"{path}: not a qarep-dense checkpoint (expected format {FORMAT!r} with a 'model' entry)")
     return payload
+
+
+def _unsafe_message(path: Path, err: Exception) -> str:
+    # Keep torch's one line that names the refused object; drop its advice to load with weights_only=False.
+    detail = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line or "Unsupported" in line), "")
+    return (f"{path}: refused as unsafe: the file holds pickled Python objects (classes, functions) besides tensors "
+            "and plain data, which this project never writes and never executes"
+            + (f" ({detail})" if detail else "") + "; it is not a qarep-dense checkpoint")
 
 
 def load_model_state(model: nn.Module, state: dict, source: str = "checkpoint") -> None:

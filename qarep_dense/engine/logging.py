@@ -39,6 +39,24 @@ def setup_logging(work_dir: str | os.PathLike | None = None, is_main: bool = Tru
         root.addHandler(handler)
 
 
+def log_error_to_file(message: str, error: BaseException) -> bool:
+    """Write ``message`` and ``error``'s traceback to the run's ``train.log`` (not to the console).
+
+    A run that stops on an error keeps the reason in its log; the console gets the tool's one-line
+    message instead. Returns False when no log file is open (non-main ranks, no work dir).
+    """
+    root = logging.getLogger("qarep_dense")
+    handlers = [h for h in root.handlers if getattr(h, "_qarep_file", False)]
+    if not handlers:
+        return False
+    record = root.makeRecord(root.name, logging.ERROR, __file__, 0, message, (),
+                             (type(error), error, error.__traceback__))
+    for handler in handlers:
+        handler.handle(record)
+        handler.flush()
+    return True
+
+
 def _scalar(value: Any) -> float | int | str:
     if hasattr(value, "item"):
         value = value.item()

@@ -31,9 +31,10 @@ from ..engine.hooks import CheckpointHook, EMAHook, EvalHook, LoggerHook, Warmup
 from ..engine.logging import MetricLogger
 from ..engine.trainer import Trainer, accumulate_steps
 from ..evaluation.classification import evaluate_classifier
+from ..evaluation.evaluators import ClassificationEvaluator, EvalRequest
 from ..layers import BLOCK_TYPES, reparameterize
 from ..models.classifier import build_classifier
-from ..models.factory import load_model
+from .registry import load_model
 from ..models.zoo import CLASSIFIER_ARCHS
 from .common import run_training, write_json_atomic
 from ..optim import build_repopt_sgd, custom_l2_penalty, param_groups
@@ -71,6 +72,7 @@ class OptimConfig:
     weight_decay: float = 1e-4
     nesterov: bool = False
     l2: Literal["normal", "custom", "eq5"] = "normal"
+    identity_decay: bool | None = None  # decay identity-BN gammas (RepVGG's recipe); None: on iff l2 != "normal"
     epochs: int = 120
     warmup_epochs: float = 5.0
     lrf: float = 0.0                # cosine ends at lr * lrf
@@ -127,7 +129,7 @@ class ClsConfig:
 
 
 def cls_meta(cfg: ClsConfig) -> dict:
-    """Checkpoint metadata of a train-form classifier (see ``qarep_dense.models.factory``)."""
+    """Checkpoint metadata of a train-form classifier (read back by :func:`build_model_from_meta`)."""
     return {"task": "cls", "arch": cfg.model.arch, "block": cfg.model.block, "num_classes": cfg.model.num_classes,
             "stem_stride": cfg.model.stem_stride, "fused": False, "fold_bn": True,
             "image_size": cfg.data.image_size, "preprocess": IMAGENET.as_dict(), "config": config_to_dict(cfg)}
@@ -175,14 +177,15 @@ def build_optimizer(cfg: ClsConfig, model: nn.Module, reinit: bool = True) -> to
     """
     o = cfg.optim
     if cfg.repopt.hs_checkpoint:
-        hs_model, hs_meta = load_model(cfg.repopt.hs_checkpoint)
+        hs_model, hs_meta = load_model(cfg.repopt.hs_checkpoint, "cls")
         if hs_meta.get("block") != "hs" or hs_meta.get("fused") or hs_meta.get("arch") != cfg.model.arch:
             raise ConfigError(f"repopt.hs_checkpoint {cfg.repopt.hs_checkpoint}: expected an unfused 'hs' model of "
                               f"arch {cfg.model.arch!r}, got block {hs_meta.get('block')!r} arch {hs_meta.get('arch')!r}")
         device = next(model.parameters()).device
         return build_repopt_sgd(model, hs_model.to(device), o.lr, o.momentum, o.weight_decay, o.nesterov,
                                 reinit=reinit)
-    return torch.optim.SGD(param_groups(model, o.weight_decay, o.l2), lr=o.lr, momentum=o.momentum,
+    groups = param_groups(model, o.weight_decay, o.l2, o.identity_decay)
+    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum,
                            nesterov=o.nesterov, weight_decay=0.0)  # each group carries its own decay
 
 
@@ -276,11 +279,12 @@ def finalize(trainer: Trainer, evaluate, val_loader, work_dir: Path) -> dict:
 
 
 def train(cfg: ClsConfig, work_dir: str | os.PathLike, resume: bool = False,
-          device: str | None = None) -> dict:
+          device: str | None = None, overwrite: bool = False) -> dict:
     """Train, evaluate, fuse, evaluate the deploy model; return the results dict (``{}`` on ranks > 0).
 
     Works under ``torchrun`` (DDP, one process per GPU, or Gloo on CPU) and as a plain call.
-    ``device`` overrides ``cfg.train.device``.
+    ``device`` overrides ``cfg.train.device``. A work dir holding an earlier run's checkpoints is refused
+    unless ``resume`` (continue it) or ``overwrite`` (start over).
     """
     work_dir = Path(work_dir)
 
@@ -288,4 +292,37 @@ def train(cfg: ClsConfig, work_dir: str | os.PathLike, resume: bool = False,
         trainer, evaluate, val_loader = build_trainer(cfg, work_dir, dist, dev, resume)
         return trainer, lambda t: finalize(t, evaluate, val_loader, work_dir)
 
-    return run_training(cfg, work_dir, resume, device, build, ("task", "arch", "block", "num_classes", "stem_stride"))
+    return run_training(cfg, work_dir, resume, device, build, ("task", "arch", "block", "num_classes", "stem_stride"),
+                        overwrite=overwrite)
+
+
+# --- saved checkpoints (the task registry's entry points) ----------------------------------------
+
+
+def build_model_from_meta(meta: dict, source: str = "checkpoint") -> nn.Module:
+    """The train-form classifier a checkpoint's metadata describes."""
+    from .registry import require_meta
+
+    require_meta(meta, ("arch", "block", "num_classes"), source)
+    return build_classifier(meta["arch"], meta["block"], meta["num_classes"], stem_stride=meta.get("stem_stride", 2))
+
+
+def make_evaluator(request: EvalRequest) -> ClassificationEvaluator:
+    """Top-1 on ``request.data``/val, calibration on shuffled train images with the *eval* transforms."""
+    from ..engine.checkpoint import CheckpointError
+
+    if request.data is None:
+        raise ValueError("classification needs --data (an ImageFolder root with train/ and val/)")
+    meta = request.meta
+    size = request.image_size or meta.get("image_size")
+    if not size:
+        raise CheckpointError(f"{request.checkpoint}: no image_size in the checkpoint; pass --image-size")
+    val = make_cls_loader(request.data, size, request.batch_size, train=False, workers=request.workers)
+    calib = make_cls_loader(request.data, size, request.batch_size, train=False, workers=request.workers,
+                            split="train", shuffle=True)
+    classes = len(val.dataset.classes)
+    if classes != meta["num_classes"]:
+        raise CheckpointError(f"{request.checkpoint}: model has {meta['num_classes']} classes but {request.data} "
+                              f"has {classes}")
+    preprocess = Preprocess(**meta["preprocess"]) if meta.get("preprocess") else Preprocess()
+    return ClassificationEvaluator(val, calib, preprocess, request.device, progress=request.progress)

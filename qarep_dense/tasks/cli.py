@@ -1,4 +1,5 @@
-"""The command line shared by the training tools: CONFIG [--set k=v ...] [--work-dir] [--resume] [--device]."""
+"""The command line shared by the training tools:
+CONFIG [--set k=v ...] [--work-dir] [--resume | --overwrite] [--device]."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +10,12 @@ from typing import Callable
 
 from ..config import ConfigError, load_config
 from ..engine.checkpoint import CheckpointError
+from ..engine.trainer import NonFiniteLossError
+
+# Errors that mean "fix the input", not "the program broke": one line on the console, exit 2.
+# (A stopped run's traceback is in WORK_DIR/train.log.) ConfigError, the data errors
+# (AnnotationError, ImageReadError) and loader checks are ValueErrors.
+USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError, FileExistsError, NotADirectoryError, ValueError)
 
 
 def build_parser(description: str, task: str) -> argparse.ArgumentParser:
@@ -19,23 +26,34 @@ def build_parser(description: str, task: str) -> argparse.ArgumentParser:
                              "repeatable")
     parser.add_argument("--work-dir", type=Path, default=None,
                         help=f"output folder (default: work_dirs/{task}/<config name>)")
-    parser.add_argument("--resume", action="store_true", help="continue exactly from WORK_DIR/last.pt")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue exactly from WORK_DIR/last.pt (only optim.epochs and run settings such as "
+                            "train.eval_interval may change; other changed keys are refused)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="start over in a WORK_DIR that holds an earlier run's checkpoints, replacing them "
+                            "(without it, or --resume, such a WORK_DIR is refused)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the config's train.device)")
     return parser
 
 
 def train_main(description: str, config_cls: type, train_fn: Callable[..., dict], task: str,
                summary_keys: tuple[str, ...], argv: list[str] | None = None) -> int:
-    """Parse arguments, load the typed config, run ``train_fn(cfg, work_dir, resume, device)``, print a summary.
+    """Parse arguments, load the typed config, run ``train_fn(cfg, work_dir, resume, device, overwrite)``,
+    print a summary.
 
-    User errors (bad config key or value, unusable checkpoint, missing data) print one line and exit 2.
+    User errors (bad config key or value, unusable checkpoint, missing or corrupt data, a work dir with an
+    earlier run's checkpoints) print one line and exit 2; a diverged run (non-finite loss) exits 1.
     """
     args = build_parser(description, task).parse_args(argv)
     work_dir = args.work_dir or Path("work_dirs") / task / args.config.stem
     try:
         cfg = load_config(args.config, config_cls, args.overrides)
-        results = train_fn(cfg, work_dir, resume=args.resume, device=args.device)
-    except (ConfigError, CheckpointError, FileNotFoundError) as err:
+        results = train_fn(cfg, work_dir, resume=args.resume, device=args.device, overwrite=args.overwrite)
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if results:  # rank 0 only

@@ -1,4 +1,4 @@
-"""Pieces every task's ``train()`` shares: seeding, determinism, resume checks, result files."""
+"""Pieces every task's ``train()`` shares: seeding, determinism, work-dir and resume checks, result files."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,7 @@ import torch
 from ..config import config_to_dict
 from ..engine.checkpoint import CheckpointError, load_checkpoint
 from ..engine.distributed import DistInfo, cleanup_distributed, init_distributed
-from ..engine.logging import setup_logging
+from ..engine.logging import log_error_to_file, setup_logging
 from ..engine.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,76 @@ def check_resume_meta(path: Path, saved: dict, expected: dict, keys: Iterable[st
                                   "--work-dir")
 
 
+# Files a training run writes into its work dir; a fresh run refuses to start over the first three.
+RUN_CHECKPOINTS = ("last.pt", "best.pt", "deploy.pt")
+RUN_OUTPUTS = (*RUN_CHECKPOINTS, "results.json", "train.csv", "val.csv", "train_iter.csv")
+
+# Config keys whose new value a resumed run applies from its next epoch (the schedule follows the new
+# epoch count, hooks and loaders are rebuilt from the config). Every other key is restored from, or baked
+# into, the checkpoint's state (optimizer lr and momentum, batch size, model, augmentation draws): changing
+# them on --resume would record a value that does not run, so it is refused.
+RESUME_CHANGEABLE = ("optim.epochs", "train.eval_interval", "train.log_interval", "train.progress",
+                     "train.tensorboard", "train.keep_every", "train.device", "train.deterministic",
+                     "data.workers", "data.root")
+
+
+class WorkDirExistsError(FileExistsError):
+    """A fresh run was started in a work dir that holds an earlier run's checkpoints."""
+
+
+def prepare_work_dir(work_dir: Path, resume: bool, overwrite: bool, is_main: bool) -> None:
+    """Refuse to start a fresh run over an earlier run's checkpoints unless ``overwrite``.
+
+    With ``overwrite`` the earlier run's outputs (``RUN_OUTPUTS`` and ``epoch_<k>.pt``) are removed first,
+    so no stale best.pt, results or CSV rows survive into the new run; train.log is appended to.
+    """
+    if resume:
+        return
+    existing = [name for name in RUN_CHECKPOINTS if (work_dir / name).is_file()]
+    if existing and not overwrite:
+        raise WorkDirExistsError(f"{work_dir} already holds {', '.join(existing)} of an earlier run; use --resume to "
+                                 "continue it, or --overwrite to start over (replacing its checkpoints), or another "
+                                 "--work-dir")
+    if existing and is_main:
+        old = [work_dir / n for n in RUN_OUTPUTS if (work_dir / n).is_file()]
+        old += sorted(p for p in work_dir.glob("epoch_*.pt") if p.stem[len("epoch_"):].isdigit())
+        log.warning("--overwrite: removing the earlier run's %s", ", ".join(p.name for p in old))
+        for path in old:
+            path.unlink()
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_resume_config(path: Path, saved: dict | None, current: dict) -> dict[str, tuple[Any, Any]]:
+    """Compare the checkpoint's recorded config with this run's; refuse keys a resume cannot apply.
+
+    Returns {key: (recorded, new)} of the changes that apply (``RESUME_CHANGEABLE``); raises
+    :class:`CheckpointError` listing every other changed key. Keys the checkpoint does not record
+    (added to the config schema later) are not compared.
+    """
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}: the checkpoint records no training config; cannot check that --resume "
+                              "continues the same recipe")
+    old, new = _flatten(saved), _flatten(current)
+    changed = {k: (old[k], new[k]) for k in new if k in old and old[k] != new[k]}
+    refused = {k: v for k, v in changed.items() if k not in RESUME_CHANGEABLE}
+    if refused:
+        listed = ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in sorted(refused.items()))
+        raise CheckpointError(f"{path}: --resume cannot change {listed}: the resumed run restores these from the "
+                              "checkpoint (or they shape its state), so they would be recorded but not run. Resume "
+                              "with the recorded values (config.json), or start a new run (another --work-dir or "
+                              f"--overwrite). Changeable on resume: {', '.join(RESUME_CHANGEABLE)}")
+    return changed
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2))
@@ -56,38 +126,52 @@ BuildFn = Callable[[DistInfo, torch.device], tuple[Trainer, Callable[[Trainer], 
 
 
 def run_training(cfg: Any, work_dir: str | os.PathLike, resume: bool, device: str | None, build: BuildFn,
-                 resume_keys: tuple[str, ...]) -> dict:
+                 resume_keys: tuple[str, ...], overwrite: bool = False) -> dict:
     """The shared life of a training run, plain or under torchrun:
 
-    init the process group -> logging -> determinism and seeds -> ``build(dist, device)`` returns
-    (trainer, finish) -> optional exact resume from WORK_DIR/last.pt (refused if ``resume_keys`` of the
-    checkpoint's meta differ) -> config.json -> train -> ``finish(trainer)`` on rank 0 (``{}`` elsewhere).
+    init the process group -> refuse a fresh run over earlier checkpoints unless ``overwrite`` ->
+    logging -> determinism and seeds -> ``build(dist, device)`` returns (trainer, finish) -> optional
+    exact resume from WORK_DIR/last.pt (refused if ``resume_keys`` of the checkpoint's meta differ, or
+    a config key it cannot apply changed) -> config.json -> train -> ``finish(trainer)`` on rank 0
+    (``{}`` elsewhere). An error that stops the run is written with its traceback to train.log.
     """
     import torch.distributed as tdist
 
     work_dir = Path(work_dir)
     owns_group = not (tdist.is_available() and tdist.is_initialized())
     dist, dev = init_distributed(device or cfg.train.device)
-    if dist.is_main:
-        work_dir.mkdir(parents=True, exist_ok=True)
     try:
-        setup_logging(work_dir, dist.is_main)
-        set_determinism(cfg.train.deterministic)
-        seed_all(cfg.train.seed + dist.rank)
-        trainer, finish = build(dist, dev)
-        last = work_dir / "last.pt"
-        if resume:
-            if not last.is_file():
-                raise FileNotFoundError(f"--resume: {last} not found (nothing to resume in {work_dir})")
-            payload = load_checkpoint(last)  # on CPU: RNG states must stay CPU tensors
-            check_resume_meta(last, payload["meta"], trainer.meta, resume_keys)
-            trainer.resume(payload, source=str(last))
-        elif last.is_file() and dist.is_main:
-            log.warning("%s exists and will be overwritten; pass --resume to continue that run", last)
+        prepare_work_dir(work_dir, resume, overwrite, dist.is_main)
         if dist.is_main:
-            write_json_atomic(work_dir / "config.json", config_to_dict(cfg))
-        trainer.train()
-        return finish(trainer) if dist.is_main else {}
+            work_dir.mkdir(parents=True, exist_ok=True)
+        setup_logging(work_dir, dist.is_main)
+        try:
+            return _train_logged(cfg, work_dir, resume, dist, dev, build, resume_keys)
+        except BaseException as err:
+            label = "interrupted" if isinstance(err, KeyboardInterrupt) else "stopped by an error"
+            log_error_to_file(f"run {label}: {type(err).__name__}: {err}", err)
+            raise
     finally:
         if owns_group:
             cleanup_distributed()
+
+
+def _train_logged(cfg: Any, work_dir: Path, resume: bool, dist: DistInfo, dev: torch.device, build: BuildFn,
+                  resume_keys: tuple[str, ...]) -> dict:
+    set_determinism(cfg.train.deterministic)
+    seed_all(cfg.train.seed + dist.rank)
+    trainer, finish = build(dist, dev)
+    last = work_dir / "last.pt"
+    config = config_to_dict(cfg)
+    if resume:
+        if not last.is_file():
+            raise FileNotFoundError(f"--resume: {last} not found (nothing to resume in {work_dir})")
+        payload = load_checkpoint(last)  # on CPU: RNG states must stay CPU tensors
+        check_resume_meta(last, payload["meta"], trainer.meta, resume_keys)
+        for key, (old, new) in check_resume_config(last, payload["meta"].get("config"), config).items():
+            log.info("resuming with %s changed: %r -> %r (applies from the next epoch)", key, old, new)
+        trainer.resume(payload, source=str(last))
+    if dist.is_main:
+        write_json_atomic(work_dir / "config.json", config)
+    trainer.train()
+    return finish(trainer) if dist.is_main else {}

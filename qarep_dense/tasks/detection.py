@@ -22,8 +22,8 @@ from torch import nn
 from ..config import ConfigError, config_to_dict, require
 from ..data.coco import DetAugment
 from ..data.det_loader import make_det_loader
-from ..data.preprocess import DETECTION
-from ..data.synthetic.coco import generate_coco
+from ..data.preprocess import DETECTION, Preprocess
+from ..data.synthetic.coco import generate_coco, synthetic_coco_paths
 from ..engine.checkpoint import save_checkpoint
 from ..engine.distributed import DistInfo, barrier
 from ..engine.hooks import CheckpointHook, EMAHook, EpochCallbackHook, EvalHook, LoggerHook, YoloV6LRHook
@@ -31,6 +31,7 @@ from ..engine.logging import MetricLogger
 from ..engine.trainer import Trainer, accumulate_steps
 from ..evaluation.coco import COCOEvaluator
 from ..evaluation.detection import DetEvalSettings, evaluate_detector
+from ..evaluation.evaluators import EvalRequest
 from ..layers import BLOCK_TYPES, reparameterize
 from ..losses import DetectionLoss
 from ..models.detector import Detector, build_detector
@@ -52,6 +53,8 @@ class DetModelConfig:
     use_dfl: bool = False           # YOLOv6 v2.0 trained n/t/s without DFL
     reg_max: int = 16
     head_act: str = "silu"
+    bn_eps: float = 1e-3            # YOLOv6's BatchNorm settings (its initialize_weights), on every BN
+    bn_momentum: float = 0.03
 
 
 @dataclass
@@ -75,7 +78,7 @@ class DetDataConfig:
 
 @dataclass
 class DetOptimConfig:
-    lr0: float = 0.01
+    lr0: float | None = None        # None: the scale's own lr0 (DETECTOR_SCALES: n 0.02, t/s 0.01)
     lrf: float = 0.01
     momentum: float = 0.937
     weight_decay: float = 5e-4
@@ -142,6 +145,9 @@ class DetConfig:
             (m.num_classes >= 1, f"model.num_classes must be >= 1, got {m.num_classes}"),
             (d.image_size % 32 == 0, f"data.image_size must be a multiple of 32, got {d.image_size}"),
             (d.batch_size >= 1 and o.epochs >= 1, "data.batch_size and optim.epochs must be >= 1"),
+            (o.lr0 is None or o.lr0 > 0, f"optim.lr0 must be > 0 (or unset: the scale's lr0), got {o.lr0}"),
+            (m.bn_eps > 0 and 0 < m.bn_momentum <= 1,
+             f"model.bn_eps must be > 0 and model.bn_momentum in (0, 1]; got {m.bn_eps}, {m.bn_momentum}"),
             (self.loss.iou_type in ("", "giou", "siou", "ciou"), f"loss.iou_type {self.loss.iou_type!r} unknown"),
             (not self.repopt.hs_checkpoint or m.block == "repopt",
              f"repopt.hs_checkpoint is set but model.block is {m.block!r}; RepOptimizer trains block 'repopt'"),
@@ -149,10 +155,11 @@ class DetConfig:
 
 
 def det_meta(cfg: DetConfig, category_ids: list[int], names: list[str]) -> dict:
-    """Checkpoint metadata of a train-form detector (see ``qarep_dense.models.factory``)."""
+    """Checkpoint metadata of a train-form detector (read back by :func:`build_model_from_meta`)."""
     m = cfg.model
     return {"task": "det", "scale": m.scale, "block": m.block, "num_classes": m.num_classes,
-            "use_dfl": m.use_dfl, "reg_max": m.reg_max, "head_act": m.head_act, "fused": False, "fold_bn": True,
+            "use_dfl": m.use_dfl, "reg_max": m.reg_max, "head_act": m.head_act, "bn_eps": m.bn_eps,
+            "bn_momentum": m.bn_momentum, "fused": False, "fold_bn": True,
             "image_size": cfg.data.image_size, "preprocess": DETECTION.as_dict(), "category_ids": category_ids,
             "names": names, "config": config_to_dict(cfg)}
 
@@ -160,9 +167,14 @@ def det_meta(cfg: DetConfig, category_ids: list[int], names: list[str]) -> dict:
 # --- builders ------------------------------------------------------------------------------------
 
 
-def data_paths(cfg: DetDataConfig) -> dict[str, Path]:
-    """{"train_images", "train_ann", "val_images", "val_ann"}; generates the synthetic export if asked."""
+def data_paths(cfg: DetDataConfig, generate: bool = True) -> dict[str, Path]:
+    """{"train_images", "train_ann", "val_images", "val_ann"}; generates the synthetic export if asked.
+
+    ``generate=False``: a synthetic config reads an existing export's layout and never writes.
+    """
     root = Path(cfg.root)
+    if cfg.kind == "synthetic" and not generate:
+        return synthetic_coco_paths(root)
     if cfg.kind == "synthetic":
         return generate_coco(root, cfg.synthetic_train, cfg.synthetic_val, cfg.synthetic_image_size, seed=cfg.seed,
                              num_classes=cfg.synthetic_classes)
@@ -197,6 +209,11 @@ def build_loss(cfg: DetConfig, model: Detector) -> DetectionLoss:
                          atss_topk=lc.atss_topk, tal_topk=lc.tal_topk, tal_alpha=lc.tal_alpha, tal_beta=lc.tal_beta)
 
 
+def base_lr(cfg: DetConfig) -> float:
+    """``optim.lr0`` if the config sets it, else the scale's own lr0 (YOLOv6: n 0.02, t/s 0.01)."""
+    return cfg.optim.lr0 if cfg.optim.lr0 is not None else detector_scale(cfg.model.scale).lr0
+
+
 def build_det_optimizer(cfg: DetConfig, model: nn.Module, accumulate: int, per_process_batch: int,
                         world_size: int, reinit: bool = True) -> torch.optim.Optimizer:
     """SGD (Nesterov) over conv-weight / BN / bias groups, or the RepOptimizer for a "repopt" detector."""
@@ -206,16 +223,16 @@ def build_det_optimizer(cfg: DetConfig, model: nn.Module, accumulate: int, per_p
     # YOLOv6 scales decay with the effective batch so the recipe holds at any batch size.
     wd = o.weight_decay * per_process_batch * world_size * accumulate / o.nominal_batch
     if cfg.repopt.hs_checkpoint:
-        from ..models.factory import load_model
+        from .registry import load_model
 
-        hs_model, hs_meta = load_model(cfg.repopt.hs_checkpoint)
+        hs_model, hs_meta = load_model(cfg.repopt.hs_checkpoint, "det")
         if hs_meta.get("block") != "hs" or hs_meta.get("fused") or hs_meta.get("scale") != cfg.model.scale:
             raise ConfigError(f"repopt.hs_checkpoint {cfg.repopt.hs_checkpoint}: expected an unfused 'hs' detector "
                               f"of scale {cfg.model.scale!r}, got block {hs_meta.get('block')!r} "
                               f"scale {hs_meta.get('scale')!r}")
         device = next(model.parameters()).device
-        return build_repopt_sgd(model, hs_model.to(device), o.lr0, o.momentum, wd, o.nesterov, reinit=reinit)
-    return torch.optim.SGD(param_groups(model, wd), lr=o.lr0, momentum=o.momentum, nesterov=o.nesterov,
+        return build_repopt_sgd(model, hs_model.to(device), base_lr(cfg), o.momentum, wd, o.nesterov, reinit=reinit)
+    return torch.optim.SGD(param_groups(model, wd), lr=base_lr(cfg), momentum=o.momentum, nesterov=o.nesterov,
                            weight_decay=0.0)
 
 
@@ -252,7 +269,8 @@ def build_det_trainer(cfg: DetConfig, work_dir: Path, dist: DistInfo, device: to
     paths = paths or data_paths(cfg.data)
     train_loader, val_loader = build_det_loaders(cfg, paths, dist)
     m = cfg.model
-    model = build_detector(m.scale, m.block, m.num_classes, m.use_dfl, m.reg_max, m.head_act).to(device)
+    model = build_detector(m.scale, m.block, m.num_classes, m.use_dfl, m.reg_max, m.head_act, m.bn_eps,
+                           m.bn_momentum).to(device)
     per_process = cfg.data.batch_size // dist.world_size
     accumulate = accumulate_steps(cfg.optim.nominal_batch, per_process, dist.world_size)
     optimizer = build_det_optimizer(cfg, model, accumulate, per_process, dist.world_size, reinit=not resume)
@@ -301,10 +319,12 @@ def finalize(trainer: Trainer, evaluate, work_dir: Path) -> dict:
     return results
 
 
-def train(cfg: DetConfig, work_dir: str | os.PathLike, resume: bool = False, device: str | None = None) -> dict:
+def train(cfg: DetConfig, work_dir: str | os.PathLike, resume: bool = False, device: str | None = None,
+          overwrite: bool = False) -> dict:
     """Train, evaluate, fuse, evaluate the deploy model; return the results dict (``{}`` on ranks > 0).
 
     Works under ``torchrun`` (DDP) and as a plain call; ``device`` overrides ``cfg.train.device``.
+    A work dir holding an earlier run's checkpoints is refused unless ``resume`` or ``overwrite``.
     """
     work_dir = Path(work_dir)
 
@@ -312,7 +332,8 @@ def train(cfg: DetConfig, work_dir: str | os.PathLike, resume: bool = False, dev
         trainer, evaluate = build_det_trainer(cfg, work_dir, dist, dev, resume)
         return trainer, lambda t: finalize(t, evaluate, work_dir)
 
-    return run_training(cfg, work_dir, resume, device, build, ("task", "scale", "block", "num_classes", "use_dfl"))
+    return run_training(cfg, work_dir, resume, device, build, ("task", "scale", "block", "num_classes", "use_dfl"),
+                        overwrite=overwrite)
 
 
 # --- evaluation of saved checkpoints (tools/eval_det.py, tools/ptq_eval.py) ------------------------
@@ -332,11 +353,40 @@ def loaders_from_meta(meta: dict, source: str, data_root: str | os.PathLike | No
     if meta.get("task") != "det" or "config" not in meta:
         raise CheckpointError(f"{source}: not a detector checkpoint written by tools/train_det.py")
     cfg = config_from_dict(meta["config"], DetConfig, source=f"{source} (training config)")
-    if data_root is not None:
+    if data_root is not None:  # data given on a command line is read as it is: never generated into
+        if not Path(data_root).is_dir():
+            raise FileNotFoundError(f"--data {data_root}: folder not found")
         cfg.data.root = str(data_root)
-    paths = data_paths(cfg.data)
+    paths = data_paths(cfg.data, generate=data_root is None)
     size = image_size or meta["image_size"]
     val = make_det_loader(paths["val_images"], paths["val_ann"], size, batch_size, train=False, workers=workers)
     calib = make_det_loader(paths["train_images"], paths["train_ann"], size, batch_size, train=False, shuffle=True,
                             workers=workers)
     return cfg, val, calib
+
+
+def build_model_from_meta(meta: dict, source: str = "checkpoint") -> nn.Module:
+    """The train-form detector a checkpoint's metadata describes.
+
+    A checkpoint without ``bn_eps`` / ``bn_momentum`` was trained with PyTorch's BatchNorm defaults
+    (1e-5 / 0.1) and is rebuilt with them, so its outputs do not change.
+    """
+    from ..models.detector import TORCH_BN_EPS, TORCH_BN_MOMENTUM
+    from .registry import require_meta
+
+    require_meta(meta, ("scale", "block", "num_classes"), source)
+    return build_detector(meta["scale"], meta["block"], meta["num_classes"], use_dfl=meta.get("use_dfl", False),
+                          reg_max=meta.get("reg_max", 16), head_act=meta.get("head_act", "silu"),
+                          bn_eps=meta.get("bn_eps", TORCH_BN_EPS), bn_momentum=meta.get("bn_momentum", TORCH_BN_MOMENTUM))
+
+
+def make_evaluator(request: EvalRequest):
+    """COCO mAP (percent) on the val split of the checkpoint's training data (or ``request.data``, same layout)."""
+    from ..evaluation.evaluators import DetectionEvaluator
+
+    cfg, val, calib = loaders_from_meta(request.meta, str(request.checkpoint), request.data, request.image_size,
+                                        request.batch_size, request.workers)
+    model = build_model_from_meta(request.meta, str(request.checkpoint))
+    return DetectionEvaluator(val, calib, DETECTION if not request.meta.get("preprocess")
+                              else Preprocess(**request.meta["preprocess"]), model.strides, model.reg_max,
+                              request.device, cfg.eval, progress=request.progress)

@@ -4,7 +4,11 @@ Layout written under ``root`` (the real COCO layout, so every tool runs unchange
 
     images/train/000001.jpg ...   annotations/instances_train.json
     images/val/000001.jpg ...     annotations/instances_val.json
-    manifest.json                 parameters of the last complete generation (reruns are skipped)
+    manifest.json                 what was generated, with which parameters (reruns are skipped)
+
+The folder is guarded like every export (:mod:`qarep_dense.data.export_guard`): the generator writes only
+``images/{train,val}`` and ``annotations/instances_{train,val}.json``, refuses when one of them exists
+without being recorded in its own manifest (a user's data), and on regeneration removes only what it wrote.
 
 Each image holds 1-6 shapes (class = shape kind) of 8-40% of the short side. Later shapes may cover
 earlier ones; a placement that would hide more than half of an earlier shape is retried, and every box is
@@ -16,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -24,6 +27,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ..export_guard import begin_export, export_is_current, finish_export
 from .shapes import SHAPES, draw_shape, textured_background
 
 logger = logging.getLogger(__name__)
@@ -125,6 +129,21 @@ def _outputs(root: Path) -> dict[str, Path]:
     return out
 
 
+def owned_paths() -> tuple[str, ...]:
+    """The paths (relative to the root) the generator writes, and the only ones it may ever remove."""
+    return tuple(p for split in SPLITS for p in (f"images/{split}", f"annotations/instances_{split}.json"))
+
+
+def synthetic_coco_paths(root: str | os.PathLike) -> dict[str, Path]:
+    """The layout of an existing export under ``root`` (nothing generated); raises naming what is missing."""
+    out = _outputs(Path(root))
+    missing = [str(p) for p in out.values() if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"{root}: missing {missing} (expected the synthetic COCO layout "
+                                "images/{train,val}, annotations/instances_{train,val}.json)")
+    return out
+
+
 def _check_args(num_train: int, num_val: int, size: tuple[int, int], num_classes: int,
                 category_ids: list[int], ext: str) -> None:
     if num_train < 0 or num_val < 0:
@@ -148,7 +167,8 @@ def generate_coco(root: str | os.PathLike, num_train: int, num_val: int, image_s
         image_size: side S, or (height, width) for non-square images.
         category_ids: COCO ids of the classes (default 1..num_classes); non-contiguous ids are allowed.
     Returns paths {"train_images", "train_ann", "val_images", "val_ann"}. Skips the work when
-    ``root/manifest.json`` records exactly these parameters and the files are there.
+    ``root/manifest.json`` records exactly these parameters and the files are there. Raises
+    ``FileExistsError`` naming the path when one of the paths it writes exists but is not its own.
     """
     root = Path(root)
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(v) for v in image_size)
@@ -157,18 +177,13 @@ def generate_coco(root: str | os.PathLike, num_train: int, num_val: int, image_s
     params = {"format": FORMAT_VERSION, "num_train": num_train, "num_val": num_val, "image_size": list(size),
               "seed": seed, "category_ids": ids, "ext": ext}
     out = _outputs(root)
-    manifest = root / "manifest.json"
-    if manifest.is_file() and all(p.exists() for p in out.values()):
-        try:
-            if json.loads(manifest.read_text()) == params:
-                logger.info("%s: synthetic COCO data already generated, reusing it", root)
-                return out
-        except json.JSONDecodeError:
-            pass
-        for split in SPLITS:  # ours (it has our manifest): clear stale images of other parameters
-            shutil.rmtree(root / "images" / split, ignore_errors=True)
-    manifest.unlink(missing_ok=True)  # written last: a crash mid-way leaves no manifest, so it reruns
+    if export_is_current(root, params):
+        logger.info("%s: synthetic COCO data already generated, reusing it", root)
+        return out
+    begin_export(root, params, owned_paths())  # refuses to touch paths it did not write
+    counts = {}
     for split_id, (split, count) in enumerate(zip(SPLITS, (num_train, num_val))):
         _write_split(root, split, split_id, count, size, seed, ids, ext, progress)
-    manifest.write_text(json.dumps(params, indent=1))
+        counts[split] = count
+    finish_export(root, params, counts)  # written last: a crash mid-way leaves the export marked incomplete
     return out

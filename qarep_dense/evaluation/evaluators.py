@@ -1,10 +1,13 @@
 """Task evaluators for the FP32-vs-INT8 tools: one small protocol, one implementation per task.
 
-Classification is implemented here; detection (COCO mAP) and segmentation (mIoU) plug in by
-implementing the same four members.
+Classification and detection (COCO mAP) are implemented here; segmentation (mIoU through mmseg's
+metric) lives with its mmseg adapter and implements the same members. Each task module turns an
+:class:`EvalRequest` into its evaluator (``qarep_dense.tasks.<task>.make_evaluator``).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Protocol, runtime_checkable
 
 import torch
@@ -12,6 +15,24 @@ from torch import nn
 
 from ..data.preprocess import Preprocess
 from ..evaluation.classification import evaluate_classifier
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """What a tool knows when it asks a task for an evaluator.
+
+    checkpoint/meta: the first checkpoint of the table and its metadata (data layout, image size);
+    data: a dataset root given on the command line (None: the one the checkpoint was trained on).
+    """
+
+    checkpoint: Path
+    meta: dict
+    data: Path | None = None
+    image_size: int | None = None
+    batch_size: int = 32
+    workers: int = 0
+    device: str = "cpu"
+    progress: bool = True
 
 
 @runtime_checkable
