@@ -190,3 +190,51 @@ def test_bad_input_raises_clear_errors():
         build_detector("test", num_classes=0)
     with pytest.raises(ValueError, match="stem is a single block"):
         EfficientRep((8, 8, 16, 16, 32), (2, 1, 1, 1, 1))
+
+
+def test_every_batchnorm_gets_yolov6_settings_and_fusion_keeps_them():
+    model = build_detector("test", "qarepvgg", num_classes=3)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) > 20  # backbone, neck and head convs
+    assert all(m.eps == 1e-3 and m.momentum == 0.03 for m in bns)
+    kept = [m for m in reparameterize(model, fold_bn=False).modules() if isinstance(m, nn.BatchNorm2d)]
+    assert kept and all(m.eps == 1e-3 for m in kept)  # QARepVGG's post-BN kept for QAT
+
+
+def test_bn_settings_come_from_the_checkpoint_and_old_checkpoints_keep_torch_defaults(tmp_path):
+    from qarep_dense.tasks.registry import load_model
+
+    base = {"task": "det", "scale": "test", "block": "repvgg", "num_classes": 3, "image_size": 64,
+            "fused": False, "fold_bn": True}
+    # written before bn_eps / bn_momentum were recorded: trained with PyTorch's 1e-5 / 0.1
+    old = randomize(build_detector("test", "repvgg", num_classes=3, bn_eps=1e-5, bn_momentum=0.1)).eval()
+    new = randomize(build_detector("test", "repvgg", num_classes=3)).eval()
+    old_path = save_checkpoint(tmp_path / "old.pt", old.state_dict(), base)
+    new_path = save_checkpoint(tmp_path / "new.pt", new.state_dict(), {**base, "bn_eps": 1e-3, "bn_momentum": 0.03})
+    x = torch.randn(1, 3, 64, 64)
+    for path, ref, eps, momentum in ((old_path, old, 1e-5, 0.1), (new_path, new, 1e-3, 0.03)):
+        model, _ = load_model(path)
+        assert {(m.eps, m.momentum) for m in model.modules() if isinstance(m, nn.BatchNorm2d)} == {(eps, momentum)}
+        with torch.no_grad():
+            for a, b in zip(ref(x), model(x)):
+                assert torch.equal(a, b)
+    # the eps matters: the old weights under the new eps give other outputs
+    model, _ = load_model(old_path)
+    with torch.no_grad():
+        moved = build_detector("test", "repvgg", num_classes=3)
+        moved.load_state_dict(old.state_dict())
+        assert (moved.eval()(x)[1] - model(x)[1]).abs().max() > 1e-4
+
+
+def test_scale_lr0_is_the_default_learning_rate():
+    from qarep_dense.tasks.detection import DetConfig, DetModelConfig, DetOptimConfig, base_lr, build_det_optimizer
+
+    n = DetConfig(model=DetModelConfig(scale="n"))
+    assert n.optim.lr0 is None and base_lr(n) == 0.02
+    assert base_lr(DetConfig(model=DetModelConfig(scale="s"))) == 0.01
+    assert base_lr(DetConfig(model=DetModelConfig(scale="n"), optim=DetOptimConfig(lr0=0.05))) == 0.05
+    model = build_detector("test", "repvgg", num_classes=2)  # the optimizer reads only the config's scale
+    optimizer = build_det_optimizer(n, model, accumulate=1, per_process_batch=64, world_size=1)
+    assert {g["lr"] for g in optimizer.param_groups} == {0.02}
+    with pytest.raises(ValueError, match="optim.lr0 must be > 0"):
+        DetConfig(optim=DetOptimConfig(lr0=0.0))

@@ -70,6 +70,23 @@ def test_siou_hand_values_and_symmetry():
     assert siou_loss(a, b).item() == pytest.approx(siou_loss(b, a).item(), abs=1e-9)
 
 
+def test_siou_gradient_un_inverts_an_inverted_box():
+    # Predicted x1 = 6 > x2 = 4 (inverted), centred on the target: only the shape cost can act on x1 / x2.
+    pred = torch.tensor([[6.0, 2, 4, 8]], requires_grad=True)
+    target = _boxes([2, 2, 8, 8])
+    siou_loss(pred, target).sum().backward()
+    gx1, gx2 = pred.grad[0, 0].item(), pred.grad[0, 2].item()
+    assert gx1 > 1e-3 and gx2 < -1e-3  # descent moves x1 left and x2 right
+    # and plain gradient descent turns the box the right way round
+    box = torch.tensor([[6.0, 2, 4, 8]], requires_grad=True)
+    opt = torch.optim.SGD([box], lr=2.0)
+    for _ in range(200):
+        opt.zero_grad()
+        siou_loss(box, target).sum().backward()
+        opt.step()
+    assert (box[0, 2] - box[0, 0]).item() > 0
+
+
 @pytest.mark.parametrize("iou_type", ["giou", "ciou", "siou"])
 def test_degenerate_boxes_give_finite_loss_and_gradients(iou_type):
     pred = torch.tensor([[5.0, 5, 5, 5], [0, 0, 2, 0], [1, 1, 3, 4]], requires_grad=True)

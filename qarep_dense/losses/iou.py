@@ -70,8 +70,15 @@ def siou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = _EPS, theta
     this equals sin(2a) = 2 |dx| |dy| / sigma^2, the same for a and pi/2 - a, so the paper's choice of the
     smaller angle needs no branch. Distance cost: sum over x, y of 1 - exp(-(2 - Lambda) (d / c)^2), with c the
     side of the smallest enclosing box. Shape cost: sum over w, h of (1 - exp(-|w_p - w_t| / max(w_p, w_t)))^theta.
+
+    The shape cost uses the *signed* predicted width and height (x2 - x1, y2 - y1), as YOLOv6 does: for an
+    inverted prediction (x2 < x1, which raw ltrb regression can produce) the cost keeps growing as the box
+    inverts further, so its gradient pushes x1 down and x2 up. With widths clamped at 0 the IoU and shape
+    terms would be flat there and only the centre distance would move the box. The IoU term keeps the
+    clamped areas (an inverted box overlaps nothing; a negative area in the union could flip its sign).
     """
-    wp, hp = _wh(pred)
+    wp = pred[..., 2] - pred[..., 0]
+    hp = pred[..., 3] - pred[..., 1]
     wt, ht = _wh(target)
     dx = (target[..., 0] + target[..., 2] - pred[..., 0] - pred[..., 2]) / 2
     dy = (target[..., 1] + target[..., 3] - pred[..., 1] - pred[..., 3]) / 2

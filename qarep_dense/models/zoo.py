@@ -69,7 +69,11 @@ YOLOV6_BASE_CHANNELS = (64, 128, 256, 512, 1024, 256, 128, 128, 256, 256, 512)
 
 @dataclass(frozen=True)
 class DetectorScale:
-    """depth/width multipliers; repeats = max(round(n*depth), 1) for n > 1; channels = ceil(c*width/8)*8."""
+    """depth/width multipliers; repeats = max(round(n*depth), 1) for n > 1; channels = ceil(c*width/8)*8.
+
+    iou_loss: the box loss YOLOv6 trains this scale with (``loss.iou_type`` "" picks it).
+    lr0: YOLOv6's base learning rate for this scale, used when ``optim.lr0`` is unset.
+    """
 
     depth: float
     width: float

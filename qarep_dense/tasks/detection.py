@@ -332,8 +332,10 @@ def train(cfg: DetConfig, work_dir: str | os.PathLike, resume: bool = False, dev
         trainer, evaluate = build_det_trainer(cfg, work_dir, dist, dev, resume)
         return trainer, lambda t: finalize(t, evaluate, work_dir)
 
-    return run_training(cfg, work_dir, resume, device, build, ("task", "scale", "block", "num_classes", "use_dfl"),
-                        overwrite=overwrite)
+    # bn_eps / bn_momentum: a run from before they were recorded trained with 1e-5 / 0.1; resuming it under
+    # other BN settings would silently change its numerics, so that resume is refused.
+    return run_training(cfg, work_dir, resume, device, build, ("task", "scale", "block", "num_classes", "use_dfl",
+                                                              "bn_eps", "bn_momentum"), overwrite=overwrite)
 
 
 # --- evaluation of saved checkpoints (tools/eval_det.py, tools/ptq_eval.py) ------------------------
@@ -377,7 +379,8 @@ def build_model_from_meta(meta: dict, source: str = "checkpoint") -> nn.Module:
     require_meta(meta, ("scale", "block", "num_classes"), source)
     return build_detector(meta["scale"], meta["block"], meta["num_classes"], use_dfl=meta.get("use_dfl", False),
                           reg_max=meta.get("reg_max", 16), head_act=meta.get("head_act", "silu"),
-                          bn_eps=meta.get("bn_eps", TORCH_BN_EPS), bn_momentum=meta.get("bn_momentum", TORCH_BN_MOMENTUM))
+                          bn_eps=meta.get("bn_eps", TORCH_BN_EPS),
+                          bn_momentum=meta.get("bn_momentum", TORCH_BN_MOMENTUM))
 
 
 def make_evaluator(request: EvalRequest):

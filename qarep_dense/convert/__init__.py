@@ -1,0 +1,128 @@
+"""Bring your own checkpoint: timm, official RepVGG / RepOptimizer and YOLOv6 weights -> our format.
+
+:func:`convert_checkpoint` reads a foreign checkpoint, renames every tensor onto our model (no
+value changes; half precision is cast to float32), checks the mapping is exact -- every source key
+used, every model key filled, every shape equal, else :class:`ConversionError` lists the keys --
+and writes our checkpoint (``metadata + state_dict``) with the metadata our training writes, so
+``tasks.registry.load_model``, ``tools/ptq_eval.py``, ``tools/analyze.py`` and ``--repair`` read it.
+
+Sources:
+    "timm"    timm ``repvgg_*`` state dicts (.pth / .bin / .safetensors), train or reparameterized form
+    "repvgg"  official RepVGG (train / deploy ``rbr_reparam``) and RepOptimizer (RepOpt-VGG target,
+              Hyper-Search, RepVGG baseline) state dicts
+    "yolov6"  YOLOv6 v2-era release ``.pt`` (a pickled whole model, read without importing YOLOv6 or
+              executing anything from the file), or a plain state dict with YOLOv6 key names
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ..config import config_to_dict, load_config
+from ..data.preprocess import DETECTION, IMAGENET
+from ..engine.checkpoint import save_checkpoint
+from .classifier import convert_classifier
+from .common import ConversionError, load_state_file
+from .yolov6 import convert_yolov6, read_yolov6_file
+
+SOURCES = ("timm", "repvgg", "yolov6")
+
+# COCO 2017's 80 category ids in YOLOv6's class order (sorted ids), and their names.
+COCO80_IDS = [*range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70, *range(72, 83),
+              *range(84, 91)]
+COCO80_NAMES = [name.replace("_", " ") for name in (
+    "person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant stop_sign "
+    "parking_meter bench bird cat dog horse sheep cow elephant bear zebra giraffe backpack umbrella handbag tie "
+    "suitcase frisbee skis snowboard sports_ball kite baseball_bat baseball_glove skateboard surfboard "
+    "tennis_racket bottle wine_glass cup fork knife spoon bowl banana apple sandwich orange broccoli carrot "
+    "hot_dog pizza donut cake chair couch potted_plant bed dining_table toilet tv laptop mouse remote keyboard "
+    "cell_phone microwave oven toaster sink refrigerator book clock vase scissors teddy_bear hair_drier "
+    "toothbrush").split()]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _cls_meta(meta: dict, image_size: int) -> dict:
+    from ..tasks.classification import ClsConfig, DataConfig, ModelConfig
+
+    cfg = ClsConfig(model=ModelConfig(meta["arch"], meta["block"], meta["num_classes"], meta["stem_stride"]),
+                    data=DataConfig(image_size=image_size))
+    return {**meta, "image_size": image_size, "preprocess": IMAGENET.as_dict(), "config": config_to_dict(cfg)}
+
+
+def _det_meta(meta: dict, image_size: int, data_config: str | os.PathLike | None) -> dict:
+    """Detector meta with a training config whose data section the evaluators read.
+
+    Default: the COCO 2017 recipe (``ptq_eval --task det --data COCO_ROOT``); ``data_config``: a
+    detection TOML whose data / eval sections are kept (its model section is replaced).
+    """
+    from ..tasks.detection import DetConfig, DetModelConfig
+
+    model_cfg = DetModelConfig(meta["scale"], meta["block"], meta["num_classes"], meta["use_dfl"], meta["reg_max"],
+                               meta["head_act"], meta["bn_eps"], meta["bn_momentum"])
+    base = load_config(data_config, DetConfig) if data_config else DetConfig()
+    # replace() re-runs the config's cross-key checks with the converted model
+    cfg = replace(base, model=model_cfg, data=replace(base.data, image_size=image_size))
+    n = meta["num_classes"]
+    coco = n == len(COCO80_IDS)
+    return {**meta, "image_size": image_size, "preprocess": DETECTION.as_dict(),
+            "category_ids": COCO80_IDS if coco else list(range(1, n + 1)),
+            "names": COCO80_NAMES if coco else [f"class{i}" for i in range(n)], "config": config_to_dict(cfg)}
+
+
+def convert_state(src: str | os.PathLike, source: str, arch: str | None = None, scale: str | None = None,
+                  block: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """(our state_dict, task meta without data settings) for the checkpoint at ``src``."""
+    src = Path(src)
+    if source not in SOURCES:
+        raise ConversionError(f"unknown source {source!r}; expected one of {SOURCES}")
+    if not src.is_file():
+        raise ConversionError(f"{src}: file not found")
+    if source == "yolov6":
+        if arch is not None:
+            raise ConversionError("--arch is for classifiers; a YOLOv6 detector takes --scale (n, t, s)")
+        try:
+            state, found_block = load_state_file(src), None
+        except ConversionError:
+            state, found_block = read_yolov6_file(src)  # a pickled whole model (release format)
+        if block and found_block and block != found_block:
+            raise ConversionError(f"{src}: --block {block!r} but the file's blocks are {found_block!r}")
+        return convert_yolov6(state, block or found_block, scale, origin=str(src))
+    if scale is not None:
+        raise ConversionError("--scale is for YOLOv6 detectors; a classifier takes --arch")
+    return convert_classifier(load_state_file(src), source, arch, block, origin=str(src))
+
+
+def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, source: str, arch: str | None = None,
+                       scale: str | None = None, block: str | None = None, image_size: int | None = None,
+                       data_config: str | os.PathLike | None = None) -> tuple[Path, dict]:
+    """Convert ``src`` and write our checkpoint to ``out``; returns (path, meta).
+
+    Refuses to overwrite an existing ``out``. ``image_size``: recorded for the tools (default 224 for
+    classifiers, 640 for detectors). ``data_config``: detection TOML whose data section the evaluator uses.
+    """
+    src, out = Path(src), Path(out)
+    if out.exists():
+        raise ConversionError(f"{out}: already exists; choose another --out (converted files are never overwritten)")
+    state, meta = convert_state(src, source, arch, scale, block)
+    meta["converted_from"] = {"source": source, "file": src.name, "sha256": _sha256(src)}
+    if meta["task"] == "cls":
+        meta = _cls_meta(meta, image_size or 224)
+    else:
+        if (image_size or 640) % 32:
+            raise ConversionError(f"--image-size must be a multiple of 32 for a detector, got {image_size}")
+        meta = _det_meta(meta, image_size or 640, data_config)
+    return save_checkpoint(out, state, meta), meta
+
+
+__all__ = ["ConversionError", "SOURCES", "convert_checkpoint", "convert_state"]
