@@ -25,18 +25,17 @@ from ..data.imagefolder import make_cls_loader
 from ..data.preprocess import IMAGENET, Preprocess
 from ..data.synthetic.imagefolder import generate_imagefolder
 from ..deploy.equivalence import max_abs_diff
-from ..engine.checkpoint import save_checkpoint
 from ..engine.distributed import DistInfo, barrier, unwrap_model
 from ..engine.hooks import CheckpointHook, EMAHook, EvalHook, LoggerHook, WarmupCosineLRHook
 from ..engine.logging import MetricLogger
 from ..engine.trainer import Trainer, accumulate_steps
 from ..evaluation.classification import evaluate_classifier
 from ..evaluation.evaluators import ClassificationEvaluator, EvalRequest
-from ..layers import BLOCK_TYPES, reparameterize
+from ..layers import BLOCK_TYPES
 from ..models.classifier import build_classifier
 from .registry import load_model
 from ..models.zoo import CLASSIFIER_ARCHS
-from .common import run_training, write_json_atomic
+from .common import RepOptConfig, TrainConfig, finalize_run, run_training, write_json_atomic
 from ..optim import build_repopt_sgd, custom_l2_penalty, param_groups
 
 log = logging.getLogger(__name__)
@@ -79,27 +78,6 @@ class OptimConfig:
     label_smoothing: float = 0.0
     nominal_batch: int | None = None  # accumulate gradients up to this batch (None: no accumulation)
     grad_clip: float | None = None
-
-
-@dataclass
-class RepOptConfig:
-    hs_checkpoint: str = ""         # a trained "hs" model: its scales drive RepOptimizer training of "repopt"
-
-
-@dataclass
-class TrainConfig:
-    device: str = "auto"            # auto | cpu | cuda | cuda:N (the CLI's --device overrides)
-    amp: bool = True                # CUDA only
-    seed: int = 0
-    eval_interval: int = 1
-    deterministic: bool = False
-    ema: bool = False
-    ema_decay: float = 0.9999
-    ema_tau: float = 2000.0
-    log_interval: int = 50
-    keep_every: int = 0             # also keep epoch_<k>.pt every k epochs (0: only last/best)
-    tensorboard: bool = False
-    progress: bool = True
 
 
 @dataclass
@@ -252,29 +230,15 @@ def max_logit_diff(a: nn.Module, b: nn.Module, loader, preprocess: Preprocess, d
 
 
 def finalize(trainer: Trainer, evaluate, val_loader, work_dir: Path) -> dict:
-    """Fuse the evaluated model, evaluate both forms, write ``deploy.pt`` and ``results.json``."""
-    model = trainer.eval_model
-    last_epoch = trainer.max_epochs - 1
-    train_form = trainer.metrics if trainer.metrics_epoch == last_epoch else evaluate(model)
-    deploy = reparameterize(model, fold_bn=True)
-    deploy_metrics = evaluate(deploy)
-    diff = max_logit_diff(model, deploy, val_loader, IMAGENET, trainer.device)
-    meta = {**trainer.meta, "fused": True, "fold_bn": True}
-    save_checkpoint(work_dir / "deploy.pt", deploy.state_dict(), meta, metrics=deploy_metrics)
-    ckpt_hook = next(h for h in trainer.hooks if isinstance(h, CheckpointHook))
-    results = {
-        "task": "cls", "arch": meta["arch"], "block": meta["block"], "epochs": trainer.max_epochs,
-        "weights": "ema" if trainer.ema is not None else "final",
-        "train_form": dict(train_form), "deploy": dict(deploy_metrics),
-        "top1_gap": float(train_form["top1"]) - float(deploy_metrics["top1"]),
-        "max_logit_diff": diff,
-        "best": {"top1": ckpt_hook.best, "epoch": None if ckpt_hook.best_epoch is None else ckpt_hook.best_epoch + 1},
-        "files": {k: str(work_dir / f) for k, f in (("last", "last.pt"), ("best", "best.pt"), ("deploy", "deploy.pt"))},
-        "config": meta["config"],
-    }
+    """Fuse, evaluate both forms, write ``deploy.pt`` and ``results.json`` (+ the top-1 gap and logit diff)."""
+    deploy, train_form, results = finalize_run(trainer, evaluate, work_dir, "top1",
+                                               {"task": "cls", "arch": trainer.meta["arch"],
+                                                "block": trainer.meta["block"]})
+    diff = max_logit_diff(trainer.eval_model, deploy, val_loader, IMAGENET, trainer.device)
+    results.update(top1_gap=float(train_form["top1"]) - float(results["deploy"]["top1"]), max_logit_diff=diff)
     write_json_atomic(work_dir / "results.json", results)
     log.info("train-form top1 %.2f | deploy top1 %.2f | max logit diff %.3g -> %s", train_form["top1"],
-             deploy_metrics["top1"], diff, work_dir / "results.json")
+             results["deploy"]["top1"], diff, work_dir / "results.json")
     return results
 
 

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -18,6 +19,62 @@ from ..engine.logging import log_error_to_file, setup_logging
 from ..engine.trainer import Trainer
 
 log = logging.getLogger(__name__)
+
+
+# --- config sections every training task shares ------------------------------------------------
+
+
+@dataclass
+class RepOptConfig:
+    hs_checkpoint: str = ""         # a trained "hs" model: its scales drive RepOptimizer training of "repopt"
+
+
+@dataclass
+class TrainConfig:
+    """Run settings of a training task; a task subclasses it for its own defaults and extra keys."""
+
+    device: str = "auto"            # auto | cpu | cuda | cuda:N (the CLI's --device overrides)
+    amp: bool = True                # CUDA only
+    seed: int = 0
+    eval_interval: int = 1
+    deterministic: bool = False
+    ema: bool = False
+    ema_decay: float = 0.9999
+    ema_tau: float = 2000.0
+    log_interval: int = 50
+    keep_every: int = 0             # also keep epoch_<k>.pt every k epochs (0: only last/best)
+    tensorboard: bool = False
+    progress: bool = True
+
+
+def finalize_run(trainer: Trainer, evaluate: Callable[[torch.nn.Module], dict], work_dir: Path, headline: str,
+                 identity: dict) -> tuple[torch.nn.Module, dict, dict]:
+    """The end of every training run: fuse the evaluated (EMA or final) model, evaluate both forms, write
+    ``deploy.pt`` and ``results.json``.
+
+    headline: the metric the best checkpoint is chosen by ("top1", "AP"); identity: the results keys that
+    say what was trained (task, arch/scale, block). Returns (deploy model, train-form metrics, results);
+    the caller may add keys to ``results`` and rewrite it with :func:`write_json_atomic`.
+    """
+    from ..engine.checkpoint import save_checkpoint
+    from ..engine.hooks import CheckpointHook
+    from ..layers import reparameterize
+
+    model = trainer.eval_model
+    train_form = trainer.metrics if trainer.metrics_epoch == trainer.max_epochs - 1 else evaluate(model)
+    deploy = reparameterize(model, fold_bn=True)
+    deploy_metrics = evaluate(deploy)
+    meta = {**trainer.meta, "fused": True, "fold_bn": True}
+    save_checkpoint(work_dir / "deploy.pt", deploy.state_dict(), meta, metrics=deploy_metrics)
+    ckpt = next(h for h in trainer.hooks if isinstance(h, CheckpointHook))
+    results = {**identity, "epochs": trainer.max_epochs, "weights": "ema" if trainer.ema is not None else "final",
+               "train_form": dict(train_form), "deploy": dict(deploy_metrics),
+               "best": {headline: ckpt.best, "epoch": None if ckpt.best_epoch is None else ckpt.best_epoch + 1},
+               "files": {k: str(work_dir / f) for k, f in (("last", "last.pt"), ("best", "best.pt"),
+                                                           ("deploy", "deploy.pt"))},
+               "config": meta["config"]}
+    write_json_atomic(work_dir / "results.json", results)
+    return deploy, train_form, results
 
 
 def seed_all(seed: int) -> None:

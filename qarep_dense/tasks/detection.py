@@ -24,7 +24,6 @@ from ..data.coco import DetAugment
 from ..data.det_loader import make_det_loader
 from ..data.preprocess import DETECTION, Preprocess
 from ..data.synthetic.coco import generate_coco, synthetic_coco_paths
-from ..engine.checkpoint import save_checkpoint
 from ..engine.distributed import DistInfo, barrier
 from ..engine.hooks import CheckpointHook, EMAHook, EpochCallbackHook, EvalHook, LoggerHook, YoloV6LRHook
 from ..engine.logging import MetricLogger
@@ -32,12 +31,12 @@ from ..engine.trainer import Trainer, accumulate_steps
 from ..evaluation.coco import COCOEvaluator
 from ..evaluation.detection import DetEvalSettings, evaluate_detector
 from ..evaluation.evaluators import EvalRequest
-from ..layers import BLOCK_TYPES, reparameterize
+from ..layers import BLOCK_TYPES
 from ..losses import DetectionLoss
 from ..models.detector import Detector, build_detector
 from ..models.zoo import DETECTOR_SCALES, detector_scale
 from ..ops import make_anchor_points
-from .common import run_training, write_json_atomic
+from .common import RepOptConfig, TrainConfig, finalize_run, run_training
 
 log = logging.getLogger(__name__)
 
@@ -106,25 +105,13 @@ class DetLossConfig:
 
 
 @dataclass
-class DetTrainConfig:
-    device: str = "auto"
-    amp: bool = True                # CUDA only
-    seed: int = 0
+class DetTrainConfig(TrainConfig):
     eval_interval: int = 10
-    ema: bool = True
-    ema_decay: float = 0.9999
-    ema_tau: float = 2000.0
+    ema: bool = True                # YOLOv6 evaluates and fuses the EMA model
     mosaic_off_epochs: int = 15     # mosaic off for the last N epochs
-    log_interval: int = 50
-    keep_every: int = 0
-    tensorboard: bool = False
-    progress: bool = True
-    deterministic: bool = False
 
 
-@dataclass
-class DetRepOptConfig:
-    hs_checkpoint: str = ""         # trained "hs" detector whose scales drive RepOptimizer training of "repopt"
+DetRepOptConfig = RepOptConfig  # one RepOpt section for every task
 
 
 @dataclass
@@ -299,23 +286,11 @@ def build_det_trainer(cfg: DetConfig, work_dir: Path, dist: DistInfo, device: to
 
 def finalize(trainer: Trainer, evaluate, work_dir: Path) -> dict:
     """Fuse the evaluated (EMA) model, evaluate both forms, write ``deploy.pt`` and ``results.json``."""
-    model = trainer.eval_model
-    train_form = trainer.metrics if trainer.metrics_epoch == trainer.max_epochs - 1 else evaluate(model)
-    deploy = reparameterize(model, fold_bn=True)
-    deploy_metrics = evaluate(deploy)
-    meta = {**trainer.meta, "fused": True, "fold_bn": True}
-    save_checkpoint(work_dir / "deploy.pt", deploy.state_dict(), meta, metrics=deploy_metrics)
-    ckpt = next(h for h in trainer.hooks if isinstance(h, CheckpointHook))
-    results = {"task": "det", "scale": meta["scale"], "block": meta["block"], "epochs": trainer.max_epochs,
-               "weights": "ema" if trainer.ema is not None else "final",
-               "train_form": dict(train_form), "deploy": dict(deploy_metrics),
-               "best": {"AP": ckpt.best, "epoch": None if ckpt.best_epoch is None else ckpt.best_epoch + 1},
-               "files": {k: str(work_dir / f) for k, f in (("last", "last.pt"), ("best", "best.pt"),
-                                                           ("deploy", "deploy.pt"))},
-               "config": meta["config"]}
-    write_json_atomic(work_dir / "results.json", results)
+    _, train_form, results = finalize_run(trainer, evaluate, work_dir, "AP",
+                                          {"task": "det", "scale": trainer.meta["scale"],
+                                           "block": trainer.meta["block"]})
     log.info("train-form AP50 %.3f AP %.3f | deploy AP50 %.3f AP %.3f -> %s", train_form["AP50"], train_form["AP"],
-             deploy_metrics["AP50"], deploy_metrics["AP"], work_dir / "results.json")
+             results["deploy"]["AP50"], results["deploy"]["AP"], work_dir / "results.json")
     return results
 
 
