@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers import block_spec, make_block
+from .backbones.rep_trunk import OUTPUT_STRIDES, build_stages
 from .zoo import classifier_arch
 
 
@@ -18,22 +18,11 @@ class RepClassifier(nn.Module):
     def __init__(self, arch: str, block: str = "qarepvgg", num_classes: int = 1000, in_channels: int = 3,
                  stem_stride: int = 2):
         super().__init__()
-        spec = classifier_arch(arch)
-        block_spec(block)  # validate early with a clear message
+        strides = (stem_stride,) + OUTPUT_STRIDES[32][0][1:]
         self.arch, self.block = arch, block
-        widths = spec.widths
-        layer = 0
-        stages = [nn.Sequential(make_block(block, in_channels, widths[0], stem_stride))]
-        in_ch = widths[0]
-        for width, depth in zip(widths[1:], spec.blocks):
-            blocks = []
-            for i in range(depth):
-                layer += 1
-                groups = spec.groups if layer in spec.grouped_layers else 1
-                blocks.append(make_block(block, in_ch, width, 2 if i == 0 else 1, groups))
-                in_ch = width
-            stages.append(nn.Sequential(*blocks))
-        self.stages = nn.Sequential(*stages)
+        # The same stages as the segmentation trunk: checkpoint keys are shared ("stages.N...").
+        self.stages = build_stages(arch, block, in_channels, strides)
+        in_ch = classifier_arch(arch).widths[-1]
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_ch, num_classes)
         self.num_features = in_ch

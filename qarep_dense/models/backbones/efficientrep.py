@@ -84,6 +84,7 @@ class EfficientRep(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.out_channels: tuple[int, int, int] = (channels[2], channels[3], channels[4])
         self.strides: tuple[int, int, int] = (8, 16, 32)
+        self.out_strides = self.strides  # the name RepTrunk declares its outputs under
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self.stem(x)

@@ -1,0 +1,179 @@
+"""Segmentation task: MMSegmentation 1.x configs trained by mmengine's ``Runner`` (the logic of tools/train_seg.py).
+
+Nothing here imports mmengine / mmseg / mmcv at module level: ``qarep_dense.integrations.mmseg``
+is loaded on first use, so asking the task registry for "cls" or "det" never pulls mmseg in.
+
+``train(config, ...)`` generates the synthetic street scenes a config asks for
+(``synthetic_cityscapes = dict(...)``), checks the dataset files, trains with the Runner
+(mmengine checkpoints ``iter_*.pth``, exact ``--resume``), then, on rank 0, writes the project's own
+checkpoints: ``last.pt`` (train form) and ``deploy.pt`` (backbone re-parameterized, heads' BN
+folded), evaluates both with mmseg's IoU metric and writes ``results.json``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..deploy.equivalence import max_abs_diff
+from ..engine.checkpoint import save_checkpoint
+from ..evaluation.evaluators import EvalRequest
+from ..evaluation.segmentation import SegmentationEvaluator
+from ..layers.rep import reparameterize
+from .common import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+def _mm():
+    from ..integrations import mmseg
+
+    return mmseg
+
+
+def _rank() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def prepare_synthetic(cfg: Any, timeout_s: float = 900.0) -> None:
+    """Write the synthetic scenes ``cfg.synthetic_cityscapes`` asks for into ``cfg.data_root`` (rank 0;
+    other torchrun ranks wait for its manifest)."""
+    spec = cfg.get("synthetic_cityscapes")
+    if not spec:
+        return
+    from ..data.synthetic.cityscapes import generate_cityscapes
+
+    root = Path(cfg.train_dataloader.dataset.data_root)
+    args = dict(num_train=spec["num_train"], num_val=spec["num_val"], size=tuple(spec["size"]), seed=spec["seed"])
+    if _rank() == 0:
+        generate_cityscapes(root, **args)
+        return
+    deadline = time.monotonic() + timeout_s
+    while not (root / "manifest.json").is_file() or \
+            '"complete"' not in (root / "manifest.json").read_text():  # rank 0 is writing
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{root}: rank 0 did not finish the synthetic export in {timeout_s:.0f} s")
+        time.sleep(1.0)
+
+
+def configure(config: str | os.PathLike, work_dir: str | os.PathLike | None = None, resume: str | bool = False,
+              amp: bool = False, cfg_options: dict | None = None, launcher: str = "none",
+              data_root: str | os.PathLike | None = None):
+    """The mmengine ``Config`` of a run: file + ``--cfg-options``, work dir, launcher, AMP, resume and
+    ``data_root`` (set on the train / val / test datasets alike)."""
+    mm = _mm()
+    cfg = mm.load_config(config, cfg_options)
+    if data_root is not None:
+        cfg.data_root = str(data_root)
+        for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+            if cfg.get(loader) is not None:
+                cfg[loader].dataset.data_root = str(data_root)
+    cfg.work_dir = str(work_dir or cfg.get("work_dir") or Path("work_dirs/seg") / Path(config).stem)
+    cfg.launcher = launcher
+    if amp:
+        cfg.optim_wrapper.type = "AmpOptimWrapper"
+        cfg.optim_wrapper.loss_scale = "dynamic"
+    if resume:
+        cfg.resume = True
+        cfg.load_from = None if resume is True or resume == "auto" else str(resume)
+    return cfg
+
+
+@torch.no_grad()
+def _max_logit_diff(a: nn.Module, b: nn.Module, evaluator: SegmentationEvaluator, batches: int = 2) -> float:
+    worst = 0.0
+    for i, (images, _) in enumerate(evaluator.val_loader):
+        if i >= batches:
+            break
+        worst = max(worst, max_abs_diff(a, b, evaluator.preprocess(images.to(evaluator.device))))
+    return worst
+
+
+def finalize(model: nn.Module, cfg: Any, work_dir: Path, device: str = "cpu", progress: bool = True,
+             mmseg_val: dict | None = None) -> dict:
+    """Write ``last.pt`` / ``deploy.pt`` of ``model`` (a trained mmseg segmentor), evaluate both, write results.json."""
+    mm = _mm()
+    meta = mm.seg_meta(cfg)
+    wrapped = mm.SegmentorLogits(mm.revert_sync_bn(model)).to(device).eval()
+    save_checkpoint(work_dir / "last.pt", wrapped.state_dict(), meta)
+    deploy = reparameterize(wrapped)
+    request = EvalRequest(work_dir / "last.pt", meta, None, batch_size=int(cfg.val_dataloader.batch_size),
+                          device=device, progress=progress)
+    evaluator = make_evaluator(request)
+    train_form, deploy_metrics = evaluator.evaluate(wrapped), evaluator.evaluate(deploy)
+    save_checkpoint(work_dir / "deploy.pt", deploy.state_dict(), {**meta, "fused": True}, metrics=deploy_metrics)
+    results = {"task": "seg", "arch": meta["arch"], "block": meta["block"], "head": meta["head"],
+               "train_form": train_form, "deploy": deploy_metrics, "mmseg_val": {k: float(v) for k, v in (mmseg_val or {}).items()},
+               "max_logit_diff": _max_logit_diff(wrapped, deploy, evaluator),
+               "files": {"last": str(work_dir / "last.pt"), "deploy": str(work_dir / "deploy.pt")}}
+    write_json_atomic(work_dir / "results.json", results)
+    log.info("train-form mIoU %.2f | deploy mIoU %.2f | max logit diff %.3g -> %s", train_form["mIoU"],
+             deploy_metrics["mIoU"], results["max_logit_diff"], work_dir / "results.json")
+    return results
+
+
+def check_work_dir(work_dir: Path, resume: str | bool, overwrite: bool) -> None:
+    """Refuse to start over in a work dir holding an earlier run's checkpoints unless asked to."""
+    earlier = sorted(work_dir.glob("iter_*.pth")) + [p for p in (work_dir / "last.pt",) if p.exists()]
+    if earlier and not resume and not overwrite:
+        raise FileExistsError(f"{work_dir} holds an earlier run's checkpoints ({earlier[0].name} ...); pass --resume "
+                              "to continue it or --overwrite to start over and replace them")
+
+
+def train(config: str | os.PathLike, work_dir: str | os.PathLike | None = None, resume: str | bool = False,
+          amp: bool = False, cfg_options: dict | None = None, launcher: str = "none", progress: bool = True,
+          data_root: str | os.PathLike | None = None, overwrite: bool = False) -> dict:
+    """Train ``config`` with mmengine's Runner; returns results (``{}`` on ranks > 0).
+
+    ``resume``: False, True/"auto" (the latest checkpoint of the work dir) or a checkpoint path.
+    ``overwrite``: start over in a work dir that holds an earlier run's checkpoints (refused otherwise).
+    The returned dict also holds ``start_iter`` (0, or the iteration resumed from) and ``end_iter``.
+    """
+    mm = _mm()
+    cfg = configure(config, work_dir, resume, amp, cfg_options, launcher, data_root)
+    check_work_dir(Path(cfg.work_dir), resume, overwrite)
+    prepare_synthetic(cfg)
+    for split in ("train", "val"):
+        mm.check_dataset_files(getattr(cfg, f"{split}_dataloader").dataset, str(config))
+    runner = mm.build_runner(cfg)
+    start = {}
+    runner.register_hook(mm.StartIterHook(start), priority="LOWEST")
+    runner.train()
+    if runner.rank != 0:
+        return {}
+    mmseg_val = runner.val() if cfg.get("val_cfg") is not None else None
+    model = runner.model.module if hasattr(runner.model, "module") else runner.model
+    device = str(next(model.parameters()).device)
+    results = finalize(model, cfg, Path(cfg.work_dir), device, progress, mmseg_val)
+    results.update(start_iter=start.get("iter", 0), end_iter=runner.iter, work_dir=cfg.work_dir)
+    write_json_atomic(Path(cfg.work_dir) / "results.json", results)
+    return results
+
+
+# --- saved checkpoints (the task registry's entry points) ----------------------------------------
+
+
+def build_model_from_meta(meta: dict, source: str = "checkpoint") -> nn.Module:
+    """The train-form segmentor (tensor in, logits out) a checkpoint's metadata describes."""
+    from .registry import require_meta
+
+    require_meta(meta, ("mmseg_config", "arch", "block", "num_classes"), source)
+    return _mm().model_from_meta(meta)
+
+
+def make_evaluator(request: EvalRequest) -> SegmentationEvaluator:
+    """mIoU on the val split of the checkpoint's dataset (``request.data`` swaps the data root);
+    calibration batches: shuffled train images through the evaluation pipeline."""
+    mm = _mm()
+    cfg = mm.config_from_text(request.meta["mmseg_config"])
+    val, calib, metainfo = mm.seg_loaders(cfg, request.data, request.batch_size, request.workers)
+    ignore = int(cfg.model.decode_head.get("ignore_index", 255))
+    return SegmentationEvaluator(val, calib, mm.preprocess_of(cfg), mm.iou_metric_factory(metainfo, ignore),
+                                 request.device, request.progress)

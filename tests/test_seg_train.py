@@ -1,0 +1,79 @@
+"""End to end on synthetic Cityscapes: tools/train_seg.py (2 iterations, then --resume to 3), tools/test_seg.py,
+tools/ptq_eval.py --task seg with --repair and --ort, and the bad-input errors of the training tool."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("qarep_dense.integrations.mmseg")
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")  # OpenMP spin-waits crawl on shared cores
+CONFIG = ROOT / "configs" / "seg" / "fcn_qarepvgg-test_1xb2-2it_synthetic-cityscapes-64x128.py"
+
+
+def _tool(name: str):
+    spec = importlib.util.spec_from_file_location(f"_tool_{name}", ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 2-iteration run, then --resume with max_iters=3 from its iter_2.pth."""
+    base = tmp_path_factory.mktemp("seg")
+    work, data = base / "run", base / "data"
+    args = [str(CONFIG), "--work-dir", str(work), "--data-root", str(data), "--no-progress"]
+    train = _tool("train_seg")
+    assert train.main(args) == 0
+    first = json.loads((work / "results.json").read_text())
+    assert train.main(args + ["--resume", "--cfg-options", "train_cfg.max_iters=3"]) == 0
+    return work, data, first, json.loads((work / "results.json").read_text())
+
+
+def test_train_then_resume_continues_at_iteration_3(trained):
+    work, _, first, resumed = trained
+    assert (first["start_iter"], first["end_iter"]) == (0, 2)
+    assert (resumed["start_iter"], resumed["end_iter"]) == (2, 3)  # iteration 3 was the only one trained
+    assert (work / "iter_3.pth").is_file()
+    ckpt = torch.load(work / "iter_3.pth", weights_only=True)  # mmengine's own file, allow-listed globals only
+    assert ckpt["meta"]["iter"] == 3
+
+
+def test_our_miou_is_mmseg_miou_and_fusion_is_exact(trained):
+    _, _, _, results = trained
+    assert abs(results["train_form"]["mIoU"] - results["mmseg_val"]["mIoU"]) < 0.011
+    assert results["train_form"]["mIoU"] == results["deploy"]["mIoU"]
+    assert results["max_logit_diff"] < 1e-4
+
+
+@pytest.mark.slow  # ~30 s of CPU: four PTQ rows, each exported and run in ONNX Runtime
+def test_test_seg_and_ptq_eval_through_the_registry(trained, tmp_path):
+    work, data, _, results = trained
+    deploy = tmp_path / "deploy.pt"
+    assert _tool("test_seg").main([str(work / "last.pt"), "--no-progress", "--save-deploy", str(deploy)]) == 0
+    rows = _tool("ptq_eval").run(_tool("ptq_eval").parse_args([
+        "--task", "seg", "--checkpoints", str(work / "last.pt"), str(deploy), "--calibrator", "max", "entropy",
+        "--calib-batches", "1", "--batch-size", "4", "--repair", "--ort", "--out", str(tmp_path / "ptq"),
+        "--no-progress"]))
+    assert len(rows) == 4 and all(r["fp32"] == pytest.approx(results["deploy"]["mIoU"]) for r in rows)
+    assert all(0 <= r["int8"] <= 100 and 0 <= r["ort_int8"] <= 100 for r in rows)
+    done, total = rows[0]["ort_integer_convs"].split("/")
+    assert done == total  # every conv of the fused segmentor runs as an integer kernel in ORT
+    assert (tmp_path / "ptq" / "ptq_table.md").read_text().startswith("mIoU")
+
+
+def test_training_tool_names_the_bad_input(trained, tmp_path, capsys):
+    train = _tool("train_seg")
+    assert train.main([str(CONFIG), "--work-dir", str(tmp_path / "w"), "--data-root", str(tmp_path / "missing"),
+                       "--cfg-options", "synthetic_cityscapes=None"]) == 2
+    assert "missing: data root not found" in capsys.readouterr().err
+    assert train.main([str(tmp_path / "nope.py")]) == 2
+    assert "nope.py: config file not found" in capsys.readouterr().err
+    work, data, _, _ = trained
+    assert train.main([str(CONFIG), "--work-dir", str(work), "--data-root", str(data)]) == 2  # no --resume
+    assert "holds an earlier run's checkpoints" in capsys.readouterr().err
