@@ -25,8 +25,9 @@ from qarep_dense.data.preprocess import IMAGENET
 from qarep_dense.layers import reparameterize
 from qarep_dense.models import build_classifier
 from qarep_dense.quant import QuantConfig, export_qdq_onnx, ort_quantize_static, quantize_ptq
-from qarep_dense.quant.backends.ort_static import export_float_onnx
-from qarep_dense.quant.export import kernel_counts, make_session
+from qarep_dense.deploy.onnx import export_onnx
+from qarep_dense.deploy.ort import make_session
+from qarep_dense.quant.export import kernel_counts
 
 
 def parse_args() -> argparse.Namespace:
@@ -50,7 +51,7 @@ def build_variants(arch: str, size: int, calib_images: int, work: Path) -> dict[
     calib = [torch.randint(0, 256, (calib_images // 2, 3, size, size), dtype=torch.uint8, generator=g)
              for _ in range(2)]
     example = IMAGENET(calib[0][:1])
-    paths = {"fp32": export_float_onnx(fused, example, work / f"{arch}_fp32.onnx")}
+    paths = {"fp32": export_onnx(fused, example, work / f"{arch}_fp32.onnx")}
     qmodel, _ = quantize_ptq(fused, calib, IMAGENET, QuantConfig(num_calib_batches=2))
     paths["ptq-qdq"] = export_qdq_onnx(qmodel, example, work / f"{arch}_qdq.onnx")
     paths["ort-static"] = ort_quantize_static(fused, calib, IMAGENET, work / f"{arch}_ort_static.onnx",

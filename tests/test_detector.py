@@ -159,14 +159,14 @@ def test_state_dict_round_trip_through_checkpoint(tmp_path):
 
 
 def test_onnx_export_of_fused_detector_matches_pytorch(tmp_path):
-    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
+    from qarep_dense.deploy.ort import export_graph, make_session, run_session
+
     model = reparameterize(randomize(build_detector("test", "qarepvgg", num_classes=4)))
     x = torch.randn(1, 3, 64, 96)
     path = tmp_path / "det.onnx"
-    torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=13,
-                      input_names=["images"], output_names=["cls_logits", "reg"])
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    cls_ort, reg_ort = session.run(None, {"images": x.numpy()})
+    export_graph(model, x, path)
+    cls_ort, reg_ort = run_session(make_session(path), x)
     with torch.no_grad():
         cls, reg = model(x)
     assert cls_ort.shape == tuple(cls.shape) and reg_ort.shape == tuple(reg.shape)

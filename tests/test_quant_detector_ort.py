@@ -194,7 +194,7 @@ def test_bias_too_large_for_int32_stays_a_float_conv_and_exact(tmp_path):
 def test_uint8_activation_rewrite_is_exact_on_the_grid(tmp_path):
     """int8 zero point 0 -> uint8 zero point 128 changes no value: compare both exports in ORT with
     graph optimizations off (plain Q/DQ arithmetic, no integer kernels)."""
-    import onnxruntime as ort
+    from qarep_dense.deploy.ort import make_session
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1), nn.Flatten()).eval()
@@ -208,9 +208,7 @@ def test_uint8_activation_rewrite_is_exact_on_the_grid(tmp_path):
         u8 = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
               and n.input[2] == "activation_zero_point_u8"]
         assert len(u8) == (2 * 3 + 2 if friendly else 0)  # Q+DQ of 3 activation quantizers + the ReLU copy
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = make_session(path, opt_level="disable")
         outs.append(session.run(None, {"input": x.numpy()})[0])
     np.testing.assert_array_equal(outs[0], outs[1])
     with torch.no_grad():

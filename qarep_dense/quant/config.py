@@ -22,8 +22,10 @@ class QuantConfig:
     num_calib_batches: batches of the calibration loader to use (>= 1).
     weight_bits / act_bits: 8/8 (W8A8) or 4/8 (W4A8); any value in 2..8 runs in fake-quant.
     skip_layers: module names kept in float; a name also covers every module below it.
-    repair_dead_channels: zero kernel columns that read an all-zero input channel before PTQ
-        (FP32 outputs on the calibration data do not change; see :mod:`qarep_dense.quant.repair`).
+    repair_dead_channels: before PTQ, zero the kernel slices of input channels that are exactly zero on
+        the calibration data *and* on a held-out batch, and only where such a slice sets its output
+        channel's INT8 scale (the identity outliers); FP32 agreement on the held-out batch is reported
+        (see :mod:`qarep_dense.quant.repair`).
     quantize_pooling: also quantize the input of average pools, so the last conv's output is an
         integer tensor (ORT then runs that conv as an integer kernel too).
     quantize_conv_outputs: give every conv whose output is not read by exactly one quantizer an

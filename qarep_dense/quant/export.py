@@ -20,7 +20,6 @@ conv then stays a float kernel, and ``check_ort_int8`` says so.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..deploy.ort import (KernelChoice, OrtModule, choose_int8_kernels, export_graph, make_session,  # noqa: F401
+                          relative_error, run_session)
 from .backends import get_backend
 from .calibration import flatten_outputs
 
@@ -45,33 +46,22 @@ _CONV_PRODUCERS = frozenset({"Conv", "ConvTranspose"})
 
 def export_qdq_onnx(qmodel: nn.Module, example_input: torch.Tensor, path: str | Path, opset: int = 13,
                     ort_friendly: bool = True, dynamic_batch: bool = True,
-                    backend: str = "pytorch_quantization") -> Path:
+                    backend: str = "pytorch_quantization", dynamic_hw: bool = False) -> Path:
     """Export a calibrated fake-quant model to QDQ ONNX (input "input", outputs "output[_i]").
 
     example_input: a preprocessed float batch (N, 3, H, W). ``ort_friendly`` adds the two exact
     onnxruntime rewrites (see module doc: Q/DQ before ReLU, uint8 activations); keep it False for
-    TensorRT, which wants int8 (zero point 0) activations.
+    TensorRT, which wants int8 (zero point 0) activations. dynamic_hw: free input height and width.
     """
     import onnx  # lazy: deployment-only dependency
 
     if opset < 13:
         raise ValueError(f"export_qdq_onnx: per-channel QDQ needs opset >= 13, got {opset}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     b = get_backend(backend)
     device = next(qmodel.parameters()).device
-    example_input = example_input.to(device)
     with b.export_mode(qmodel) as model, torch.no_grad():
-        n_out = len(flatten_outputs(model(example_input)))
-        names = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
-        axes = {name: {0: "batch"} for name in ["input", *names]} if dynamic_batch else None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings from the quantizers' .item() calls
-            # Constant folding leaves QuantizeLinear/DequantizeLinear alone (they are not folded), so weights
-            # stay int8 initializers behind their DQ; the integer-kernel count in the tests checks it.
-            torch.onnx.export(model, (example_input,), str(path), opset_version=opset, dynamo=False,
-                              do_constant_folding=True, input_names=["input"], output_names=names,
-                              dynamic_axes=axes)
+        export_graph(model, example_input.to(device), path, opset, dynamic_batch, quiet=True, dynamic_hw=dynamic_hw)
     if ort_friendly:
         proto = onnx.load(str(path))
         moved = requantize_before_relu(proto)
@@ -226,37 +216,11 @@ class OrtReport:
     conv_transposes_total: int = 0
     integer_conv_transposes: int = 0
     float_conv_transposes: int = 0
+    kernels: str = "precise"  # ORT INT8 kernels the outputs were compared with: "default" or "precise"
+    kernel_reason: str = ""
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def make_session(onnx_path: str | Path, threads: int = 2, opt_level: str = "all",
-                 optimized_path: str | Path | None = None, precise_int8: bool = True) -> Any:
-    """An onnxruntime CPU session; ``optimized_path`` saves the optimized graph ORT will run.
-
-    precise_int8: on x86 CPUs without VNNI, ORT's fast U8S8 integer kernels add pairs of u8*s8
-    products in 16 bits and saturate with full-range int8 weights (measured: 8% output error on
-    a tiny model, exact with 4-bit weights). "session.x64quantprecision" selects the exact U8U8
-    kernels (slower; no effect on VNNI CPUs). Benchmarks report both.
-    """
-    import onnxruntime as ort
-
-    levels = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
-    if opt_level not in levels:
-        raise ValueError(f"make_session: opt_level must be one of {sorted(levels)}, got {opt_level!r}")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = levels[opt_level]
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # hide the "hardware-specific optimized model" notice
-    if optimized_path is not None:
-        options.optimized_model_filepath = str(optimized_path)
-    if precise_int8:
-        options.add_session_config_entry("session.x64quantprecision", "1")
-    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
 
 def count_ops(onnx_path: str | Path) -> Counter:
@@ -300,21 +264,25 @@ def compare_outputs(outputs: Sequence[np.ndarray], reference: Sequence[np.ndarra
     if len(outputs) != len(reference):
         raise ValueError(f"compare_outputs: {len(outputs)} outputs vs {len(reference)} reference outputs")
     diff = max(float(np.abs(a - b).max()) for a, b in zip(outputs, reference))
-    num = sum(float(((a - b) ** 2).sum()) for a, b in zip(outputs, reference))
     den = sum(float((b ** 2).sum()) for b in reference)
     agree = None
     if len(reference) == 1 and reference[0].ndim == 2:
         agree = float((outputs[0].argmax(1) == reference[0].argmax(1)).mean())
-    return {"max_abs_diff": diff, "rel_error": (num / den) ** 0.5 if den > 0 else None, "argmax_agreement": agree}
+    return {"max_abs_diff": diff, "rel_error": relative_error(outputs, reference) if den > 0 else None,
+            "argmax_agreement": agree}
 
 
 def check_ort_int8(onnx_path: str | Path, inputs: torch.Tensor | np.ndarray,
-                   reference_outputs: Any = None, threads: int = 2, pre_process: bool | None = None) -> OrtReport:
+                   reference_outputs: Any = None, threads: int = 2, pre_process: bool | None = None,
+                   precision: str = "auto") -> OrtReport:
     """Count integer vs float Conv kernels (ConvTranspose apart) in ORT's optimized graph and compare outputs.
 
     inputs: a preprocessed float batch; reference_outputs: the PyTorch fake-quant outputs on it
     (tensor, or list/tuple/dict of tensors). ``pre_process``: run ORT's ``quant_pre_process``
     first (True), never (False), or only if some conv did not become an integer kernel (None).
+    precision: ORT's INT8 kernels, "auto" (chosen per machine and checked against the reference,
+    see :func:`~qarep_dense.deploy.ort.choose_int8_kernels`), "default" or "precise"; the report
+    says which ran (``kernels``) and why.
     """
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
@@ -328,27 +296,11 @@ def check_ort_int8(onnx_path: str | Path, inputs: torch.Tensor | np.ndarray,
                        sum(v for k, v in counts.items() if k in INTEGER_OPS), dict(counts), done)
     (report.conv_transposes_total, report.integer_conv_transposes,
      report.float_conv_transposes) = conv_transpose_counts(run_path, counts)
+    choice = choose_int8_kernels(run_path, inputs, reference_outputs, precision, threads)
+    report.kernels, report.kernel_reason = choice.kernels, choice.reason
     if reference_outputs is not None:
-        x = inputs.detach().cpu().numpy() if isinstance(inputs, torch.Tensor) else np.asarray(inputs)
-        outs = make_session(run_path, threads).run(None, {"input": x.astype(np.float32)})
+        outs = run_session(make_session(run_path, threads, precise_int8=choice.precise), inputs)
         ref = [t.detach().float().cpu().numpy() for t in flatten_outputs(reference_outputs)]
         for key, value in compare_outputs(outs, ref).items():
             setattr(report, key, value)
     return report
-
-
-class OrtModule(nn.Module):
-    """An onnxruntime session behind ``nn.Module``, so evaluators can score an ONNX model like a torch one.
-
-    forward(x: (N, 3, H, W) float) -> tensor (or tuple of tensors) on x's device.
-    """
-
-    def __init__(self, onnx_path: str | Path, threads: int = 2, precise_int8: bool = True):
-        super().__init__()
-        self.onnx_path = str(onnx_path)
-        self.session = make_session(onnx_path, threads, precise_int8=precise_int8)
-
-    def forward(self, x: torch.Tensor):
-        outs = self.session.run(None, {"input": x.detach().float().cpu().numpy()})
-        tensors = tuple(torch.from_numpy(o).to(x.device) for o in outs)
-        return tensors[0] if len(tensors) == 1 else tensors

@@ -14,7 +14,7 @@ from ..deploy.equivalence import remaining_multi_branch
 from .backends import get_backend
 from .calibration import calibrate, collect_batches
 from .config import QuantConfig
-from .repair import RepairEntry, repair_dead_channels
+from .repair import RepairReport, repair_dead_channels
 from .swap import add_output_quantizers, quantize_modules
 
 log = logging.getLogger(__name__)
@@ -27,14 +27,14 @@ class PTQReport:
     config: dict
     quantized: list[str]
     act_amax: dict[str, float]
-    repair: list[RepairEntry] = field(default_factory=list)
+    repair: RepairReport | None = None  # None: no repair was asked for
     calib_seconds: float = 0.0
     calib_images: int = 0
     output_quantized: list[str] = field(default_factory=list)  # modules given an output/input quantizer
 
     def as_dict(self) -> dict:
         out = asdict(self)
-        out["repair"] = [e.as_dict() for e in self.repair]
+        out["repair"] = self.repair.as_dict() if self.repair is not None else None
         return out
 
 
@@ -55,6 +55,8 @@ def quantize_ptq(fused_model: nn.Module, calib_loader: Iterable, preprocess: Pre
     calib_loader: yields uint8 image batches (N, 3, H, W), alone or as the first item of a tuple;
         the first ``config.num_calib_batches`` are used.
     preprocess: the SAME ``Preprocess`` evaluation uses.
+    With ``config.repair_dead_channels`` one more batch of the loader, never used for calibration,
+    is the repair's held-out batch (see :mod:`~qarep_dense.quant.repair`).
     With ``config.quantize_conv_outputs`` the first image of the first batch is traced once to find
     the convs that need their own output quantizer (see :func:`~qarep_dense.quant.swap.add_output_quantizers`).
     Returns (quantized model in eval mode on ``device``, :class:`PTQReport`).
@@ -62,11 +64,14 @@ def quantize_ptq(fused_model: nn.Module, calib_loader: Iterable, preprocess: Pre
     config = (config or QuantConfig()).validate()
     check_fused(fused_model)
     backend = get_backend(config.backend)
-    batches = collect_batches(calib_loader, config.num_calib_batches)
+    want = config.num_calib_batches + int(config.repair_dead_channels)
+    batches = collect_batches(calib_loader, want)
+    heldout = batches[config.num_calib_batches:]
+    batches = batches[:config.num_calib_batches]
     model = copy.deepcopy(fused_model).to(device).eval()
-    repair = []
+    repair = None
     if config.repair_dead_channels:
-        repair = repair_dead_channels(model, batches, preprocess, device, progress)
+        repair = repair_dead_channels(model, batches, preprocess, device, progress, heldout=heldout)
     quantized = quantize_modules(model, backend, config)
     if not quantized:
         raise ValueError("quantize_ptq: nothing to quantize (no Conv2d/ConvTranspose2d/Linear outside skip_layers)")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -20,6 +19,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
 from ...data.preprocess import Preprocess
+from ...deploy.onnx import export_onnx
 
 log = logging.getLogger(__name__)
 
@@ -46,26 +46,14 @@ class PreprocessedReader(CalibrationDataReader):
         self._index = 0
 
 
-def export_float_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path, opset: int = 13) -> Path:
-    """Export the float model (input "input", output "output", dynamic batch)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model = model.eval()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example_input,), str(path), opset_version=opset, dynamo=False,
-                          input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
-    return path
-
-
 def ort_quantize_static(fused_model: nn.Module, batches: Sequence[torch.Tensor], preprocess: Preprocess,
                         path: str | Path, calibrator: str = "max", percentile: float = 99.99,
-                        per_channel: bool = True, opset: int = 13) -> Path:
+                        per_channel: bool = True, opset: int = 13, pre_process: bool = True) -> Path:
     """Write an ORT-quantized QDQ INT8 model of ``fused_model`` to ``path``.
 
     batches: uint8 calibration batches (N, 3, H, W). calibrator: "max", "percentile" or "entropy"
-    (ORT has no MSE calibrator).
+    (ORT has no MSE calibrator). per_channel: per-output-channel weight scales (False: one per
+    tensor). pre_process: run ``quant_pre_process`` first (False only to measure what it is worth).
     """
     if calibrator not in _METHODS:
         raise ValueError(f"ort_quantize_static: calibrator {calibrator!r} is not available in onnxruntime; "
@@ -79,9 +67,12 @@ def ort_quantize_static(fused_model: nn.Module, batches: Sequence[torch.Tensor],
     if calibrator == "percentile":
         extra["CalibPercentile"] = percentile
     with tempfile.TemporaryDirectory() as tmp:
-        float_path = export_float_onnx(fused_model, example, Path(tmp) / "float.onnx", opset)
+        float_path = export_onnx(fused_model, example, Path(tmp) / "float.onnx", opset)
         pre_path = Path(tmp) / "float.pre.onnx"
-        quant_pre_process(str(float_path), str(pre_path))
+        if pre_process:
+            quant_pre_process(str(float_path), str(pre_path))
+        else:
+            pre_path = float_path
         quantize_static(str(pre_path), str(path), PreprocessedReader(batches, preprocess),
                         quant_format=QuantFormat.QDQ, per_channel=per_channel,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
