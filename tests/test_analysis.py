@@ -298,3 +298,33 @@ def test_tool_on_image_folder(tmp_path, planted_checkpoint):
     x = torch.cat([((imgs.double() / 255 - mean.view(3, 1, 1)) / std.view(3, 1, 1)) for imgs, _ in loader])
     assert report["activations"]["stages.0.0.conv"]["amax"] == pytest.approx(float(x.abs().max()), rel=1e-5)
     assert "images from" in report["inputs"] and "6 images" in report["inputs"]
+
+
+def test_symlog_is_linear_near_zero_logarithmic_beyond_and_odd():
+    from qarep_dense.analysis.plots import symlog
+
+    x = torch.tensor([-1000.0, -1.0, 0.0, 1e-4, 1.0, 1000.0])
+    y = symlog(x, 1.0)
+    assert torch.allclose(y, -symlog(-x, 1.0))
+    assert y[2] == 0 and y[4] == pytest.approx(math.log10(2))
+    assert y[5] == pytest.approx(math.log10(1001))
+    assert y[3] == pytest.approx(1e-4 / math.log(10), rel=1e-3)  # slope 1/ln(10) at zero
+    with pytest.raises(ValueError, match="linthresh must be positive"):
+        symlog(x, 0.0)
+
+
+def test_weight_violins_symlog_and_side_by_side_write_figures(tmp_path):
+    from qarep_dense.analysis.plots import plot_side_by_side, plot_weight_violins
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3))
+    with torch.no_grad():
+        model[1].weight[0, 0, 1, 1] = 617.0  # one identity-style outlier
+    a = plot_weight_violins(model, tmp_path / "a.png")
+    b = plot_weight_violins(model, tmp_path / "b.png", log_scale=False)
+    both = plot_side_by_side([a, b], ["symlog", "linear"], tmp_path / "ab.png")
+    assert all(p.stat().st_size > 1000 for p in (a, b, both))
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        plot_side_by_side([a, tmp_path / "missing.png"], ["a", "b"], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="titles"):
+        plot_side_by_side([a], [], tmp_path / "x.png")

@@ -126,3 +126,41 @@ def test_build_repopt_sgd_from_hyper_search_model():
         init_target_from_scales(build_classifier("test", "qarepvgg"), extract_scales(hs))
     with pytest.raises(ValueError, match="not a Hyper-Search"):
         extract_scales(target)
+
+
+def test_custom_l2_decays_identity_gamma_like_official_repvgg():
+    """RepVGG's training decays every identity-BN gamma but no other BN parameter and no bias."""
+    model = build_classifier("test", "repvgg", num_classes=3)
+    id_gammas = {id(m.branch_identity.weight) for m in model.modules()
+                 if getattr(m, "branch_identity", None) is not None}
+    assert id_gammas, "the test arch must have identity branches"
+    names = {id(p): n for n, p in model.named_parameters()}
+    for l2 in ("custom", "eq5"):
+        by_name = {g["name"]: g for g in param_groups(model, 5e-4, l2)}
+        decayed = {names[id(p)] for g in by_name.values() if g["weight_decay"] > 0 for p in g["params"]}
+        assert {id(p) for p in by_name["identity_decay"]["params"]} == id_gammas
+        assert by_name["identity_decay"]["weight_decay"] == 5e-4
+        # every decayed 1-D parameter is an identity gamma; no bias, no 3x3/1x1 BN parameter is decayed
+        one_d = {n for n in decayed if model.get_parameter(n).ndim == 1}
+        assert one_d and all(n.endswith("branch_identity.weight") for n in one_d)
+        assert not any(n.endswith("bias") or ".bn." in n for n in decayed)
+        # the kernels under the penalty get no plain decay
+        assert all(n not in decayed for n in names.values() if "branch_3x3.conv" in n or "branch_1x1.conv" in n)
+    # normal L2 (QARepVGG's recipe) leaves them alone; both choices can be forced
+    assert "identity_decay" not in {g["name"] for g in param_groups(model, 5e-4, "normal")}
+    assert "identity_decay" not in {g["name"] for g in param_groups(model, 5e-4, "custom", identity_decay=False)}
+    forced = {g["name"]: g for g in param_groups(model, 5e-4, "normal", identity_decay=True)}
+    assert {id(p) for p in forced["identity_decay"]["params"]} == id_gammas
+
+
+def test_identity_decay_reaches_the_optimizer_through_the_config():
+    from qarep_dense.tasks.classification import ClsConfig, build_optimizer
+
+    cfg = ClsConfig()
+    cfg.model.arch, cfg.model.block, cfg.model.num_classes = "test", "repvgg", 3
+    cfg.optim.l2, cfg.optim.weight_decay = "custom", 1e-3
+    model = build_classifier("test", "repvgg", num_classes=3)
+    groups = {g["name"]: g for g in build_optimizer(cfg, model).param_groups}
+    assert groups["identity_decay"]["weight_decay"] == 1e-3
+    cfg.optim.identity_decay = False
+    assert "identity_decay" not in {g["name"] for g in build_optimizer(cfg, model).param_groups}

@@ -49,16 +49,47 @@ def _violins(ax, data: list[torch.Tensor], labels: list[str]) -> None:
     ax.ticklabel_format(axis="y", useOffset=False)  # equal values would otherwise read "1e-6 + ..."
 
 
-def plot_weight_violins(deploy_model: nn.Module, path: str | Path, title: str = "") -> Path:
-    """Fig. 2/3: one violin per conv/linear layer of the fused weights, std written above each."""
+def symlog(values: torch.Tensor, linthresh: float) -> torch.Tensor:
+    """sign(x) * log10(1 + |x| / linthresh): linear near zero, logarithmic beyond ``linthresh``."""
+    if not linthresh > 0:
+        raise ValueError(f"symlog: linthresh must be positive, got {linthresh}")
+    return values.sign() * torch.log10(1 + values.abs() / linthresh)
+
+
+def _symlog_ticks(ax, linthresh: float, lo: float, hi: float) -> None:
+    """Ticks at 0, +-linthresh * 10^k inside [lo, hi] (transformed units), labelled with the raw values."""
+    ticks, labels = [0.0], ["0"]
+    for k in range(0, 12):
+        raw = linthresh * 10 ** k
+        t = float(symlog(torch.tensor(raw), linthresh))
+        for sign in (1, -1):
+            if lo - 0.3 <= sign * t <= hi + 0.3:
+                ticks.append(sign * t)
+                labels.append(f"{sign * raw:.2g}")
+    ax.set_yticks(ticks, labels, fontsize=7)
+
+
+def plot_weight_violins(deploy_model: nn.Module, path: str | Path, title: str = "", log_scale: bool = True) -> Path:
+    """Fig. 2/3: one violin per conv/linear layer of the fused weights, std written above each.
+
+    ``log_scale``: a symmetric-log value axis (linear within the median layer std, logarithmic beyond),
+    with each violin's density estimated on that axis, so a single outlier of several hundred does
+    not flatten every other layer's violin into a line. The tick labels are raw weight values.
+    """
     layers = quantizable_layers(deploy_model)
-    data = [_sample(m.weight) for _, m in layers]
+    raw = [_sample(m.weight) for _, m in layers]
+    stds = [float(m.weight.detach().double().std(correction=0)) for _, m in layers]
+    linthresh = max(float(torch.tensor(stds).median()), 1e-12) if stds else 1.0
+    data = [symlog(d, linthresh) for d in raw] if log_scale else raw
     fig, (ax,) = _figure(max(6.0, 0.45 * len(layers) + 2), 4.5)
     _violins(ax, data, [name for name, _ in layers])
-    for pos, (_, m) in enumerate(layers, start=1):
-        std = float(m.weight.detach().double().std(correction=0))
+    for pos, std in enumerate(stds, start=1):
         ax.annotate(f"{std:.2g}", (pos, float(data[pos - 1].max())), ha="center", va="bottom", fontsize=6)
-    ax.set_ylabel("fused weight value")
+    if log_scale and data:
+        _symlog_ticks(ax, linthresh, min(float(d.min()) for d in data), max(float(d.max()) for d in data))
+        ax.set_ylabel(f"fused weight value (symlog, linear within {linthresh:.2g})")
+    else:
+        ax.set_ylabel("fused weight value")
     ax.set_title(title or "Fused conv/linear weights per layer (number: std)")
     fig.savefig(path, dpi=110)
     return Path(path)
@@ -109,5 +140,31 @@ def plot_branch_histogram(values: dict[str, torch.Tensor], block: str, channel: 
     ax.set_ylabel("count")
     ax.legend(fontsize=7)
     ax.set_title(f"{block}, channel {channel}: branch outputs and their sum")
+    fig.savefig(path, dpi=110)
+    return Path(path)
+
+
+def plot_side_by_side(images: list[str | Path], titles: list[str], path: str | Path, title: str = "") -> Path:
+    """Put existing PNGs (e.g. the same figure of a RepVGG and a QARepVGG model) next to each other."""
+    from matplotlib.image import imread
+
+    if len(images) != len(titles) or not images:
+        raise ValueError(f"plot_side_by_side: {len(images)} images but {len(titles)} titles")
+    arrays = []
+    for image in images:
+        if not Path(image).is_file():
+            raise FileNotFoundError(f"{image}: figure to place side by side not found")
+        arrays.append(imread(str(image)))
+    height = max(a.shape[0] for a in arrays) / 110
+    fig, _ = _figure(1, 1)
+    fig.clear()
+    fig.set_size_inches(sum(a.shape[1] for a in arrays) / 110, height + 0.4)
+    axes = fig.subplots(1, len(arrays), squeeze=False)[0]
+    for ax, array, name in zip(axes, arrays, titles):
+        ax.imshow(array)
+        ax.set_title(name, fontsize=10)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
     fig.savefig(path, dpi=110)
     return Path(path)

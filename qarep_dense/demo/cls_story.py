@@ -1,0 +1,113 @@
+"""The classification story's numbers for one trained model: which side of W8A8 breaks, and why.
+
+:func:`quant_variants` evaluates the fused model in FP32 and under post-training quantization with the
+paper's setting (max calibration), one histogram calibrator, weights-only and activations-only INT8
+(the other side's quantizers switched off after calibration) and max calibration after the dead-channel
+repair. :func:`mechanism` reads ``tools/analyze.py``'s report.json for the paper's mechanism figures.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("fp32", "int8_max", "int8_hist", "weights_only", "acts_only", "int8_max_repair")
+
+
+def _only(qmodel: nn.Module, keep: str, backend_name: str) -> nn.Module:
+    """Switch off every quantizer except the weight ones (``keep="weight"``) or except them ("act")."""
+    from ..quant.backends import get_backend
+
+    backend = get_backend(backend_name)
+    weights = {id(backend.layer_quantizers(m)["weight"]) for m in qmodel.modules() if backend.is_quant_layer(m)}
+    for m in qmodel.modules():
+        if backend.is_quantizer(m):
+            on = (id(m) in weights) == (keep == "weight")
+            backend.set_enabled(m, on and backend.amax(m) is not None)
+    return qmodel
+
+
+def quant_variants(deploy_path: str | os.PathLike, data_root: str | os.PathLike, hist_calibrator: str = "entropy",
+                   calib_batches: int = 4, batch_size: int = 64, progress: bool = False) -> dict:
+    """Top-1 (%) of a fused classifier checkpoint in FP32 and the INT8 variants of :data:`VARIANTS`.
+
+    Calibration: ``calib_batches`` shuffled training batches with the evaluation preprocessing.
+    Also returns "repaired_channels" (input channels the repair zeroed) and "repair" (the repair's
+    summary: channels dead on calibration but alive on the held-out batch, FP32 agreement there).
+    """
+    from ..data.imagefolder import make_cls_loader
+    from ..data.preprocess import Preprocess
+    from ..evaluation.classification import evaluate_classifier
+    from ..quant import QuantConfig, quantize_ptq
+    from ..tasks.registry import load_model
+
+    model, meta = load_model(deploy_path, "cls")
+    if not meta.get("fused"):
+        raise ValueError(f"{deploy_path}: expected a fused (deploy) checkpoint")
+    pre = Preprocess(**meta["preprocess"])
+    size = meta["image_size"]
+    val = make_cls_loader(data_root, size, 120, train=False)
+    calib = make_cls_loader(data_root, size, batch_size, train=False, split="train", shuffle=True)
+
+    def top1(m: nn.Module) -> float:
+        return float(evaluate_classifier(m, val, pre, progress=progress)["top1"])
+
+    def ptq(calibrator: str, repair: bool = False):
+        cfg = QuantConfig(calibrator=calibrator, num_calib_batches=calib_batches, repair_dead_channels=repair)
+        return quantize_ptq(model, calib, pre, cfg, progress=progress)
+
+    out: dict = {"fp32": top1(model)}
+    q, _ = ptq("max")
+    out["int8_max"] = top1(q)
+    out["weights_only"] = top1(_only(q, "weight", QuantConfig().backend))
+    q, _ = ptq("max")
+    out["acts_only"] = top1(_only(q, "act", QuantConfig().backend))
+    q, _ = ptq(hist_calibrator)
+    out["int8_hist"], out["hist_calibrator"] = top1(q), hist_calibrator
+    q, report = ptq("max", repair=True)
+    out["int8_max_repair"] = top1(q)
+    repair = report.as_dict().get("repair") or {}
+    out["repair"] = {k: v for k, v in repair.items() if k != "entries"}
+    out["repaired_channels"] = int(repair.get("zeroed_channels", 0))
+    return out
+
+
+def _finite_max(values: list[float]) -> float:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    return max(vals) if vals else float("nan")
+
+
+def mechanism(report_path: str | os.PathLike) -> dict:
+    """The paper's mechanism figures from an analysis report.json (tools/analyze.py of a train-form model).
+
+    near_dead_identity: identity-BN channels whose running variance is below eps (summed over blocks);
+    max_multiplier: largest BN multiplier gamma/sqrt(var+eps) of any branch; max_fused_weight: largest
+    |w| of the fused model; worst_int8_error: the worst output channel's relative INT8 weight error over
+    all layers; act_max / act_max_over_std: the largest layer-input |x| and its ratio to that input's std;
+    c1_flags / c2_flags: layers flagged for weights / activations.
+    """
+    path = Path(report_path)
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: unreadable analysis report ({err})") from err
+    scales = report.get("bn_scales", [])
+    weights = report.get("weights", [])
+    acts = report.get("activations", {})
+    dead = sum(b.get("branches", {}).get("identity", {}).get("near_dead", 0) for b in scales)
+    act_max = [a.get("amax") for a in acts.values()]
+    ratios = [a.get("amax_over_std") for a in acts.values()]
+    return {"near_dead_identity": int(dead),
+            "max_multiplier": _finite_max([b.get("max_abs") for b in scales]),
+            "max_fused_weight": _finite_max([w.get("max_abs") for w in weights]),
+            "worst_int8_error": _finite_max([w.get("int8_error") for w in weights]),
+            "act_max": _finite_max(act_max),
+            "act_max_over_std": _finite_max(ratios),
+            "c1_flags": len(report.get("flags", {}).get("C1", [])),
+            "c2_flags": len(report.get("flags", {}).get("C2", []))}

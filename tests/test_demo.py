@@ -1,0 +1,179 @@
+"""The main job (tools/demo.py) and its library: collapse verdict, resumable stages, summary page."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from qarep_dense.demo import Criteria, StageRunner, seed_range, verdict
+from qarep_dense.demo.summary import SECTIONS, render_summary
+from qarep_dense.demo.verdict import format_range
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rows(rep: list[tuple[float, float]], qa: list[tuple[float, float]]) -> list[dict]:
+    rows = [{"seed": s, "block": "repvgg", "fp32": f, "int8": i} for s, (f, i) in enumerate(rep)]
+    return rows + [{"seed": s, "block": "qarepvgg", "fp32": f, "int8": i} for s, (f, i) in enumerate(qa)]
+
+
+HOLD = [(98.0, 97.5)] * 5
+
+
+def test_verdict_reproduces_with_four_collapses_of_five_and_qa_holding():
+    v = verdict(_rows([(98, 20), (97, 50), (98, 97.9), (99, 80), (98, 87.9)], HOLD))
+    assert v["reproduces"] and v["collapsed"] == [0, 1, 3, 4] and v["held"] == [0, 1, 2, 3, 4]
+    assert "4 of 5" in v["summary"] and "reproduced" in v["summary"]
+
+
+@pytest.mark.parametrize("rep, qa, why", [
+    ([(98, 20), (97, 50), (98, 97.9), (99, 80), (98, 88.1)], HOLD, "only 3 collapses (a drop of 9.9 is not one)"),
+    ([(98, 20)] * 5, [(98, 97.5)] * 4 + [(98, 96.4)], "QARepVGG lost 1.6 points in one seed"),
+    ([(98, 20)] * 4, [(98, 97.5)] * 4, "4 seeds are fewer than 5"),
+    ([(98, 20)] * 3 + [(50, 10)] * 2, HOLD, "an untrained RepVGG (FP32 50) is no collapse"),
+    ([(98, 20)] * 5, [(98, 97.5)] * 4 + [(10, 10)], "a QARepVGG at chance does not 'hold'"),
+])
+def test_verdict_refuses(rep, qa, why):
+    v = verdict(_rows(rep, qa))
+    assert not v["reproduces"], why
+    assert "not reproduced" in v["summary"]
+
+
+def test_verdict_counts_only_seeds_with_both_blocks_and_names_untrained_runs():
+    rows = _rows([(98, 20)] * 5, HOLD) + [{"seed": 9, "block": "repvgg", "fp32": 98, "int8": 10}]
+    assert verdict(rows)["seeds"] == [0, 1, 2, 3, 4]
+    v = verdict(_rows([(98, 20)] * 4 + [(40, 40)], HOLD))
+    assert v["untrained"] == ["repvgg/s4"] and v["collapsed"] == [0, 1, 2, 3] and v["reproduces"]  # 4 of 5
+    strict = Criteria(collapse_drop=90.0)
+    assert verdict(_rows([(98, 20)] * 5, HOLD), strict)["collapsed"] == []
+
+
+def test_seed_range_and_format():
+    stats = seed_range([97.0, 99.0, 98.0])
+    assert stats == {"mean": 98.0, "min": 97.0, "max": 99.0, "n": 3}
+    assert format_range(stats) == "98.00 (97.00-99.00)"
+    assert format_range(seed_range([1.234])) == "1.23"
+    with pytest.raises(ValueError, match="no values"):
+        seed_range([])
+
+
+def test_stage_runner_runs_once_and_reuses_after_restart(tmp_path):
+    calls = []
+    runner = StageRunner(tmp_path)
+    assert runner.run("a", lambda: calls.append(1) or {"x": 1}) == {"x": 1}
+    assert runner.run("a", lambda: calls.append(2) or {"x": 2}) == {"x": 1}
+    again = StageRunner(tmp_path)  # a new process: the marker on disk decides
+    assert again.run("a", lambda: calls.append(3) or {"x": 3}) == {"x": 1}
+    assert calls == [1] and again.reused == ["a"]
+    assert not list((tmp_path / ".stages").glob("*.tmp"))
+
+
+def test_stage_runner_writes_no_marker_when_the_stage_fails(tmp_path):
+    runner = StageRunner(tmp_path)
+
+    def boom():
+        raise RuntimeError("stage broke")
+
+    with pytest.raises(RuntimeError, match="stage broke"):
+        runner.run("b", boom)
+    assert not runner.done("b")
+    assert runner.run("b", lambda: 5) == 5
+    with pytest.raises(ValueError, match="stage name"):
+        runner.run("../escape", lambda: 1)
+    (tmp_path / ".stages" / "c.json").write_text("{not json")
+    with pytest.raises(ValueError, match="c.json: unreadable stage marker"):
+        runner.run("c", lambda: 1)
+
+
+def _info(**kw) -> dict:
+    info = {"profile": "quick", "threads": 2, "reused_stages": 0, "cls_data": "digits", "cls_seeds": [0, 1],
+            "det_seeds": [0], "cls_epochs": 8, "det_epochs": 5, "cls_recipe": ["optim.lr=0.4"],
+            "cls_models": ["repvgg_custom", "qarepvgg"], "det_blocks": ["repvgg"]}
+    return {**info, **kw}
+
+
+def _quant(fp32: float, int8: float) -> dict:
+    return {"fp32": fp32, "int8_max": int8, "int8_hist": int8, "weights_only": int8, "acts_only": fp32,
+            "int8_max_repair": int8 + 1, "repaired_channels": 3, "repair": {"alive_on_heldout": 1}}
+
+
+def test_summary_has_every_section_tables_from_records_and_skip_lines(tmp_path):
+    records = {"cls_quant_repvgg_custom_s0": _quant(98.0, 20.0), "cls_quant_repvgg_custom_s1": _quant(96.0, 94.0),
+               "cls_quant_qarepvgg_s0": _quant(97.0, 97.0), "cls_quant_qarepvgg_s1": _quant(99.0, 98.0),
+               "det_ptq_s0": {"metric": "AP", "table": str(tmp_path / "det" / "t.md"), "rows": [
+                   {"model": "repvgg_s0/deploy", "block": "repvgg", "fp32": 50.0, "int8": 45.0, "drop": 5.0,
+                    "ort_int8": 44.0, "ort_integer_convs": "30/30"}]}}
+    text = render_summary(tmp_path, records, ["cls", "det"], {"pictures": "tools/infer.py is missing"}, _info())
+    for title in SECTIONS:
+        assert f"## {title}" in text
+    assert "| repvgg_custom | 97.00 (96.00-98.00) | 57.00 (20.00-94.00) |" in text
+    assert "collapsed (INT8 > 10 points below FP32) in 1 of 2 seeds" in text  # computed, not typed
+    assert "| repvgg | 1 | 50.00 | 45.00 | 5.00 | 44.00 | 30/30 |" in text
+    assert "[seed 0](det/t.md)" in text
+    assert "Segmentation\n\nNot run (not in --tasks cls,det)." in text
+    assert "Pictures unavailable: tools/infer.py is missing." in text
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("bench_recipe_study", ROOT / "benchmarks" / "bench_recipe_study.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_recipe_study_markdown_shows_the_computed_verdict():
+    bench = _load_bench()
+    rows = [{**r, "dead_identity_channels": 7, "max_fused_weight": 600.0, "cpu_seconds": 100.0}
+            for r in _rows([(98, 20)] * 5, HOLD)]
+    study = {"criteria": asdict(Criteria()), "seeds": list(range(5)),
+             "recipes": {"nowarm_e15": {"rows": rows, "verdict": verdict(rows)}}}
+    text = bench.render(study)
+    assert "collapsed (INT8 > 10 points below FP32) in 5 of 5 seeds" in text
+    assert "the paper's result is reproduced" in text
+    assert "| 0 | repvgg | 98.00 | 20.00 | 78.00 | 7 | 600 | 100 |" in text
+    assert set(bench.RECIPES) >= {"nowarm_e15", "nowarm_e15_noiddecay", "synthetic_nowarm_e15"}
+
+
+@pytest.mark.slow
+def test_demo_tiny_end_to_end_writes_every_section_and_reuses_stages(tmp_path):
+    demo = importlib.import_module("tools.demo")
+    out = tmp_path / "demo"
+    summary = demo.main(["--tiny", "--tasks", "cls,det,seg", "--out", str(out)])
+    text = summary.read_text()
+    for title in SECTIONS:
+        assert f"## {title}" in text
+    assert "| repvgg_custom |" in text and "| qarepvgg |" in text and "| repopt |" in text
+    assert (out / "cls" / "fig2_weights.png").is_file()
+    assert "ORT INT8" in text and "| det_qarepvgg |" in text
+    markers = sorted((out / ".stages").glob("*.json"))
+    assert markers and all(json.loads(m.read_text())["stage"] == m.stem for m in markers)
+    logs_before = {p: p.stat().st_size for p in (out / "logs").glob("*.log")}
+    text2 = demo.main(["--tiny", "--tasks", "cls,det,seg", "--out", str(out)]).read_text()
+    assert f"({len(markers)} stages reused" in text2
+    assert {p: p.stat().st_size for p in (out / "logs").glob("*.log")} == logs_before  # no tool ran again
+
+
+def test_summary_lists_failed_stages_first(tmp_path):
+    text = render_summary(tmp_path, {}, ["cls"], {}, _info(), {"cls_train_qarepvgg_s0": "RuntimeError: diverged"})
+    assert "**1 stage(s) failed**" in text
+    assert "- `cls_train_qarepvgg_s0`: RuntimeError: diverged (log: `logs/cls_train_qarepvgg_s0.log`)" in text
+    assert text.index("failed") < text.index("## Classification")
+
+
+def test_demo_keeps_going_after_a_failed_stage_and_marks_only_the_good_ones(tmp_path):
+    demo_tool = importlib.import_module("tools.demo")
+    demo = demo_tool.Demo(demo_tool.parse_args(["--tiny", "--tasks", "cls", "--out", str(tmp_path)]))
+
+    def boom():
+        raise RuntimeError("training diverged\nlong traceback")
+
+    demo.run_stages("cls", [("bad", boom), ("good", lambda: {"ok": 1})])
+    assert demo.failed == {"bad": "RuntimeError: training diverged"}
+    assert demo.stages.records == {"good": {"ok": 1}}
+    assert demo.stages.done("good") and not demo.stages.done("bad")
+    with pytest.raises(SystemExit):
+        demo_tool.parse_args(["--tasks", "cls,nope"])
