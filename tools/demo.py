@@ -238,7 +238,7 @@ class Demo:
 
         if "seg" not in TASK_MODULES:
             return "the task registry has no 'seg' task (tools/ptq_eval.py --task seg unavailable)"
-        pattern = "fcn_qarepvgg-test_*synthetic*.py" if self.prof.tiny else "deeplabv3plus_qarepvgg-a0h_*synthetic*.py"
+        pattern = "fcn_qarepvgg-test_*synthetic*.py" if self.prof.tiny else "deeplabv3plus_qarepvgg-test_*synthetic*.py"
         hits = sorted((ROOT / "configs" / "seg").glob(pattern))
         return hits[0] if hits else f"no configs/seg/{pattern} config"
 
