@@ -1,7 +1,22 @@
 """Small helpers shared by several test files (importable because pytest puts tests/ on sys.path)."""
 from __future__ import annotations
 
+import runpy
+from pathlib import Path
+from typing import Callable
+
 import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tool(name: str, entry: str = "main") -> Callable:
+    """A tool's entry function (``main(argv)`` by default) run in-process, without a second torch import.
+
+    name: "train_det" or "train_det.py".
+    """
+    stem = name[:-3] if name.endswith(".py") else name
+    return runpy.run_path(str(REPO / "tools" / f"{stem}.py"), run_name=stem)[entry]
 
 
 def uint8_batches(n_batches: int = 2, batch: int = 8, size: int = 16, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:

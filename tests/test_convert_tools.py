@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import runpy
 from pathlib import Path
 
 import pytest
@@ -21,12 +20,8 @@ pytest.importorskip("pytorch_quantization")
 timm = pytest.importorskip("timm")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-REPO = Path(__file__).resolve().parents[1]
+from support import REPO, tool  # noqa: E402
 
-
-def tool(name: str):
-    """A tool's main(argv) run in-process (no second torch import)."""
-    return runpy.run_path(str(REPO / "tools" / f"{name}.py"), run_name=name)["main"]
 
 
 def test_converted_timm_model_runs_in_ptq_eval_with_repair_and_analyze(tmp_path, capsys):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import runpy
 from pathlib import Path
 
 import pytest
@@ -13,12 +12,9 @@ from qarep_dense.data.imagefolder import begin_export as begin_export_compat
 from qarep_dense.data.synthetic.coco import generate_coco
 from qarep_dense.data.synthetic.imagefolder import generate_imagefolder
 
-REPO = Path(__file__).resolve().parents[1]
+from support import REPO, tool  # noqa: E402
 DET_CONFIG = REPO / "configs" / "det" / "synthetic_test.toml"
 
-
-def tool(name: str):
-    return runpy.run_path(str(REPO / "tools" / f"{name}.py"), run_name=name)["main"]
 
 
 def user_coco(root: Path) -> dict[Path, bytes]:

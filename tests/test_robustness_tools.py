@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -12,13 +11,10 @@ import pytest
 from qarep_dense.engine.checkpoint import save_checkpoint
 from qarep_dense.models import build_classifier
 
-REPO = Path(__file__).resolve().parents[1]
+from support import REPO, tool  # noqa: E402
 TOOLS = sorted(p.name for p in (REPO / "tools").glob("*.py") if not p.name.startswith("_"))
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
 
-
-def tool(name: str, entry: str = "main"):
-    return runpy.run_path(str(REPO / "tools" / name), run_name=name[:-3])[entry]
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import runpy
 import shutil
 from pathlib import Path
 
@@ -11,12 +10,9 @@ import pytest
 from qarep_dense.engine.checkpoint import load_checkpoint
 from qarep_dense.tasks import classification
 
-REPO = Path(__file__).resolve().parents[1]
+from support import REPO, tool  # noqa: E402
 CONFIG = REPO / "configs" / "cls" / "synthetic_test.toml"
 
-
-def tool(name: str):
-    return runpy.run_path(str(REPO / "tools" / f"{name}.py"), run_name=name)["main"]
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import runpy
 from pathlib import Path
 
 import pytest
@@ -14,13 +13,9 @@ from qarep_dense.engine.checkpoint import load_checkpoint
 from qarep_dense.engine.hooks import Hook
 from qarep_dense.tasks.detection import DetConfig, data_paths, train
 
-REPO = Path(__file__).resolve().parents[1]
+from support import REPO, tool  # noqa: E402
 CONFIG = REPO / "configs" / "det" / "synthetic_test.toml"
 
-
-def tool(name: str):
-    """A tool's main(argv) run in-process (no second torch import)."""
-    return runpy.run_path(str(REPO / "tools" / f"{name}.py"), run_name=name)["main"]
 
 
 @pytest.fixture(scope="module")
