@@ -1,8 +1,9 @@
-"""Shared timing helper for the benchmark scripts: medians of interleaved repeats."""
+"""Shared helpers for the benchmark scripts: medians of interleaved repeats, and appending a report to a file."""
 from __future__ import annotations
 
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
 
@@ -18,3 +19,12 @@ def median_ms(fns: dict[str, Callable[[], object]], repeats: int = 20, warmup: i
             fn()
             samples[name].append((time.perf_counter() - t0) * 1e3)
     return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def append_report(out: Path | None, text: str) -> None:
+    """Append ``text`` (and a blank line) to ``out`` when given: reruns add to a results file, never replace it."""
+    if out is None:
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "a") as f:
+        f.write(text.rstrip("\n") + "\n\n")

@@ -26,6 +26,7 @@ from qarep_dense.quant import QuantConfig
 from qarep_dense.quant.backends import get_backend
 from qarep_dense.quant.calibration import entropy_amax, forward_batches
 from qarep_dense.quant.swap import quantize_modules
+from _timing import append_report  # benchmarks/ is the script's folder, first on sys.path  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -103,10 +104,7 @@ def main() -> None:
               f"| qarep_dense `entropy_amax` | {ours_s:.3f} | {ours:.5f} |",
               f"| speed-up | {theirs_s / ours_s:.0f}x | |"]
     print("\n".join(lines[-7:]), flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "a") as f:
-            f.write("\n".join(lines) + "\n\n")
+    append_report(args.out, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from qarep_dense.quant import QuantConfig, export_qdq_onnx, ort_quantize_static,
 from qarep_dense.deploy.onnx import export_onnx
 from qarep_dense.deploy.ort import make_session
 from qarep_dense.quant.export import kernel_counts
+from _timing import append_report  # benchmarks/ is the script's folder, first on sys.path  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -112,10 +113,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.archs:
             rows += bench_arch(arch, args, Path(tmp))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "a") as f:
-            f.write("\n".join(header + rows) + "\n\n")
+    append_report(args.out, "\n".join(header + rows))
 
 
 if __name__ == "__main__":

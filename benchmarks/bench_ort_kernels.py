@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from _timing import median_ms
+from _timing import append_report, median_ms
 from qarep_dense.data.preprocess import IMAGENET
 from qarep_dense.deploy.onnx import export_onnx
 from qarep_dense.deploy.ort import cpu_int8_features, make_session, relative_error, run_session
@@ -158,10 +158,7 @@ def main() -> None:
              f"- ORT ops, fp32 at opt all: {layouts['fp32 all']}"]
     text = "\n".join(header + rows) + "\n\n" + "\n".join(notes) + "\n"
     print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "a") as f:
-            f.write(text + "\n")
+    append_report(args.out, text)
 
 
 if __name__ == "__main__":

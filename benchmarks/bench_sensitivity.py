@@ -31,6 +31,7 @@ from qarep_dense.quant import QuantConfig, quantize_partial, quantize_ptq, rank_
 from qarep_dense.quant.calibration import collect_batches
 from qarep_dense.tasks.detection import DetConfig, train
 from qarep_dense.tasks.registry import load_model, task_module
+from _timing import append_report  # benchmarks/ is the script's folder, first on sys.path  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "det" / "synthetic_repvgg.toml"
 RECIPE = ["model.scale=test", "data.workers=0",
@@ -115,10 +116,7 @@ def main() -> None:
              "(AP on a small val set moves in coarse steps: ties among the rest are broken arbitrarily)"]
     text = "\n".join(lines) + "\n"
     print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "a") as f:
-            f.write(text + "\n")
+    append_report(args.out, text)
 
 
 if __name__ == "__main__":
