@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from qarep_dense.demo import Criteria, StageRunner, seed_range, verdict
+from qarep_dense.demo.main_job import Demo, DemoOptions
 from qarep_dense.demo.summary import SECTIONS, render_summary
 from qarep_dense.demo.verdict import format_range
 
@@ -166,7 +167,7 @@ def test_summary_lists_failed_stages_first(tmp_path):
 
 def test_demo_keeps_going_after_a_failed_stage_and_marks_only_the_good_ones(tmp_path):
     demo_tool = importlib.import_module("tools.demo")
-    demo = demo_tool.Demo(demo_tool.parse_args(["--tiny", "--tasks", "cls", "--out", str(tmp_path)]))
+    demo = Demo(demo_tool.parse_args(["--tiny", "--tasks", "cls", "--out", str(tmp_path)]))
 
     def boom():
         raise RuntimeError("training diverged\nlong traceback")
@@ -177,3 +178,10 @@ def test_demo_keeps_going_after_a_failed_stage_and_marks_only_the_good_ones(tmp_
     assert demo.stages.done("good") and not demo.stages.done("bad")
     with pytest.raises(SystemExit):
         demo_tool.parse_args(["--tasks", "cls,nope"])
+
+
+def test_demo_options_refuse_unknown_tasks_and_profiles(tmp_path):
+    with pytest.raises(ValueError, match="unknown task"):
+        DemoOptions(out=tmp_path, tasks=["cls", "nope"])
+    with pytest.raises(ValueError, match="profile 'huge'"):
+        DemoOptions(out=tmp_path, profile="huge")

@@ -9,370 +9,54 @@ with normal L2, QARepVGG and RepOpt-VGG on scikit-learn's digits over seeds; FP3
 entropy calibration), weights-only and activations-only INT8, the mechanism figures per model
 (tools/analyze.py), the dead-channel repair, and the paper's Fig. 2-4 side by side. Detection: the
 three detectors over seeds, FP32 vs INT8 (and ONNX Runtime INT8) mAP. Segmentation: QARepVGG and RepVGG
-segmentors, FP32 vs INT8 mIoU (needs tools/train_seg.py). Speed: FP32 vs ORT INT8 latency. Pictures:
-tools/infer.py on a few validation images.
+segmentors, FP32 vs INT8 mIoU. Speed: FP32 vs ORT INT8 latency. Pictures: tools/infer.py on a few
+validation images.
 
 Every stage leaves a done-marker in OUT/.stages (written atomically after it succeeded): a rerun
 reuses finished stages and only redoes what is missing. The demo writes only inside OUT and deletes
-nothing. Sub-tools log to OUT/logs/<stage>.log.
+nothing. Sub-tools log to OUT/logs/<stage>.log. The work itself is qarep_dense/demo/main_job.py.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `python tools/demo.py` from a checkout
-    sys.path.insert(0, str(ROOT))
+_ROOT = str(Path(__file__).resolve().parents[1])  # this checkout: `python tools/x.py` runs without an install
+if sys.path[:1] != [_ROOT]:
+    sys.path.insert(0, _ROOT)
 
-from tqdm import tqdm  # noqa: E402
-
-from qarep_dense.demo import StageRunner  # noqa: E402
-from qarep_dense.demo.summary import render_summary  # noqa: E402
-
-log = logging.getLogger("demo")
-TASKS = ("cls", "det", "seg")
-# The classification recipe from benchmarks/bench_recipe_study.py: lr 0.4 from the first step (no
-# warm-up), weight decay 5e-4; RepVGG's custom L2 also decays the identity-BN gammas, as its authors' code.
-CLS_RECIPE = ["optim.lr=0.4", "optim.weight_decay=5e-4", "optim.warmup_epochs=0"]
-CLS_MODELS = {  # name -> (config, extra overrides); the RepOpt scales come from one Hyper-Search run
-    "repvgg_custom": ("digits_repvgg.toml", ["optim.l2=custom"]),
-    "repvgg_normal": ("digits_repvgg.toml", ["optim.l2=normal"]),
-    "qarepvgg": ("digits_qarepvgg.toml", []),
-    "repopt": ("digits_repopt.toml", []),
-}
-DET_BLOCKS = ("qarepvgg", "repvgg", "repopt")
-SEG_BLOCKS = ("qarepvgg", "repvgg")
+from qarep_dense.demo.main_job import TASKS, Demo, DemoOptions  # noqa: E402
 
 
-@dataclass
-class Profile:
-    """How much the demo runs. ``tiny`` is for the tests: toy models and data, meaningless numbers."""
-
-    cls_seeds: list[int]
-    det_seeds: list[int]
-    cls_epochs: int
-    det_epochs: int
-    cls_sets: list[str] = field(default_factory=list)
-    det_sets: list[str] = field(default_factory=list)
-    cls_data: str = "digits"
-    speed_repeats: int = 20
-    tiny: bool = False
-
-
-def make_profile(args: argparse.Namespace) -> Profile:
-    if args.tiny:
-        prof = Profile([0], [0], 1, 1, tiny=True, speed_repeats=2, cls_data="synthetic_cls", cls_sets=[
-            "model.arch=test", "data.kind=synthetic", "model.num_classes=6", "data.synthetic_per_class_train=16",
-            "data.synthetic_per_class_val=8", "data.batch_size=16"], det_sets=[
-            "model.scale=test", "data.image_size=64", "data.batch_size=4", "data.synthetic_train=8",
-            "data.synthetic_val=4", "data.synthetic_image_size=64", "optim.warmup_min_iters=1",
-            "train.eval_interval=1", "train.mosaic_off_epochs=0"])
-    elif args.quick:
-        prof = Profile([0], [0], 8, 5)
-    else:
-        prof = Profile([0, 1, 2], [0, 1], 15, 10)
-    if args.seeds:
-        prof.cls_seeds = prof.det_seeds = list(args.seeds)
-    prof.cls_epochs = args.cls_epochs or prof.cls_epochs
-    prof.det_epochs = args.det_epochs or prof.det_epochs
-    return prof
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> DemoOptions:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tasks", default="cls,det,seg", help="comma-separated subset of cls,det,seg")
+    p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of cls,det,seg")
     p.add_argument("--quick", action="store_true", help="one seed, fewer epochs")
     p.add_argument("--tiny", action="store_true", help="toy models and data (for tests; numbers are meaningless)")
     p.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: 3 for cls, 2 for det)")
-    p.add_argument("--cls-epochs", type=int, help="classification epochs (default 15, --quick 8; the dead-channel "
-                   "mechanism is stronger at 40, see benchmarks/bench_recipe_study.py)")
+    p.add_argument("--cls-epochs", type=int, help="classification epochs (default 40, --quick 20)")
     p.add_argument("--det-epochs", type=int, help="detection epochs (default 10, --quick 5)")
     p.add_argument("--out", type=Path, default=Path("work_dirs/demo"), help="results folder")
     p.add_argument("--threads", type=int, default=2, help="torch/ORT threads")
     args = p.parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    bad = [t for t in tasks if t not in TASKS]
-    if bad or not tasks:
-        p.error(f"--tasks: unknown task(s) {bad}; choose from {','.join(TASKS)}")
-    args.tasks = tasks
-    return args
-
-
-class Demo:
-    """Runs the stages of each task and collects their records for the summary."""
-
-    def __init__(self, args: argparse.Namespace):
-        self.args, self.prof = args, make_profile(args)
-        self.out = args.out.resolve()
-        self.stages = StageRunner(self.out)
-        self.skipped: dict[str, str] = {}
-        self.failed: dict[str, str] = {}
-
-    # --- helpers ---------------------------------------------------------------------------------
-
-    def tool(self, stage: str, *argv: str) -> None:
-        """Run ``python tools/...`` with its output in OUT/logs/<stage>.log; raise with the log's tail."""
-        log_path = self.out / "logs" / f"{stage}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "OMP_NUM_THREADS": str(self.args.threads), "PYTHONPATH": str(ROOT)}
-        with open(log_path, "a") as f:
-            proc = subprocess.run([sys.executable, *argv], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
-        if proc.returncode:
-            tail = "".join(log_path.read_text().splitlines(keepends=True)[-25:])
-            raise RuntimeError(f"stage {stage}: {' '.join(argv[:2])} failed (exit {proc.returncode}); "
-                               f"last lines of {log_path}:\n{tail}")
-
-    def train(self, stage: str, tool: str, config: Path, work: Path, sets: list[str]) -> dict:
-        """Train into ``work`` (continuing an interrupted run there) and return its results.json."""
-        if not (work / "results.json").is_file():
-            resume = ["--resume"] if (work / "last.pt").is_file() else []
-            self.tool(stage, f"tools/{tool}", str(config), "--work-dir", str(work), *resume, "--set", *sets)
-        return json.loads((work / "results.json").read_text())
-
-    def run_stages(self, task: str, jobs: list[tuple[str, object]]) -> None:
-        """Run each stage; a failed one is recorded (no marker) and the others go on, so one diverged
-        training does not hide the rest. Stages that need its outputs fail in turn and say why."""
-        for name, fn in tqdm(jobs, desc=f"demo {task}", unit="stage"):
-            try:
-                self.stages.run(name, fn)
-            except Exception as err:  # noqa: BLE001 - reported in summary.md and the exit status
-                first = str(err).splitlines()[0] if str(err) else type(err).__name__
-                self.failed[name] = f"{type(err).__name__}: {first}"
-                log.error("stage %s failed: %s", name, err)
-
-    # --- classification --------------------------------------------------------------------------
-
-    def cls_sets(self, seed: int, data_root: Path) -> list[str]:
-        return [*CLS_RECIPE, f"optim.epochs={self.prof.cls_epochs}", f"train.seed={seed}",
-                f"data.root={data_root}", "train.progress=false", "train.deterministic=true", *self.prof.cls_sets]
-
-    def cls_jobs(self) -> list[tuple[str, object]]:
-        from qarep_dense.demo.cls_story import mechanism, quant_variants
-
-        cfg_dir, base = ROOT / "configs" / "cls", self.out / "cls"
-        data = self.out / "data" / self.prof.cls_data
-        hs = base / "hs"
-        jobs: list[tuple[str, object]] = [("cls_train_hs", lambda: self.train(
-            "cls_train_hs", "train_cls.py", cfg_dir / "digits_hs.toml", hs, self.cls_sets(0, data)))]
-        for seed in self.prof.cls_seeds:
-            for name, (config, extra) in CLS_MODELS.items():
-                work = base / f"{name}_s{seed}"
-                sets = [*self.cls_sets(seed, data), *extra]
-                if name == "repopt":
-                    sets.append(f"repopt.hs_checkpoint={hs / 'best.pt'}")
-                tag = f"{name}_s{seed}"
-                jobs += [
-                    (f"cls_train_{tag}", lambda c=config, w=work, s=sets, t=tag: self.train(
-                        f"cls_train_{t}", "train_cls.py", cfg_dir / c, w, s)),
-                    (f"cls_quant_{tag}", lambda w=work: quant_variants(w / "deploy.pt", data)),
-                    (f"cls_analyze_{tag}", lambda w=work, t=tag: self.analyze(t, w, data, mechanism)),
-                ]
-        jobs.append(("cls_figures", lambda: self.cls_figures(base)))
-        return jobs
-
-    def analyze(self, tag: str, work: Path, data: Path, mechanism) -> dict:
-        self.tool(f"cls_analyze_{tag}", "tools/analyze.py", str(work / "last.pt"), "--data", str(data),
-                  "--out", str(work / "analysis"), "--no-progress")
-        return {**mechanism(work / "analysis" / "report.json"), "report": str(work / "analysis" / "report.md")}
-
-    def cls_figures(self, base: Path) -> dict:
-        """The paper's Fig. 2-4 of RepVGG (custom L2) and QARepVGG, first seed, side by side."""
-        from qarep_dense.analysis import PLOT_FILES
-        from qarep_dense.analysis.plots import plot_side_by_side
-
-        seed = self.prof.cls_seeds[0]
-        left, right = base / f"repvgg_custom_s{seed}" / "analysis", base / f"qarepvgg_s{seed}" / "analysis"
-        figures = {}
-        for key, fig in (("weights", "fig2_weights"), ("bn_scales", "fig3_bn_scales"), ("branches", "fig4_branches"),
-                         ("activations", "activation_ranges")):
-            pair = [left / PLOT_FILES[key], right / PLOT_FILES[key]]
-            if all(p.is_file() for p in pair):
-                path = plot_side_by_side(pair, [f"RepVGG (custom L2), seed {seed}", f"QARepVGG, seed {seed}"],
-                                         base / f"{fig}.png")
-                figures[fig] = str(path)
-        return figures
-
-    # --- detection -------------------------------------------------------------------------------
-
-    def det_sets(self, seed: int) -> list[str]:
-        return [f"optim.epochs={self.prof.det_epochs}", f"train.seed={seed}",
-                f"data.root={self.out / 'data' / 'synthetic_coco'}", "train.deterministic=true", "data.workers=0",
-                "train.progress=false", *self.prof.det_sets]
-
-    def det_jobs(self) -> list[tuple[str, object]]:
-        cfg_dir, base = ROOT / "configs" / "det", self.out / "det"
-        hs = base / "hs"
-        jobs: list[tuple[str, object]] = [("det_train_hs", lambda: self.train(
-            "det_train_hs", "train_det.py", cfg_dir / "synthetic_hs.toml", hs, self.det_sets(0)))]
-        for seed in self.prof.det_seeds:
-            for block in DET_BLOCKS:
-                sets = self.det_sets(seed) + ([f"repopt.hs_checkpoint={hs / 'best.pt'}"] if block == "repopt" else [])
-                work, stage = base / f"{block}_s{seed}", f"det_train_{block}_s{seed}"
-                jobs.append((stage, lambda c=cfg_dir / f"synthetic_{block}.toml", w=work, s=sets, st=stage:
-                             self.train(st, "train_det.py", c, w, s)))
-            jobs.append((f"det_ptq_s{seed}", lambda s=seed: self.ptq_table(
-                f"det_ptq_s{s}", "det", [base / f"{b}_s{s}" / "deploy.pt" for b in DET_BLOCKS], base / f"ptq_s{s}",
-                ["--batch-size", "16"])))
-        return jobs
-
-    def ptq_table(self, stage: str, task: str, checkpoints: list[Path], out: Path, extra: list[str]) -> dict:
-        self.tool(stage, "tools/ptq_eval.py", "--task", task, "--checkpoints", *map(str, checkpoints),
-                  "--calibrator", "max", "--calib-batches", "4", "--ort", "--out", str(out), "--no-progress", *extra)
-        table = json.loads((out / "ptq_table.json").read_text())
-        return {"metric": table["metric"], "rows": table["rows"], "table": str(out / "ptq_table.md")}
-
-    # --- segmentation ----------------------------------------------------------------------------
-
-    def seg_config(self) -> Path | str:
-        """The synthetic segmentation demo config (the block is set per run), or why segmentation cannot run."""
-        if not (ROOT / "tools" / "train_seg.py").is_file():
-            return "tools/train_seg.py is not in this checkout"
-        from qarep_dense.tasks.registry import TASK_MODULES
-
-        if "seg" not in TASK_MODULES:
-            return "the task registry has no 'seg' task (tools/ptq_eval.py --task seg unavailable)"
-        pattern = "fcn_qarepvgg-test_*synthetic*.py" if self.prof.tiny else "deeplabv3plus_qarepvgg-test_*synthetic*.py"
-        hits = sorted((ROOT / "configs" / "seg").glob(pattern))
-        return hits[0] if hits else f"no configs/seg/{pattern} config"
-
-    def seg_data(self) -> Path:
-        return self.out / "data" / ("synthetic_cityscapes_test" if self.prof.tiny else "synthetic_cityscapes")
-
-    def seg_jobs(self) -> list[tuple[str, object]]:
-        config = self.seg_config()
-        if isinstance(config, str):
-            self.skipped["seg"] = config
-            return []
-        base = self.out / "seg"
-        jobs = [(f"seg_train_{b}", lambda b=b: self.seg_train(b, config, base / b)) for b in SEG_BLOCKS]
-        jobs.append(("seg_ptq", lambda: self.ptq_table("seg_ptq", "seg", [self.seg_checkpoint(base / b)
-                                                                          for b in SEG_BLOCKS], base / "ptq",
-                                                       ["--data", str(self.seg_data())])))
-        return jobs
-
-    def seg_train(self, block: str, config: Path, work: Path) -> dict:
-        """One segmentor: the demo config with ``block`` in its backbone, seed 0."""
-        if not (work / "results.json").is_file():
-            resume = ["--resume"] if any(work.glob("iter_*.pth")) else []
-            self.tool(f"seg_train_{block}", "tools/train_seg.py", str(config), "--work-dir", str(work), *resume,
-                      "--data-root", str(self.seg_data()), "--no-progress", "--cfg-options",
-                      f"model.backbone.block={block}", f"randomness.seed={self.prof.cls_seeds[0]}")
-        results = json.loads((work / "results.json").read_text())
-        return {"checkpoint": str(self.seg_checkpoint(work)), "results": results}
-
-    @staticmethod
-    def seg_checkpoint(work: Path, required: bool = True) -> Path | None:
-        for name in ("deploy.pt", "best.pt", "last.pt"):
-            if (work / name).is_file():
-                return work / name
-        if required:
-            raise FileNotFoundError(f"{work}: the segmentation run left no deploy.pt/best.pt/last.pt")
-        return None
-
-    # --- speed and pictures ----------------------------------------------------------------------
-
-    def speed_jobs(self, tasks: list[str]) -> list[tuple[str, object]]:
-        from qarep_dense.demo.speed import measure_speed
-
-        seed_c, seed_d = self.prof.cls_seeds[0], self.prof.det_seeds[0]
-        targets = []
-        if "cls" in tasks:
-            data = str(self.out / "data" / self.prof.cls_data)
-            targets += [(f"cls_{m}", "cls", self.out / "cls" / f"{m}_s{seed_c}" / "deploy.pt", data)
-                        for m in ("repvgg_custom", "qarepvgg")]
-        if "det" in tasks:
-            targets += [(f"det_{b}", "det", self.out / "det" / f"{b}_s{seed_d}" / "deploy.pt", None)
-                        for b in ("repvgg", "qarepvgg")]
-        return [(f"speed_{name}", lambda t=task, c=ckpt, d=data, n=name: measure_speed(
-            c, t, self.out / "speed" / n, d, repeats=self.prof.speed_repeats, threads=self.args.threads))
-            for name, task, ckpt, data in targets]
-
-    def picture_jobs(self, tasks: list[str]) -> list[tuple[str, object]]:
-        infer = ROOT / "tools" / "infer.py"
-        if not infer.is_file():
-            self.skipped["pictures"] = "tools/infer.py is not in this checkout"
-            return []
-        helptext = subprocess.run([sys.executable, str(infer), "--help"], cwd=ROOT, capture_output=True, text=True,
-                                  env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
-        if "--int8" not in helptext or "--out" not in helptext:
-            self.skipped["pictures"] = "tools/infer.py has no --int8/--out options"
-            return []
-        jobs = []
-        if "det" in tasks:
-            images = sorted((self.out / "data" / "synthetic_coco").rglob("val*/*.jpg"))[:3]
-            for block in ("repvgg", "qarepvgg"):
-                ckpt = self.out / "det" / f"{block}_s{self.prof.det_seeds[0]}" / "deploy.pt"
-                jobs.append((f"pictures_det_{block}", lambda c=ckpt, b=block, i=images: self.pictures(
-                    f"pictures_det_{b}", c, i, self.out / "pictures" / f"det_{b}")))
-        if "seg" in tasks and "seg" not in self.skipped:
-            seg_images = sorted((self.seg_data() / "leftImg8bit" / "val").rglob("*.png"))[:3]
-            for block in SEG_BLOCKS:
-                jobs.append((f"pictures_seg_{block}", lambda b=block, i=seg_images: self.pictures(
-                    f"pictures_seg_{b}", self.seg_checkpoint(self.out / "seg" / b), i,
-                    self.out / "pictures" / f"seg_{b}")))
-        return jobs
-
-    def pictures(self, stage: str, ckpt: Path, images: list[Path], out: Path) -> dict:
-        """tools/infer.py in FP32 and in ONNX INT8 on ``images``, then each pair side by side."""
-        from qarep_dense.analysis.plots import plot_side_by_side
-
-        if not images:
-            raise FileNotFoundError(f"stage {stage}: no validation images found for the pictures")
-        files: dict[str, list[str]] = {}
-        for mode, flag in (("fp32", []), ("int8", ["--int8"])):
-            self.tool(stage, "tools/infer.py", str(ckpt), *map(str, images), *flag, "--out", str(out / mode))
-            files[mode] = sorted(str(p) for p in (out / mode).glob("*") if p.suffix in (".jpg", ".png"))
-        pairs = []
-        for image in images:
-            drawn = [next((Path(f) for f in files[m] if Path(f).stem == image.stem), None) for m in ("fp32", "int8")]
-            if all(drawn):
-                pairs.append(str(plot_side_by_side(drawn, ["FP32", "ONNX Runtime INT8"],
-                                                   out / f"{image.stem}_fp32_vs_int8.png")))
-        return {**files, "side_by_side": pairs}
-
-    # --- driver ----------------------------------------------------------------------------------
-
-    def run(self) -> Path:
-        tasks = self.args.tasks
-        self.out.mkdir(parents=True, exist_ok=True)
-        for task, jobs in (("cls", self.cls_jobs), ("det", self.det_jobs), ("seg", self.seg_jobs)):
-            if task in tasks:
-                self.run_stages(task, jobs())
-        self.run_stages("speed", self.speed_jobs(tasks))
-        self.run_stages("pictures", self.picture_jobs(tasks))
-        summary = render_summary(self.out, self.stages.records, tasks, self.skipped, vars_for_summary(self),
-                                 self.failed)
-        path = self.out / "summary.md"
-        tmp = path.with_name("summary.md.tmp")
-        tmp.write_text(summary)
-        tmp.replace(path)
-        return path
-
-
-def vars_for_summary(demo: Demo) -> dict:
-    p = demo.prof
-    profile = "tiny" if p.tiny else ("quick" if demo.args.quick else "full")
-    data = "toy synthetic shapes, arch test" if p.tiny else "digits (1437 train / 360 val, 32x32), A0h"
-    return {"cls_data": data, "cls_seeds": p.cls_seeds, "det_seeds": p.det_seeds, "cls_epochs": p.cls_epochs,
-            "det_epochs": p.det_epochs, "cls_recipe": CLS_RECIPE, "profile": profile,
-            "reused_stages": len(demo.stages.reused), "threads": demo.args.threads, "cls_models": list(CLS_MODELS),
-            "det_blocks": list(DET_BLOCKS)}
+    profile = "tiny" if args.tiny else ("quick" if args.quick else "full")
+    try:
+        return DemoOptions(out=args.out, tasks=tasks, profile=profile, seeds=args.seeds, cls_epochs=args.cls_epochs,
+                           det_epochs=args.det_epochs, threads=args.threads)
+    except ValueError as err:
+        p.error(str(err))
 
 
 def main(argv: list[str] | None = None) -> Path:
-    args = parse_args(argv)
+    opts = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import torch
 
-    torch.set_num_threads(args.threads)
-    demo = Demo(args)
+    torch.set_num_threads(opts.threads)
+    demo = Demo(opts)
     path = demo.run()
     print(f"[demo] summary: {path}")
     if demo.failed:

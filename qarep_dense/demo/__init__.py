@@ -1,5 +1,6 @@
-"""The main job's building blocks (tools/demo.py drives them): resumable stages with atomic done-markers,
-the collapse verdict over seeds, the classification story's measurements and the summary page."""
+"""The main job (``main_job.Demo``; tools/demo.py is its command line) and its building blocks: resumable
+stages with atomic done-markers, the collapse verdict over seeds, the classification story's measurements,
+the speed measurement and the summary page."""
 from .stages import StageRunner
 from .verdict import Criteria, seed_range, verdict
 
