@@ -116,3 +116,19 @@ def test_a_run_stopped_by_bad_data_logs_it(tmp_path, capsys):
     assert "corrupt or unreadable image" in capsys.readouterr().err
     log = (run / "train.log").read_text()
     assert "ImageReadError" in log and "0.png: not a readable image" in log and "Traceback" in log
+
+
+def test_resume_reads_an_unrecorded_meta_key_as_what_older_runs_trained_with(tmp_path):
+    from qarep_dense.engine.checkpoint import CheckpointError
+    from qarep_dense.tasks.common import check_resume_meta
+
+    old_meta = {"task": "det", "scale": "n"}  # written before bn_eps was recorded (trained with 1e-5)
+    before = {"bn_eps": 1e-5}
+    check_resume_meta(tmp_path / "last.pt", old_meta, {"task": "det", "scale": "n", "bn_eps": 1e-5},
+                      ("task", "scale", "bn_eps"), before)
+    with pytest.raises(CheckpointError, match=r"last.pt was written for bn_eps=1e-05 but this config has bn_eps=0.001"):
+        check_resume_meta(tmp_path / "last.pt", old_meta, {"task": "det", "scale": "n", "bn_eps": 1e-3},
+                          ("task", "scale", "bn_eps"), before)
+    with pytest.raises(CheckpointError, match="bn_eps=None"):  # no default given: an unrecorded key never matches
+        check_resume_meta(tmp_path / "last.pt", old_meta, {"task": "det", "scale": "n", "bn_eps": 1e-5},
+                          ("task", "scale", "bn_eps"))

@@ -94,11 +94,15 @@ def set_determinism(deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def check_resume_meta(path: Path, saved: dict, expected: dict, keys: Iterable[str]) -> None:
-    """Refuse to resume a run whose checkpoint was written for another model."""
+def check_resume_meta(path: Path, saved: dict, expected: dict, keys: Iterable[str],
+                      unrecorded: dict[str, Any] | None = None) -> None:
+    """Refuse to resume a run whose checkpoint was written for another model. ``unrecorded`` gives the value
+    a key had in checkpoints written before it was recorded (what those runs actually trained with)."""
+    unrecorded = unrecorded or {}
     for key in keys:
-        if saved.get(key) != expected.get(key):
-            raise CheckpointError(f"{path} was written for {key}={saved.get(key)!r} but this config has "
+        old = saved.get(key, unrecorded.get(key))
+        if old != expected.get(key):
+            raise CheckpointError(f"{path} was written for {key}={old!r} but this config has "
                                   f"{key}={expected.get(key)!r}; resume with the same model settings or use another "
                                   "--work-dir")
 
@@ -183,13 +187,14 @@ BuildFn = Callable[[DistInfo, torch.device], tuple[Trainer, Callable[[Trainer], 
 
 
 def run_training(cfg: Any, work_dir: str | os.PathLike, resume: bool, device: str | None, build: BuildFn,
-                 resume_keys: tuple[str, ...], overwrite: bool = False) -> dict:
+                 resume_keys: tuple[str, ...], overwrite: bool = False,
+                 unrecorded: dict[str, Any] | None = None) -> dict:
     """The shared life of a training run, plain or under torchrun:
 
     init the process group -> refuse a fresh run over earlier checkpoints unless ``overwrite`` ->
     logging -> determinism and seeds -> ``build(dist, device)`` returns (trainer, finish) -> optional
-    exact resume from WORK_DIR/last.pt (refused if ``resume_keys`` of the checkpoint's meta differ, or
-    a config key it cannot apply changed) -> config.json -> train -> ``finish(trainer)`` on rank 0
+    exact resume from WORK_DIR/last.pt (refused if ``resume_keys`` of the checkpoint's meta differ, read
+    through ``unrecorded`` for older checkpoints, or a config key it cannot apply changed) -> config.json -> train -> ``finish(trainer)`` on rank 0
     (``{}`` elsewhere). An error that stops the run is written with its traceback to train.log.
     """
     import torch.distributed as tdist
@@ -203,7 +208,7 @@ def run_training(cfg: Any, work_dir: str | os.PathLike, resume: bool, device: st
             work_dir.mkdir(parents=True, exist_ok=True)
         setup_logging(work_dir, dist.is_main)
         try:
-            return _train_logged(cfg, work_dir, resume, dist, dev, build, resume_keys)
+            return _train_logged(cfg, work_dir, resume, dist, dev, build, resume_keys, unrecorded)
         except BaseException as err:
             label = "interrupted" if isinstance(err, KeyboardInterrupt) else "stopped by an error"
             log_error_to_file(f"run {label}: {type(err).__name__}: {err}", err)
@@ -214,7 +219,7 @@ def run_training(cfg: Any, work_dir: str | os.PathLike, resume: bool, device: st
 
 
 def _train_logged(cfg: Any, work_dir: Path, resume: bool, dist: DistInfo, dev: torch.device, build: BuildFn,
-                  resume_keys: tuple[str, ...]) -> dict:
+                  resume_keys: tuple[str, ...], unrecorded: dict[str, Any] | None) -> dict:
     set_determinism(cfg.train.deterministic)
     seed_all(cfg.train.seed + dist.rank)
     trainer, finish = build(dist, dev)
@@ -224,7 +229,7 @@ def _train_logged(cfg: Any, work_dir: Path, resume: bool, dist: DistInfo, dev: t
         if not last.is_file():
             raise FileNotFoundError(f"--resume: {last} not found (nothing to resume in {work_dir})")
         payload = load_checkpoint(last)  # on CPU: RNG states must stay CPU tensors
-        check_resume_meta(last, payload["meta"], trainer.meta, resume_keys)
+        check_resume_meta(last, payload["meta"], trainer.meta, resume_keys, unrecorded)
         for key, (old, new) in check_resume_config(last, payload["meta"].get("config"), config).items():
             log.info("resuming with %s changed: %r -> %r (applies from the next epoch)", key, old, new)
         trainer.resume(payload, source=str(last))

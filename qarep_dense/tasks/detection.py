@@ -33,7 +33,7 @@ from ..evaluation.detection import DetEvalSettings, evaluate_detector
 from ..evaluation.evaluators import EvalRequest
 from ..layers import BLOCK_TYPES
 from ..losses import DetectionLoss
-from ..models.detector import Detector, build_detector
+from ..models.detector import TORCH_BN_EPS, TORCH_BN_MOMENTUM, Detector, build_detector
 from ..models.zoo import DETECTOR_SCALES, detector_scale
 from ..ops import make_anchor_points
 from .common import RepOptConfig, TrainConfig, finalize_run, run_training
@@ -307,10 +307,12 @@ def train(cfg: DetConfig, work_dir: str | os.PathLike, resume: bool = False, dev
         trainer, evaluate = build_det_trainer(cfg, work_dir, dist, dev, resume)
         return trainer, lambda t: finalize(t, evaluate, work_dir)
 
-    # bn_eps / bn_momentum: a run from before they were recorded trained with 1e-5 / 0.1; resuming it under
-    # other BN settings would silently change its numerics, so that resume is refused.
+    # bn_eps / bn_momentum: a run from before they were recorded trained with PyTorch's 1e-5 / 0.1; it resumes
+    # with model.bn_eps=1e-5 model.bn_momentum=0.1 and is refused under other BN settings (they would silently
+    # change its numerics).
     return run_training(cfg, work_dir, resume, device, build, ("task", "scale", "block", "num_classes", "use_dfl",
-                                                              "bn_eps", "bn_momentum"), overwrite=overwrite)
+                                                              "bn_eps", "bn_momentum"), overwrite=overwrite,
+                        unrecorded={"bn_eps": TORCH_BN_EPS, "bn_momentum": TORCH_BN_MOMENTUM})
 
 
 # --- evaluation of saved checkpoints (tools/eval_det.py, tools/ptq_eval.py) ------------------------
@@ -348,7 +350,6 @@ def build_model_from_meta(meta: dict, source: str = "checkpoint") -> nn.Module:
     A checkpoint without ``bn_eps`` / ``bn_momentum`` was trained with PyTorch's BatchNorm defaults
     (1e-5 / 0.1) and is rebuilt with them, so its outputs do not change.
     """
-    from ..models.detector import TORCH_BN_EPS, TORCH_BN_MOMENTUM
     from .registry import require_meta
 
     require_meta(meta, ("scale", "block", "num_classes"), source)
