@@ -134,7 +134,10 @@ def render(study: dict) -> str:
             drops = [r["fp32"] - r["int8"] for r in entry["rows"] if r["block"] == block and r["fp32"] >= c["min_fp32"]]
             if drops:
                 lines.append(f"| trained | {block} | | | {format_range(seed_range(drops))} | | | |")
-        lines += ["", f"**Verdict:** {entry['verdict']['summary']}.", ""]
+        if entry["verdict"]["seeds"]:
+            lines += ["", f"**Verdict** (over the seeds with both blocks): {entry['verdict']['summary']}.", ""]
+        else:
+            lines += ["", "**Screen only** (no seed has both blocks): no verdict.", ""]
     return "\n".join(lines)
 
 

@@ -139,6 +139,19 @@ def test_recipe_study_markdown_shows_the_computed_verdict():
     assert set(bench.RECIPES) >= {"nowarm_e15", "nowarm_e15_noiddecay", "synthetic_nowarm_e15"}
 
 
+def test_recipe_study_leaves_untrained_models_out_of_the_drop_range_and_gives_no_verdict_on_a_screen():
+    bench = _load_bench()
+    extra = {"dead_identity_channels": 3, "max_fused_weight": 300.0, "cpu_seconds": 90.0}
+    rows = [{"seed": 0, "block": "repvgg", "fp32": 98.0, "int8": 80.0, **extra},
+            {"seed": 1, "block": "repvgg", "fp32": 59.0, "int8": 59.0, **extra},  # did not train
+            {"seed": 2, "block": "repvgg", "fp32": 97.0, "int8": 93.0, **extra}]
+    study = {"criteria": asdict(Criteria()), "seeds": [0, 1, 2],
+             "recipes": {"screen": {"rows": rows, "verdict": verdict(rows)}}}
+    text = bench.render(study)
+    assert "| trained | repvgg | | | 11.00 (4.00-18.00) | | | |" in text
+    assert "**Screen only** (no seed has both blocks): no verdict." in text and "Verdict" not in text
+
+
 @pytest.mark.slow
 def test_demo_tiny_end_to_end_writes_every_section_and_reuses_stages(tmp_path):
     demo = importlib.import_module("tools.demo")
