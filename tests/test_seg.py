@@ -128,6 +128,21 @@ def test_fused_segmentor_gives_the_same_logits(head, output_stride, block):
     assert (model(x) - ref).abs().max().item() == 0  # the train form was not touched
 
 
+@pytest.mark.parametrize("block", ["qarepvgg", "repvgg"])
+def test_fused_segmentor_keeps_every_bn_with_fold_bn_false(block):
+    model = mm.SegmentorLogits(randomize_bn(segmentor("DepthwiseSeparableASPPHead", 8, block))).double().eval()
+    folded, qat_form = reparameterize(model), reparameterize(model, fold_bn=False)
+    bns = [m for m in qat_form.modules() if isinstance(m, nn.BatchNorm2d)]
+    heads = [m for m in qat_form.segmentor.decode_head.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert heads and not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    if block == "qarepvgg":  # its post-BNs stay after the fused convs; RepVGG's branch BNs fold in stage 1
+        assert len(bns) > len(heads)
+    assert not {type(m).__name__ for m in qat_form.modules()} & {"RepVGGBlock"}
+    x = torch.randn(2, 3, 48, 80, dtype=torch.float64)
+    with torch.no_grad():
+        assert (qat_form(x) - model(x)).abs().max().item() < 1e-9
+
+
 # --- configs --------------------------------------------------------------------------------------
 
 CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.py"))

@@ -397,18 +397,26 @@ class _LogitsForward(nn.Module):
 
 
 class DeploySegmentorLogits(_LogitsForward):
-    """The fused form: backbone re-parameterized, every ConvModule's BN folded, no auxiliary head."""
+    """The fused form: backbone re-parameterized, every ConvModule's BN folded (unless fused with
+    ``fold_bn=False``), no auxiliary head."""
 
 
 class SegmentorLogits(_LogitsForward):
-    """The train form; ``fuse()`` returns its :class:`DeploySegmentorLogits` (``reparameterize`` calls it)."""
+    """The train form; ``fuse()`` returns its :class:`DeploySegmentorLogits` (``reparameterize`` calls it).
 
-    def fuse(self) -> DeploySegmentorLogits:
+    ``fuse(fold_bn=False)`` is the QAT form: every BN after a fused conv stays, in the backbone (QARepVGG's
+    post-BN) and in the heads' ConvModules alike.
+    """
+
+    fuse_takes_fold_bn = True  # reparameterize passes its fold_bn through (layers/rep.py)
+
+    def fuse(self, fold_bn: bool = True) -> DeploySegmentorLogits:
         from ..layers.rep import reparameterize
 
         segmentor = copy.deepcopy(self.segmentor).eval()
-        segmentor.backbone = reparameterize(segmentor.backbone, fold_bn=True)
-        fold_conv_module_bn(segmentor)
+        segmentor.backbone = reparameterize(segmentor.backbone, fold_bn=fold_bn)
+        if fold_bn:
+            fold_conv_module_bn(segmentor)
         if getattr(segmentor, "auxiliary_head", None) is not None:
             segmentor.auxiliary_head = None  # training-only loss branch
         return DeploySegmentorLogits(segmentor)

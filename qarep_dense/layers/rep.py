@@ -42,6 +42,8 @@ def reparameterize(model: nn.Module, fold_bn: bool = True) -> nn.Module:
     """
     deploy = copy.deepcopy(model).eval()
     if isinstance(deploy, Reparameterizable) and (fold_bn or not isinstance(deploy, ConvBNAct)):
-        return reparameterize(deploy.fuse(), fold_bn)
+        # A whole-model wrapper that holds BNs of its own (the segmentor's heads) takes the choice itself.
+        fused = deploy.fuse(fold_bn=fold_bn) if getattr(deploy, "fuse_takes_fold_bn", False) else deploy.fuse()
+        return reparameterize(fused, fold_bn)
     _fuse_children(deploy, fold_bn)
     return deploy
