@@ -198,3 +198,20 @@ def test_demo_options_refuse_unknown_tasks_and_profiles(tmp_path):
         DemoOptions(out=tmp_path, tasks=["cls", "nope"])
     with pytest.raises(ValueError, match="profile 'huge'"):
         DemoOptions(out=tmp_path, profile="huge")
+
+
+def test_demo_refuses_a_results_folder_made_under_other_settings(tmp_path):
+    first = Demo(DemoOptions(out=tmp_path, tasks=["cls"], profile="tiny"))
+    first.check_settings()
+    assert json.loads((tmp_path / "demo_settings.json").read_text())["profile"] == "tiny"
+    Demo(DemoOptions(out=tmp_path, tasks=["cls", "det"], profile="tiny", seeds=[0, 1])).check_settings()  # adds stages
+    with pytest.raises(ValueError, match=r"other settings: profile \('tiny' -> 'quick'\), cls_epochs \(1 -> 20\)"):
+        Demo(DemoOptions(out=tmp_path, tasks=["cls"], profile="quick")).check_settings()
+    with pytest.raises(ValueError, match=r"cls_epochs \(1 -> 3\)"):
+        Demo(DemoOptions(out=tmp_path, tasks=["cls"], profile="tiny", cls_epochs=3)).check_settings()
+    older = tmp_path / "older"
+    (older / ".stages").mkdir(parents=True)
+    (older / ".stages" / "cls_train_hs.json").write_text("{}")
+    with pytest.raises(ValueError, match="without a record of their settings"):
+        Demo(DemoOptions(out=older, tasks=["cls"], profile="tiny")).check_settings()
+    assert DemoOptions(profile="quick").out == Path("work_dirs/demo_quick")

@@ -1,7 +1,7 @@
 """The main job: the paper's story on the embedded data, three tasks, one results folder.
 
     python tools/demo.py                         # cls, det and seg; writes work_dirs/demo/summary.md
-    python tools/demo.py --tasks cls --quick     # one seed, fewer epochs: a short look
+    python tools/demo.py --tasks cls --quick     # one seed, fewer epochs: a short look (work_dirs/demo_quick)
     python tools/demo.py --out DIR --seeds 0 1 2 3 4
 
 Classification (the story): RepVGG with its authors' recipe (custom L2 + identity-gamma decay), RepVGG
@@ -38,7 +38,8 @@ def parse_args(argv: list[str] | None = None) -> DemoOptions:
     p.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: 3 for cls, 2 for det)")
     p.add_argument("--cls-epochs", type=int, help="classification epochs (default 40, --quick 20)")
     p.add_argument("--det-epochs", type=int, help="detection epochs (default 10, --quick 5)")
-    p.add_argument("--out", type=Path, default=Path("work_dirs/demo"), help="results folder")
+    p.add_argument("--out", type=Path, default=None, help="results folder (default work_dirs/demo, --quick "
+                   "work_dirs/demo_quick, --tiny work_dirs/demo_tiny); reused only under the same settings")
     p.add_argument("--threads", type=int, default=2, help="torch/ORT threads")
     args = p.parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]

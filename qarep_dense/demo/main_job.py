@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[2]  # the checkout: tools/ and configs/ 
 log = logging.getLogger(__name__)
 TASKS = ("cls", "det", "seg")
 PROFILES = ("full", "quick", "tiny")
+DEFAULT_OUT = {"full": Path("work_dirs/demo"), "quick": Path("work_dirs/demo_quick"), "tiny": Path("work_dirs/demo_tiny")}
+SETTINGS_FILE = "demo_settings.json"  # what the stages in a results folder were run with
 # The classification recipe of benchmarks/bench_recipe_study.py ("s24_nowarm_e40" at the profile's epochs):
 # lr 0.4 from the first step (no warm-up), weight decay 5e-4, digits at 24x24 (about 0.6x the compute of
 # 32x32, so the 40 epochs the dead channels need take under 2 minutes per model; at 16x16 QARepVGG did not
@@ -53,7 +55,7 @@ SEG_BLOCKS = ("qarepvgg", "repvgg")
 class DemoOptions:
     """What the user asked for (tools/demo.py's command line)."""
 
-    out: Path = Path("work_dirs/demo")
+    out: Path | None = None  # default: DEFAULT_OUT of the profile
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
     profile: str = "full"  # full | quick (one seed, fewer epochs) | tiny (toy models, for the tests)
     seeds: list[int] | None = None  # default: the profile's
@@ -67,6 +69,8 @@ class DemoOptions:
             raise ValueError(f"tasks: unknown task(s) {bad}; choose from {','.join(TASKS)}")
         if self.profile not in PROFILES:
             raise ValueError(f"profile {self.profile!r}: choose from {', '.join(PROFILES)}")
+        if self.out is None:
+            self.out = DEFAULT_OUT[self.profile]
 
 
 @dataclass
@@ -341,9 +345,41 @@ class Demo:
 
     # --- driver ----------------------------------------------------------------------------------
 
+    def settings(self) -> dict:
+        """What decides the content of a stage (seeds and tasks only add stages): a folder's stages are
+        reused only under the same settings."""
+        p = self.prof
+        return {"profile": p.name, "cls_epochs": p.cls_epochs, "det_epochs": p.det_epochs, "cls_recipe": CLS_RECIPE,
+                "cls_sets": p.cls_sets, "det_sets": p.det_sets, "cls_data": p.cls_data}
+
+    def check_settings(self) -> None:
+        """Refuse to add to a results folder made under other settings (its finished stages would be reused
+        and reported under this run's settings); record the settings in a new one."""
+        path = self.out / SETTINGS_FILE
+        mine = json.loads(json.dumps(self.settings()))
+        if path.is_file():
+            try:
+                theirs = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                raise ValueError(f"{path}: unreadable ({err}); choose another --out") from err
+            changed = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+            if changed:
+                listed = ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in changed.items())
+                raise ValueError(f"{self.out} holds a demo run with other settings: {listed}. Its finished stages "
+                                 "would be reused under this run's settings; choose another --out")
+        elif (self.out / ".stages").is_dir() and any((self.out / ".stages").glob("*.json")):
+            raise ValueError(f"{self.out} holds demo stages without a record of their settings ({SETTINGS_FILE}, "
+                             "written by this version); choose another --out")
+        else:
+            self.out.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(mine, indent=1))
+            os.replace(tmp, path)
+
     def run(self) -> Path:
         tasks = self.opts.tasks
         self.out.mkdir(parents=True, exist_ok=True)
+        self.check_settings()
         for task, jobs in (("cls", self.cls_jobs), ("det", self.det_jobs), ("seg", self.seg_jobs)):
             if task in tasks:
                 self.run_stages(task, jobs())
