@@ -93,7 +93,7 @@ def test_stage_runner_writes_no_marker_when_the_stage_fails(tmp_path):
 def _info(**kw) -> dict:
     info = {"profile": "quick", "threads": 2, "reused_stages": 0, "cls_data": "digits", "cls_seeds": [0, 1],
             "det_seeds": [0], "cls_epochs": 8, "det_epochs": 5, "cls_recipe": ["optim.lr=0.4"],
-            "cls_models": ["repvgg_custom", "qarepvgg"], "det_blocks": ["repvgg"]}
+            "cls_models": ["repvgg_custom", "qarepvgg"], "det_blocks": ["repvgg"], "seg_seed": 0}
     return {**info, **kw}
 
 
@@ -214,4 +214,6 @@ def test_demo_refuses_a_results_folder_made_under_other_settings(tmp_path):
     (older / ".stages" / "cls_train_hs.json").write_text("{}")
     with pytest.raises(ValueError, match="without a record of their settings"):
         Demo(DemoOptions(out=older, tasks=["cls"], profile="tiny")).check_settings()
+    with pytest.raises(ValueError, match=r"seg_seed \(0 -> 3\)"):  # the one segmentation seed follows the first
+        Demo(DemoOptions(out=tmp_path, tasks=["cls"], profile="tiny", seeds=[3])).check_settings()
     assert DemoOptions(profile="quick").out == Path("work_dirs/demo_quick")

@@ -269,7 +269,7 @@ class Demo:
             resume = ["--resume"] if any(work.glob("iter_*.pth")) else []
             self.tool(f"seg_train_{block}", "tools/train_seg.py", str(config), "--work-dir", str(work), *resume,
                       "--data-root", str(self.seg_data()), "--no-progress", "--cfg-options",
-                      f"model.backbone.block={block}", f"randomness.seed={self.prof.cls_seeds[0]}")
+                      f"model.backbone.block={block}", f"randomness.seed={self.settings()['seg_seed']}")
         results = json.loads((work / "results.json").read_text())
         return {"checkpoint": str(self.seg_checkpoint(work)), "results": results}
 
@@ -350,7 +350,8 @@ class Demo:
         reused only under the same settings."""
         p = self.prof
         return {"profile": p.name, "cls_epochs": p.cls_epochs, "det_epochs": p.det_epochs, "cls_recipe": CLS_RECIPE,
-                "cls_sets": p.cls_sets, "det_sets": p.det_sets, "cls_data": p.cls_data}
+                "cls_sets": p.cls_sets, "det_sets": p.det_sets, "cls_data": p.cls_data,
+                "seg_seed": p.cls_seeds[0]}  # the segmentors train one seed, the first; their stages name none
 
     def check_settings(self) -> None:
         """Refuse to add to a results folder made under other settings (its finished stages would be reused
@@ -400,4 +401,4 @@ def vars_for_summary(demo: Demo) -> dict:
     return {"cls_data": data, "cls_seeds": p.cls_seeds, "det_seeds": p.det_seeds, "cls_epochs": p.cls_epochs,
             "det_epochs": p.det_epochs, "cls_recipe": CLS_RECIPE, "profile": p.name,
             "reused_stages": len(demo.stages.reused), "threads": demo.opts.threads, "cls_models": list(CLS_MODELS),
-            "det_blocks": list(DET_BLOCKS)}
+            "det_blocks": list(DET_BLOCKS), "seg_seed": p.cls_seeds[0]}

@@ -123,14 +123,15 @@ def _det_section(out: Path, records: dict, info: dict) -> list[str]:
     return lines
 
 
-def _seg_section(out: Path, records: dict) -> list[str]:
+def _seg_section(out: Path, records: dict, info: dict) -> list[str]:
     ptq = records.get("seg_ptq")
     if not ptq:
         return ["Segmentation did not run."]
     by_block = {}
     for row in ptq["rows"]:
         by_block.setdefault(row.get("block") or row["model"], []).append(row)
-    return ["QARepVGG and RepVGG segmentors on the synthetic segmentation data, one seed.", "",
+    seed = info["seg_seed"]
+    return [f"QARepVGG and RepVGG segmentors on the synthetic segmentation data, one seed ({seed}).", "",
             *_ptq_summary(by_block, ptq.get("metric", "mIoU")), "", f"Table: [{_rel(ptq['table'], out)}]"
             f"({_rel(ptq['table'], out)})"]
 
@@ -181,7 +182,7 @@ def render_summary(out: Path, records: dict, tasks: list[str], skipped: dict[str
         lines += ["", "**Tiny profile: toy models and data for testing the pipeline; the numbers mean nothing.**"]
     parts = {"Classification": ("cls", lambda: _cls_section(out, records, info)),
              "Detection": ("det", lambda: _det_section(out, records, info)),
-             "Segmentation": ("seg", lambda: _seg_section(out, records)),
+             "Segmentation": ("seg", lambda: _seg_section(out, records, info)),
              "Speed": ("speed", lambda: _speed_section(records)),
              "Pictures": ("pictures", lambda: _pictures_section(out, records))}
     for title in SECTIONS:
