@@ -174,11 +174,11 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _write(study: dict, out: Path) -> None:
+    from qarep_dense.fileio import write_json_atomic, write_text_atomic
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    for path, text in ((out.with_suffix(".json"), json.dumps(study, indent=1)), (out, render(study))):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+    write_json_atomic(out.with_suffix(".json"), study, indent=1)
+    write_text_atomic(out, render(study))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from qarep_dense.quant import (CALIBRATORS, OrtModule, QuantConfig, check_ort_in
                                export_qdq_onnx, ort_quantize_static, quantize_ptq)
 from qarep_dense.quant.calibration import batch_images  # noqa: E402
 from qarep_dense.evaluation.evaluators import EvalRequest, Evaluator  # noqa: E402
+from qarep_dense.fileio import write_text_atomic  # noqa: E402
 from qarep_dense.tasks.registry import TASK_MODULES, load_model, task_module  # noqa: E402
 
 log = logging.getLogger("ptq_eval")
@@ -256,16 +257,10 @@ def _spec(args: argparse.Namespace) -> dict:
             "calibrators": list(args.calibrator), "data": None if args.data is None else str(args.data)}
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_outputs(out: Path, rows: list[dict], reports: dict, args: argparse.Namespace, metric: str) -> str:
     """(Re)write the three tables with the rows so far; each file is replaced atomically."""
     table = markdown_table(rows, metric)
-    _write_atomic(out / "ptq_table.md", table)
+    write_text_atomic(out / "ptq_table.md", table)
     keys = list(dict.fromkeys(k for r in rows for k in r))
     tmp = out / ".ptq_table.csv.tmp"
     with open(tmp, "w", newline="") as f:
@@ -275,7 +270,7 @@ def write_outputs(out: Path, rows: list[dict], reports: dict, args: argparse.Nam
     os.replace(tmp, out / "ptq_table.csv")
     payload = {"task": args.task, "metric": metric, "data": str(args.data),
                "checkpoints": [str(p) for p in args.checkpoints], "rows": rows, "ptq_reports": reports}
-    _write_atomic(out / "ptq_table.json", json.dumps(payload, indent=2, default=str))
+    write_text_atomic(out / "ptq_table.json", json.dumps(payload, indent=2, default=str))
     return table
 
 

@@ -27,6 +27,8 @@ import shutil
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
+from ..fileio import write_json_atomic
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -155,6 +157,4 @@ def finish_export(out_dir: str | os.PathLike, spec: dict, counts: dict[str, int]
 
 
 def _write_manifest(out_dir: Path, manifest: dict) -> None:
-    tmp = out_dir / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps({"writer": WRITER, "version": VERSION, **manifest}, indent=2, sort_keys=True))
-    os.replace(tmp, out_dir / MANIFEST)
+    write_json_atomic(out_dir / MANIFEST, {"writer": WRITER, "version": VERSION, **manifest}, sort_keys=True)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..fileio import write_json_atomic, write_text_atomic
 from .stages import StageRunner
 from .summary import render_summary
 
@@ -372,10 +373,7 @@ class Demo:
             raise ValueError(f"{self.out} holds demo stages without a record of their settings ({SETTINGS_FILE}, "
                              "written by this version); choose another --out")
         else:
-            self.out.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps(mine, indent=1))
-            os.replace(tmp, path)
+            write_json_atomic(path, mine, indent=1)
 
     def run(self) -> Path:
         tasks = self.opts.tasks
@@ -389,9 +387,7 @@ class Demo:
         summary = render_summary(self.out, self.stages.records, tasks, self.skipped, vars_for_summary(self),
                                  self.failed)
         path = self.out / "summary.md"
-        tmp = path.with_name("summary.md.tmp")
-        tmp.write_text(summary)
-        tmp.replace(path)
+        write_text_atomic(path, summary)
         return path
 
 

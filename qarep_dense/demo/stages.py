@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from ..fileio import write_json_atomic
+
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -50,9 +52,7 @@ class StageRunner:
         """Write the done-marker atomically (tmp file + rename): a crash never leaves half a marker."""
         path = self.marker(name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"stage": name, "seconds": seconds, "record": record}, indent=1, default=str))
-        os.replace(tmp, path)
+        write_json_atomic(path, {"stage": name, "seconds": seconds, "record": record}, indent=1, default=str)
 
     def run(self, name: str, fn: Callable[[], Any]) -> Any:
         if self.done(name):

@@ -31,11 +31,12 @@ from ..engine.logging import MetricLogger
 from ..engine.trainer import Trainer, accumulate_steps
 from ..evaluation.classification import evaluate_classifier
 from ..evaluation.evaluators import ClassificationEvaluator, EvalRequest
+from ..fileio import write_json_atomic
 from ..layers import BLOCK_TYPES
 from ..models.classifier import build_classifier
 from .registry import load_model
 from ..models.zoo import CLASSIFIER_ARCHS
-from .common import RepOptConfig, TrainConfig, finalize_run, run_training, write_json_atomic
+from .common import RepOptConfig, TrainConfig, finalize_run, run_training
 from ..optim import build_repopt_sgd, custom_l2_penalty, param_groups
 
 log = logging.getLogger(__name__)

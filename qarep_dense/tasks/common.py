@@ -1,7 +1,6 @@
 """Pieces every task's ``train()`` shares: seeding, determinism, work-dir and resume checks, result files."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -17,6 +16,7 @@ from ..engine.checkpoint import CheckpointError, load_checkpoint
 from ..engine.distributed import DistInfo, cleanup_distributed, init_distributed
 from ..engine.logging import log_error_to_file, setup_logging
 from ..engine.trainer import Trainer
+from ..fileio import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -176,11 +176,6 @@ def check_resume_config(path: Path, saved: dict | None, current: dict) -> dict[s
                               f"--overwrite). Changeable on resume: {', '.join(RESUME_CHANGEABLE)}")
     return changed
 
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 BuildFn = Callable[[DistInfo, torch.device], tuple[Trainer, Callable[[Trainer], dict]]]

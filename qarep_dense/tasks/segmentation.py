@@ -25,7 +25,7 @@ from ..engine.checkpoint import save_checkpoint
 from ..evaluation.evaluators import EvalRequest
 from ..evaluation.segmentation import SegmentationEvaluator
 from ..layers.rep import reparameterize
-from .common import write_json_atomic
+from ..fileio import write_json_atomic
 
 log = logging.getLogger(__name__)
 
