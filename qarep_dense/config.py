@@ -69,7 +69,12 @@ def _leaf_keys(cls: type, prefix: str = "") -> list[str]:
 
 
 def _suggest(key: str, cls: type) -> str:
-    known = _leaf_keys(cls)
+    return suggest_key(key, _leaf_keys(cls))
+
+
+def suggest_key(key: str, known: Iterable[str]) -> str:
+    """' (did you mean KEY?)' for the known dotted key nearest to ``key``, or '' (also used for mmseg configs)."""
+    known = list(known)
     match = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     if not match:  # a misplaced key: compare the last component only ('lr' -> 'optim.lr')
         leaf = key.rsplit(".", 1)[-1]

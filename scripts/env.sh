@@ -27,7 +27,8 @@ if [ ! -f "$_venv/.complete" ]; then
       rm -rf "$_venv"
       "$_python" -m venv "$_venv"
       "$_venv/bin/pip" install --quiet --upgrade pip >&2
-      "$_venv/bin/pip" install --quiet -r "$_repo/requirements.txt" >&2
+      cd "$_repo"  # requirements.txt names the local shim by a path relative to the repo root
+      "$_venv/bin/pip" install --quiet -r requirements.txt >&2
       touch "$_venv/.complete"
     fi
   ) || _qarep_env_fail "building $_venv failed (see pip's messages above)" || return 1 2>/dev/null || exit 1

@@ -27,6 +27,7 @@ def trained(tmp_path_factory):
     """A 2-iteration run, then --resume with max_iters=3 from its iter_2.pth."""
     base = tmp_path_factory.mktemp("seg")
     work, data = base / "run", base / "data"
+    data.mkdir()  # the synthetic scenes are generated into a given --data-root only when it exists
     args = [str(CONFIG), "--work-dir", str(work), "--data-root", str(data), "--no-progress"]
     train = _tool("train_seg")
     assert train.main(args) == 0
@@ -71,7 +72,7 @@ def test_training_tool_names_the_bad_input(trained, tmp_path, capsys):
     train = _tool("train_seg")
     assert train.main([str(CONFIG), "--work-dir", str(tmp_path / "w"), "--data-root", str(tmp_path / "missing"),
                        "--cfg-options", "synthetic_cityscapes=None"]) == 2
-    assert "missing: data root not found" in capsys.readouterr().err
+    assert "missing: folder not found" in capsys.readouterr().err
     assert train.main([str(tmp_path / "nope.py")]) == 2
     assert "nope.py: config file not found" in capsys.readouterr().err
     work, data, _, _ = trained

@@ -268,6 +268,7 @@ class Demo:
         """One segmentor: the demo config with ``block`` in its backbone, seed 0."""
         if not (work / "results.json").is_file():
             resume = ["--resume"] if any(work.glob("iter_*.pth")) else []
+            self.seg_data().mkdir(parents=True, exist_ok=True)  # train_seg generates only into an existing --data-root
             self.tool(f"seg_train_{block}", "tools/train_seg.py", str(config), "--work-dir", str(work), *resume,
                       "--data-root", str(self.seg_data()), "--no-progress", "--cfg-options",
                       f"model.backbone.block={block}", f"randomness.seed={self.settings()['seg_seed']}")

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 def _mm():
     from ..integrations import mmseg
 
+    from .registry import load_model
+
+    mmseg.set_model_loader(load_model)  # RepOptimizerConstructor reads its Hyper-Search checkpoint with it
     return mmseg
 
 
@@ -69,8 +72,12 @@ def configure(config: str | os.PathLike, work_dir: str | os.PathLike | None = No
     """The mmengine ``Config`` of a run: file + ``--cfg-options``, work dir, launcher, AMP, resume and
     ``data_root`` (set on the train / val / test datasets alike)."""
     mm = _mm()
+    mm.check_launcher(launcher)
     cfg = mm.load_config(config, cfg_options)
     if data_root is not None:
+        if not Path(data_root).is_dir():  # a typo must not become a freshly generated synthetic dataset
+            raise FileNotFoundError(f"--data-root {data_root}: folder not found (a synthetic config generates its "
+                                    "scenes at its own data_root, or into an existing folder given here)")
         cfg.data_root = str(data_root)
         for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
             if cfg.get(loader) is not None:
@@ -80,10 +87,21 @@ def configure(config: str | os.PathLike, work_dir: str | os.PathLike | None = No
     if amp:
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.loss_scale = "dynamic"
-    if resume:
+    if resume:  # an explicit checkpoint: mmengine's own search would start over next to a copied iter_N.pth
         cfg.resume = True
-        cfg.load_from = None if resume is True or resume == "auto" else str(resume)
+        cfg.load_from = str(mm.resume_checkpoint(Path(cfg.work_dir), resume))
     return cfg
+
+
+def check_checkpoints(cfg: Any) -> None:
+    """Read the resume / ``load_from`` checkpoint before the Runner does (errors name the file), and refuse a
+    resume whose config changes what the checkpoint restores."""
+    mm = _mm()
+    if cfg.get("load_from"):
+        payload = mm.check_mmengine_checkpoint(cfg.load_from, "--resume" if cfg.get("resume") else "load_from",
+                                               resume=bool(cfg.get("resume")))
+        if cfg.get("resume"):
+            mm.check_resume_config(Path(cfg.load_from), (payload.get("meta") or {}).get("cfg"), cfg)
 
 
 @torch.no_grad()
@@ -139,6 +157,7 @@ def train(config: str | os.PathLike, work_dir: str | os.PathLike | None = None, 
     mm = _mm()
     cfg = configure(config, work_dir, resume, amp, cfg_options, launcher, data_root)
     check_work_dir(Path(cfg.work_dir), resume, overwrite)
+    check_checkpoints(cfg)
     prepare_synthetic(cfg)
     for split in ("train", "val"):
         mm.check_dataset_files(getattr(cfg, f"{split}_dataloader").dataset, str(config))

@@ -1,0 +1,226 @@
+"""mmengine configs and Runner for the segmentation task: load with checked overrides, launch, resume safely.
+
+* :func:`load_config`: ``Config.fromfile`` + ``--cfg-options``; a key the config does not have and its
+  object does not take (a typo: ``tain_cfg.max_iters``, ``model.backbone.blok``) fails with the nearest key.
+* :func:`resume_checkpoint`: the checkpoint ``--resume`` continues (never "start from 0 over iter_N.pth").
+* :func:`check_resume_config`: a resumed run restores the model, optimizer and schedule from the
+  checkpoint, so a changed key would be recorded but not run: it is refused, except run-context keys.
+* :func:`check_launcher`: ``--launcher pytorch`` outside torchrun fails saying so (not ``KeyError: 'RANK'``).
+"""
+from __future__ import annotations
+
+import fnmatch
+import inspect
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from mmengine.config import Config
+from mmengine.hooks import Hook
+
+from ...config import suggest_key
+from ...engine.checkpoint import CheckpointError
+
+log = logging.getLogger(__name__)
+
+# Keys an object takes although its constructor does not list them (the optimizer-wrapper constructor's).
+_EXTRA_KEYS = {"optim_wrapper": ("constructor", "paramwise_cfg")}
+
+
+def _runner_keys() -> set[str]:
+    from mmengine.runner import Runner
+
+    return set(inspect.signature(Runner.__init__).parameters) - {"self"}
+
+
+def _registered_class(type_name: Any):
+    """The class a config's ``type`` names in mmseg's (or mmengine's) registries, or None."""
+    if not isinstance(type_name, str):
+        return type_name if inspect.isclass(type_name) else None
+    from mmengine.registry import DefaultScope
+    from mmseg import registry
+
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        for name in ("MODELS", "DATASETS", "TRANSFORMS", "OPTIMIZERS", "OPTIM_WRAPPERS", "PARAM_SCHEDULERS",
+                     "LOOPS", "HOOKS", "METRICS", "DATA_SAMPLERS", "VISUALIZERS", "VISBACKENDS", "LOG_PROCESSORS"):
+            cls = getattr(registry, name).get(type_name)
+            if cls is not None:
+                return cls
+    return None
+
+
+def _takes(node: dict, key: str, path: str) -> tuple[bool, list[str]]:
+    """Whether the object ``node`` describes accepts ``key``, and the keys it knows (for a suggestion)."""
+    known = [k for k in node if k != "_delete_"]
+    if path in _EXTRA_KEYS:
+        known += _EXTRA_KEYS[path]
+    cls = _registered_class(node.get("type")) if "type" in node else None
+    if "type" in node and cls is None:
+        return True, known  # a type we cannot look up: cannot judge
+    if cls is not None:
+        try:
+            params = inspect.signature(cls).parameters
+        except (TypeError, ValueError):
+            return True, known
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return True, known  # it takes any keyword
+        known += [p for p in params if p != "self"]
+    return key in known, known
+
+
+def check_cfg_options(cfg: Config, options: dict, source: str = "--cfg-options") -> None:
+    """Refuse an override whose key the config does not have and its object does not take.
+
+    A new key is accepted where it can be meant: a constructor argument of the object (``type``) it sits
+    in, or a top-level key mmengine's Runner reads. Raises ValueError with the nearest known key.
+    """
+    top = set(cfg.keys()) | _runner_keys()
+    for key in options:
+        parts, node, done = key.split("."), cfg, []
+        for part in parts:
+            if isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
+                node, done = node[int(part)], [*done, part]
+                continue
+            if not isinstance(node, dict):
+                break  # overriding inside a plain value: mmengine's own error is clear enough
+            if part in node:
+                node, done = node[part], [*done, part]
+                continue
+            prefix = ".".join(done)
+            if not done:
+                ok, known = part in top, sorted(top)
+            else:
+                ok, known = _takes(node, part, prefix)
+            if not ok:
+                full = [f"{prefix}.{k}" if prefix else k for k in known]
+                hint = suggest_key(".".join([*done, part]), full)
+                raise ValueError(f"{source} {key}: unknown key {'.'.join([*done, part])!r}{hint}")
+            break
+
+
+def load_config(path: str | Path, options: dict | None = None) -> Config:
+    """``Config.fromfile`` with a clear error naming a missing file; ``options`` checked, then merged."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    try:
+        cfg = Config.fromfile(str(path))
+    except ModuleNotFoundError as err:
+        if err.name == "pkg_resources":
+            raise ModuleNotFoundError(f"{path}: mmengine needs pkg_resources to read `mmseg::` bases; install "
+                                      "setuptools<81 (requirements.txt pins one)") from err
+        raise
+    if options:
+        check_cfg_options(cfg, options)
+        cfg.merge_from_dict(options)
+    return cfg
+
+
+def config_from_text(text: str) -> Config:
+    """The config stored in a checkpoint's metadata (``Config.pretty_text``)."""
+    return Config.fromstring(text, ".py")
+
+
+# --- launch and resume ---------------------------------------------------------------------------
+
+_TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def check_launcher(launcher: str) -> None:
+    """``pytorch`` needs the environment torchrun sets; say so instead of mmengine's ``KeyError: 'RANK'``."""
+    if launcher != "pytorch":
+        return
+    missing = [v for v in _TORCHRUN_VARS if v not in os.environ]
+    if missing:
+        raise ValueError(f"--launcher pytorch: {', '.join(missing)} not set; this launcher runs under torchrun "
+                         "(torchrun --nproc_per_node=N tools/train_seg.py CONFIG --launcher pytorch); "
+                         "for one process drop --launcher")
+
+
+def _iteration(path: Path) -> int:
+    match = re.fullmatch(r"iter_(\d+)\.pth", path.name)
+    return int(match.group(1)) if match else -1
+
+
+def resume_checkpoint(work_dir: Path, resume: str | bool) -> Path:
+    """The checkpoint ``--resume`` continues: the given file, else the one WORK_DIR/last_checkpoint names,
+    else WORK_DIR's highest ``iter_<N>.pth`` (a checkpoint copied in without mmengine's pointer file:
+    mmengine alone would start at iteration 0 and overwrite it). Nothing to resume is an error."""
+    if resume not in (True, "auto"):
+        return Path(resume)
+    pointer = work_dir / "last_checkpoint"
+    if pointer.is_file():
+        named = Path(pointer.read_text().strip())
+        if named.is_file():
+            return named
+        log.warning("%s names %s, which does not exist; looking for iter_*.pth instead", pointer, named)
+    found = sorted((p for p in work_dir.glob("iter_*.pth") if _iteration(p) >= 0), key=_iteration)
+    if found:
+        return found[-1]
+    raise FileNotFoundError(f"--resume: nothing to resume in {work_dir} (no last_checkpoint, no iter_<N>.pth); "
+                            "start a new run without --resume, or pass --resume CHECKPOINT")
+
+
+# What a resumed run takes from the config, not from the checkpoint: where it writes and reads, how it is
+# launched and logged, its hooks, and how long the loop runs (mmengine rebuilds the loop and hooks from the
+# config; the model, optimizer, parameter schedulers and RNG come from the checkpoint).
+RESUME_CHANGEABLE = ("work_dir", "launcher", "resume", "load_from", "data_root", "*.data_root", "*.num_workers",
+                     "*.persistent_workers", "train_cfg.max_iters", "train_cfg.val_interval", "default_hooks.*",
+                     "env_cfg.*", "log_level", "visualizer.*", "log_processor.*")
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and data:
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: data}
+
+
+def check_resume_config(path: Path, saved_text: str | None, cfg: Config) -> None:
+    """Refuse a resume whose config differs from the one the checkpoint recorded, outside run context.
+
+    mmengine restores the model, optimizer (lr, momentum) and schedule from the checkpoint; a changed
+    model or recipe would be written into the run's config but not run (a changed block fails deep in
+    the optimizer's state). Raises :class:`CheckpointError` listing each changed key.
+    """
+    if not saved_text:
+        log.warning("%s records no config; cannot check that --resume continues the same recipe", path)
+        return
+    saved = _flatten(config_from_text(saved_text).to_dict())
+    current = _flatten(config_from_text(cfg.pretty_text).to_dict())  # the same round trip as the saved text
+    changed = sorted(k for k in set(saved) | set(current) if saved.get(k, "<absent>") != current.get(k, "<absent>")
+                     and not any(fnmatch.fnmatchcase(k, p) for p in RESUME_CHANGEABLE))
+    if changed:
+        listed = ", ".join(f"{k} ({saved.get(k, '<absent>')!r} -> {current.get(k, '<absent>')!r})" for k in changed[:8])
+        more = f" (+{len(changed) - 8} more)" if len(changed) > 8 else ""
+        raise CheckpointError(f"--resume {path}: this config changes {listed}{more}; a resumed run restores the "
+                              "model, optimizer and schedule from the checkpoint, so the change would be recorded "
+                              "but not run. Resume with the checkpoint's config, or start a new run (another "
+                              f"--work-dir, or --overwrite). Changeable on resume: {', '.join(RESUME_CHANGEABLE)}")
+
+
+def build_runner(cfg: Config):
+    """mmengine's ``Runner`` for ``cfg`` (training, validation, checkpoints, resume, DDP launchers)."""
+    from mmengine.runner import Runner
+
+    return Runner.from_cfg(cfg)
+
+
+class StartIterHook(Hook):
+    """Records the iteration training starts from (after a resume) into ``record["iter"]``."""
+
+    priority = "LOWEST"
+
+    def __init__(self, record: dict):
+        self.record = record
+
+    def before_train(self, runner) -> None:
+        self.record["iter"] = runner.iter
+
+
+__all__ = ["load_config", "check_cfg_options", "config_from_text", "check_launcher", "resume_checkpoint",
+           "RESUME_CHANGEABLE", "check_resume_config", "build_runner", "StartIterHook"]
