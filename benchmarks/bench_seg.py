@@ -1,7 +1,7 @@
 """Segmentor latency side by side: train form vs fused (PyTorch), and ONNX Runtime FP32 vs our INT8 QDQ export.
 
     python benchmarks/bench_seg.py work_dirs/seg/demo_qarepvgg/last.pt --batch 1 --repeats 20
-    python benchmarks/bench_seg.py --config configs/seg/deeplabv3plus_qarepvgg-b1g4_8xb2-80k_cityscapes-512x1024.py \
+    python benchmarks/bench_seg.py --config configs/seg/deeplabv3plus_qarepvgg-b1g4_4xb2-80k_cityscapes-512x1024.py \
         --size 256 512 --repeats 5      # random-init B1g4 DeepLabV3+ (speed only)
 
 With a checkpoint, the INT8 model is calibrated on its training images (max calibrator) and the

@@ -4,7 +4,7 @@
     python benchmarks/bench_seg_gpu.py --device cuda --batch 8 --block repvgg
     python benchmarks/bench_seg_gpu.py --device cpu --arch test --size 64 128 --batch 2 --steps 3 --warmup 1  # smoke
 
-Builds the segmentor of configs/seg/deeplabv3plus_qarepvgg-b1g4_8xb2-80k_cityscapes-512x1024.py
+Builds the segmentor of configs/seg/deeplabv3plus_qarepvgg-b1g4_4xb2-80k_cityscapes-512x1024.py
 (random init; --arch swaps the trunk and resizes the heads' inputs to it) and times full steps: the
 mmseg data preprocessor, forward, decode + auxiliary losses, backward, SGD (lr 0.01, momentum 0.9,
 wd 5e-4) under autocast + GradScaler on CUDA. Inputs are random uint8 images with random label maps
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs/seg/deeplabv3plus_qarepvgg-b1g4_8xb2-80k_cityscapes-512x1024.py"
+CONFIG = Path(__file__).resolve().parents[1] / "configs/seg/deeplabv3plus_qarepvgg-b1g4_4xb2-80k_cityscapes-512x1024.py"
 
 
 def build(args: argparse.Namespace) -> torch.nn.Module:

@@ -163,7 +163,7 @@ def test_every_config_loads_and_heads_fit_the_backbone(path):
     if cfg.model.decode_head.type == "DepthwiseSeparableASPPHead":
         assert cfg.model.decode_head.c1_in_channels == widths[out_indices[0]]
     if "cityscapes-512x1024" in path.name:  # the paper's recipe
-        assert cfg.train_dataloader.batch_size == 2 and "8xb2" in path.name and cfg.sync_bn == "torch"
+        assert cfg.train_dataloader.batch_size == 2 and "4xb2" in path.name and cfg.sync_bn == "torch"
         assert cfg.optim_wrapper.optimizer.lr == 0.01 and cfg.optim_wrapper.optimizer.weight_decay == 5e-4
         assert cfg.train_cfg.max_iters == (40000 if path.name.startswith("fcn") else 80000)
         assert cfg.model.backbone.output_stride == (8 if "-d8_" in path.name else 32)
@@ -175,6 +175,27 @@ def test_paper_config_is_the_deeplabv3plus_qarepvgg_row():
     assert (cfg.model.decode_head.type, cfg.model.backbone.arch, cfg.model.backbone.block) == \
         ("DepthwiseSeparableASPPHead", "B1g4", "qarepvgg")
     assert cfg.crop_size == (512, 1024) and cfg.param_scheduler[0].type == "PolyLR"
+
+
+def test_entry_config_is_mmseg_deeplabv3plus_at_output_stride_8():
+    """The named entry config is mmseg's DeepLabV3+ model: a dilated backbone (OS 8, dilations 2 and 4 in the
+    last two stages) and mmseg's own ASPP dilations; the OS-32 variant's ASPP dilations fit 32."""
+    import mmseg
+    from mmengine.config import Config
+
+    mmseg_model = Config.fromfile(Path(mmseg.__file__).parent / ".mim/configs/_base_/models/deeplabv3plus_r50-d8.py").model
+    cfg = mm.load_config(ROOT / "configs" / "deeplab_qarep.py")
+    trunk = mm.QARepVGGBackbone(**{k: v for k, v in cfg.model.backbone.items() if k not in ("type", "init_cfg")})
+    assert trunk.out_strides == (4, 8, 8, 8)
+    for stage, dilation in ((trunk.stages[3], 2), (trunk.stages[4], 4)):
+        assert {m.dilation for m in stage.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)} == \
+            {(dilation, dilation)}
+    assert tuple(cfg.model.decode_head.dilations) == tuple(mmseg_model.decode_head.dilations) == (1, 12, 24, 36)
+    assert (mmseg_model.backbone.strides, mmseg_model.backbone.dilations) == \
+        ((1, 2, 1, 1), (1, 1, 2, 4))  # mmseg's ResNet-d8: the last two stages dilated by 2 and 4, as ours
+    os32 = mm.load_config(ROOT / "configs/seg/deeplabv3plus_qarepvgg-b1g4_4xb2-80k_cityscapes-512x1024.py")
+    assert os32.model.backbone.output_stride == 32  # the same reach in input pixels as mmseg's at output stride 8:
+    assert [d * 32 for d in os32.model.decode_head.dilations[1:]] == [d * 8 for d in mmseg_model.decode_head.dilations[1:]]
 
 
 # --- checkpoints ----------------------------------------------------------------------------------
@@ -299,8 +320,9 @@ def test_import_of_the_seg_task_loads_no_mm_package():
     assert out.stdout.strip() == "[]"
 
 
-def test_repoptimizer_constructor_masks_the_backbone(tmp_path):
+def test_repoptimizer_constructor_masks_the_backbone(tmp_path, monkeypatch):
     from qarep_dense.optim.repopt import RepOptimizerSGD
+    from qarep_dense.tasks.registry import load_model
 
     hs = randomize_bn(build_classifier("test", "hs", 5))
     save_checkpoint(tmp_path / "hs.pt", hs.state_dict(),
@@ -309,6 +331,10 @@ def test_repoptimizer_constructor_masks_the_backbone(tmp_path):
     build = mm.RepOptimizerConstructor(
         dict(type="OptimWrapper", optimizer=dict(type="SGD", lr=0.01, momentum=0.9, weight_decay=5e-4)),
         dict(hs_checkpoint=str(tmp_path / "hs.pt")))
+    monkeypatch.setattr(mm.registrations, "_MODEL_LOADER", None)
+    with pytest.raises(RuntimeError, match="needs a checkpoint loader"):  # the integration imports no task code
+        build(model)
+    mm.set_model_loader(load_model)  # what the application layer (tasks.segmentation) does
     wrapper = build(model)
     assert isinstance(wrapper.optimizer, RepOptimizerSGD)
     convs = [m.conv.weight for m in model.backbone.modules() if type(m).__name__ == "ConvBNAct"]

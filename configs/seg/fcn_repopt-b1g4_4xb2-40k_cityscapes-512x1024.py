@@ -1,6 +1,6 @@
 # RepOpt-VGG-B1g4: the plain VGG target trained with RepOptimizer gradient masks. Scales come from our
 # Hyper-Search ('hs') ImageNet checkpoint; the backbone starts from our RepOpt-VGG ImageNet checkpoint.
-_base_ = ['./deeplabv3plus_qarepvgg-b1g4_8xb2-80k_cityscapes-512x1024.py']
+_base_ = ['./fcn_qarepvgg-b1g4_4xb2-40k_cityscapes-512x1024.py']
 model = dict(
     backbone=dict(
         block='repopt',

@@ -1,5 +1,5 @@
 # Table 9 baseline: the same recipe with RepVGG-B1g4 blocks (pretrained: our RepVGG-B1g4 ImageNet checkpoint).
-_base_ = ['./deeplabv3plus_qarepvgg-b1g4_8xb2-80k_cityscapes-512x1024.py']
+_base_ = ['./deeplabv3plus_qarepvgg-b1g4_4xb2-80k_cityscapes-512x1024.py']
 model = dict(
     backbone=dict(
         block='repvgg',
