@@ -76,9 +76,10 @@ def check_cfg_options(cfg: Config, options: dict, source: str = "--cfg-options")
     A new key is accepted where it can be meant: a constructor argument of the object (``type``) it sits
     in, or a top-level key mmengine's Runner reads. Raises ValueError with the nearest known key.
     """
-    top = set(cfg.keys()) | _runner_keys()
+    plain = cfg.to_dict()
+    top = set(plain) | _runner_keys()
     for key in options:
-        parts, node, done = key.split("."), cfg, []
+        parts, node, done = key.split("."), plain, []
         for part in parts:
             if isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
                 node, done = node[int(part)], [*done, part]
