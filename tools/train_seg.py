@@ -1,13 +1,17 @@
 #!/usr/bin/env python
 """Train an MMSegmentation 1.x config with mmengine's Runner, then fuse the segmentor and evaluate both forms.
 
-    python tools/train_seg.py configs/seg/deeplabv3plus_qarepvgg-a0h_1xb8-300it_synthetic-cityscapes-128x256.py
+    python tools/train_seg.py configs/seg/deeplabv3plus_qarepvgg-test_1xb8-600it_synthetic-cityscapes-128x256.py
     python tools/train_seg.py configs/deeplab_qarep.py --work-dir work_dirs/seg/deeplab_qarep
-    torchrun --nproc_per_node=8 tools/train_seg.py configs/deeplab_qarep.py --launcher pytorch
+    torchrun --nproc_per_node=4 tools/train_seg.py configs/deeplab_qarep.py --launcher pytorch
     python tools/train_seg.py CONFIG --work-dir DIR --resume              # continue from DIR's latest iter_*.pth
     python tools/train_seg.py CONFIG --resume DIR/iter_40000.pth          # continue from that checkpoint
     python tools/train_seg.py CONFIG --work-dir DIR --overwrite           # start over, replacing DIR's checkpoints
     python tools/train_seg.py CONFIG --cfg-options train_cfg.max_iters=1000 model.backbone.block=repvgg
+
+--cfg-options keys are checked (a typo fails with the nearest key). On --resume only run context may change
+(paths, workers, logging, hooks, train_cfg.max_iters / val_interval); a key the checkpoint restores (model,
+optimizer, schedule) is refused. --data-root must exist (a synthetic config generates its scenes into it).
 
 Writes mmengine's iter_*.pth, logs and vis_data in WORK_DIR, then (rank 0) last.pt (train form),
 deploy.pt (fused) in the project's checkpoint format and results.json (mIoU of both forms, and of
