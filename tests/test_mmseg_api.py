@@ -33,6 +33,14 @@ def test_configs_load_with_plain_mmengine():
                                   "False"]
 
 
+def test_mmseg_apis_import_without_qarep_dense():
+    """mmseg imports mmcv.ops at import time; under mmcv-lite the installed shim (shims/mmcv-lite-ops) serves it."""
+    out = _python("import sys; from mmseg.apis import inference_model, init_model; import mmcv.ops\n"
+                  "print(callable(mmcv.ops.point_sample), 'qarep_dense' in sys.modules)", ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "False"]
+
+
 @pytest.mark.slow  # ~40 s: a 2-iteration training, then mmseg's API in a fresh interpreter
 def test_mmseg_inference_api_on_a_trained_run(tmp_path):
     spec = importlib.util.spec_from_file_location("_tool_train_seg", ROOT / "tools" / "train_seg.py")

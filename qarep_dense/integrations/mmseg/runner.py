@@ -193,8 +193,11 @@ def check_resume_config(path: Path, saved_text: str | None, cfg: Config) -> None
         return
     saved = _flatten(config_from_text(saved_text).to_dict())
     current = _flatten(config_from_text(cfg.pretty_text).to_dict())  # the same round trip as the saved text
-    changed = sorted(k for k in set(saved) | set(current) if saved.get(k, "<absent>") != current.get(k, "<absent>")
-                     and not any(fnmatch.fnmatchcase(k, p) for p in RESUME_CHANGEABLE))
+    differ = sorted(k for k in set(saved) | set(current) if saved.get(k, "<absent>") != current.get(k, "<absent>"))
+    changed = [k for k in differ if not any(fnmatch.fnmatchcase(k, p) for p in RESUME_CHANGEABLE)]
+    for key in differ:
+        if key not in changed and key not in ("work_dir", "resume", "load_from"):
+            log.info("resuming with %s changed: %r -> %r", key, saved.get(key, "<absent>"), current.get(key, "<absent>"))
     if changed:
         listed = ", ".join(f"{k} ({saved.get(k, '<absent>')!r} -> {current.get(k, '<absent>')!r})" for k in changed[:8])
         more = f" (+{len(changed) - 8} more)" if len(changed) > 8 else ""
