@@ -10,8 +10,9 @@ Sources:
     "timm"    timm ``repvgg_*`` state dicts (.pth / .bin / .safetensors), train or reparameterized form
     "repvgg"  official RepVGG (train / deploy ``rbr_reparam``) and RepOptimizer (RepOpt-VGG target,
               Hyper-Search, RepVGG baseline) state dicts
-    "yolov6"  YOLOv6 v2-era release ``.pt`` (a pickled whole model, read without importing YOLOv6 or
-              executing anything from the file), or a plain state dict with YOLOv6 key names
+    "yolov6"  YOLOv6 v2-era (releases 0.1 / 0.2) release ``.pt`` (a pickled whole model, read without
+              importing YOLOv6 or executing anything from the file), or a plain state dict with YOLOv6
+              key names; v3 (0.3.0 and later) is refused
 """
 from __future__ import annotations
 
