@@ -63,9 +63,9 @@ def test_official_v2_files_convert_exactly(name, official, tmp_path):
     x = official["input"]
     with torch.no_grad():
         cls, reg = model(x)
-    # raw head outputs: the same convs on the same values
-    assert torch.equal(cls, _flat(ref["cls"]))
-    assert torch.equal(reg, _flat(ref["reg"]))
+    # raw head outputs: the same convs on the same values (bit for bit on the machine that wrote the
+    # references, one thread; another CPU may round the last bits differently)
+    assert _rel(cls, _flat(ref["cls"])) < 1e-6 and _rel(reg, _flat(ref["reg"])) < 1e-6
     boxes, scores = _official_xyxy(ref["decoded"])
     ours_boxes, ours_scores = _decoded(model, x)
     assert _rel(ours_boxes, boxes) < 1e-6 and _rel(ours_scores, scores) < 1e-6
