@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConversionError, CheckpointError, FileNotFoundError, ValueError) as err:
         print(f"convert_ckpt: error: {err}", file=sys.stderr)
         return 2
-    shown = {k: meta[k] for k in ("task", "arch", "scale", "block", "num_classes", "fused", "fold_bn",
-                                  "bn_eps", "image_size") if k in meta}
+    shown = {k: meta[k] for k in ("task", "arch", "scale", "block", "num_classes", "fused", "fold_bn", "use_dfl",
+                                  "reg_max", "bn_eps", "image_size") if k in meta}
     print(f"wrote {path}: {json.dumps(shown)}")
     return 0
 
