@@ -18,6 +18,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .unpickle import UnsafeFileError, is_module_record, read_pickled_checkpoint
+
 BlockTable = tuple[tuple[str, str], ...]
 
 
@@ -141,8 +143,6 @@ def _read_with_objects(path: Path) -> object:
     ``args`` next to ``model``. The restricted unpickler turns such objects into inert records. A pickled
     whole model (a YOLOv6 release file) is refused here: its tensors are not a state dict.
     """
-    from .unpickle import UnsafeFileError, is_module_record, read_pickled_checkpoint
-
     try:
         obj = read_pickled_checkpoint(path)
     except UnsafeFileError as err:
