@@ -115,7 +115,10 @@ def test_official_deploy_form_rbr_reparam(tmp_path):
     deploy = reparameterize(ref)
     state = _official_keys(deploy.state_dict(), {"conv.": "rbr_reparam."})
     torch.save(state, tmp_path / "deploy.pth")
-    out, meta = convert_checkpoint(tmp_path / "deploy.pth", tmp_path / "ours.pt", "repvgg")
+    # RepVGG and (official) QARepVGG deploy forms are the same keys: the user says which was trained
+    with pytest.raises(ConversionError, match="cannot tell which block was trained"):
+        convert_checkpoint(tmp_path / "deploy.pth", tmp_path / "ours.pt", "repvgg")
+    out, meta = convert_checkpoint(tmp_path / "deploy.pth", tmp_path / "ours.pt", "repvgg", block="repvgg")
     assert meta["fused"] and meta["block"] == "repvgg"
     model, _ = load_model(out)
     with torch.no_grad():

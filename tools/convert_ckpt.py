@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Convert a timm / official RepVGG / RepOptimizer / YOLOv6 checkpoint into this project's format.
+"""Convert a timm / official RepVGG / QARepVGG / RepOptimizer / YOLOv6 checkpoint into this project's format.
 
     python tools/convert_ckpt.py repvgg_a0.safetensors --from timm --out work_dirs/convert/a0_timm.pt
     python tools/convert_ckpt.py RepVGG-A0-train.pth --from repvgg --out work_dirs/convert/a0_official.pt
@@ -31,12 +31,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("src", type=Path, help="checkpoint to convert (.pth / .pt / .bin / .safetensors)")
     p.add_argument("--from", dest="source", choices=SOURCES, required=True,
-                   help="timm (repvgg_*), repvgg (official RepVGG / RepOptimizer) or yolov6 (v2-era n/t/s)")
+                   help="timm (repvgg_*), repvgg (official RepVGG / QARepVGG / RepOptimizer) or yolov6 "
+                        "(v2-era n/t/s; v3 is refused)")
     p.add_argument("--out", type=Path, required=True, help="our checkpoint to write (must not exist)")
     p.add_argument("--arch", help="classifier arch (A0 ... B3g4); default: read from the weights")
     p.add_argument("--scale", help="YOLOv6 scale (n, t, s); default: read from the weights")
-    p.add_argument("--block", help="block type (repvgg, qarepvgg, qarepvgg_v2, repopt, hs); default: read from "
-                                   "the keys / YOLOv6 class names (needed for a plain YOLOv6 state dict)")
+    p.add_argument("--block", help="block type (repvgg, qarepvgg, qarepvgg_v2 [YOLOv6 only], "
+                                   "qarepvgg_no_bn3x3_post_bn, repopt, hs); default: read from the keys / YOLOv6 "
+                                   "class names; needed for a plain YOLOv6 state dict and for a deploy form "
+                                   "(rbr_reparam) without post-BN, which RepVGG and QARepVGG share")
     p.add_argument("--image-size", type=int, help="input size recorded for the tools (default 224 / 640)")
     p.add_argument("--data-config", type=Path,
                    help="detectors: a detection TOML whose [data] / [eval] sections the evaluator should use "
@@ -52,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConversionError, CheckpointError, FileNotFoundError, ValueError) as err:
         print(f"convert_ckpt: error: {err}", file=sys.stderr)
         return 2
-    shown = {k: meta[k] for k in ("task", "arch", "scale", "block", "num_classes", "fused", "fold_bn",
-                                  "bn_eps", "image_size") if k in meta}
+    shown = {k: meta[k] for k in ("task", "arch", "scale", "block", "num_classes", "fused", "fold_bn", "use_dfl",
+                                  "reg_max", "bn_eps", "image_size") if k in meta}
     print(f"wrote {path}: {json.dumps(shown)}")
     return 0
 

@@ -1,4 +1,4 @@
-"""Bring your own checkpoint: timm, official RepVGG / RepOptimizer and YOLOv6 weights -> our format.
+"""Bring your own checkpoint: timm, official RepVGG / QARepVGG / RepOptimizer and YOLOv6 weights -> our format.
 
 :func:`convert_checkpoint` reads a foreign checkpoint, renames every tensor onto our model (no
 value changes; half precision is cast to float32), checks the mapping is exact -- every source key
@@ -8,10 +8,12 @@ and writes our checkpoint (``metadata + state_dict``) with the metadata our trai
 
 Sources:
     "timm"    timm ``repvgg_*`` state dicts (.pth / .bin / .safetensors), train or reparameterized form
-    "repvgg"  official RepVGG (train / deploy ``rbr_reparam``) and RepOptimizer (RepOpt-VGG target,
-              Hyper-Search, RepVGG baseline) state dicts
-    "yolov6"  YOLOv6 v2-era release ``.pt`` (a pickled whole model, read without importing YOLOv6 or
-              executing anything from the file), or a plain state dict with YOLOv6 key names
+    "repvgg"  official RepVGG and QARepVGG (train / deploy ``rbr_reparam``) and RepOptimizer (RepOpt-VGG
+              target, Hyper-Search, RepVGG baseline) state dicts, also inside training checkpoints that
+              pickle other objects (read by the restricted unpickler)
+    "yolov6"  YOLOv6 v2-era (releases 0.1 / 0.2) release ``.pt`` (a pickled whole model, read without
+              importing YOLOv6 or executing anything from the file), or a plain state dict with YOLOv6
+              key names; v3 (0.3.0 and later) is refused
 """
 from __future__ import annotations
 

@@ -18,6 +18,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .unpickle import UnsafeFileError, is_module_record, read_pickled_checkpoint
+
 BlockTable = tuple[tuple[str, str], ...]
 
 
@@ -57,12 +59,15 @@ RBR_BLOCKS: dict[str, BlockTable] = {
            ("scale_1x1.", "scale_1x1."), ("scale_identity.", "scale_identity."), ("bn.", "bn.")),
 }
 RBR_BLOCKS["qarepvgg_v2"] = RBR_BLOCKS["qarepvgg"]  # the avg-pool branch has no weights
-# Deploy forms: one conv (RepVGG), or conv + the post-BN QARepVGG keeps for QAT.
-RBR_FUSED: dict[str, BlockTable] = {
-    "repvgg": (("rbr_reparam.", "conv."),),
-    "qarepvgg": (("rbr_reparam.", "conv."), ("bn.", "bn.")),
+# The official QARepVGG code's QARepVGGBlock: plain 3x3 and 1x1 convs (no BN, no bias), post-BN.
+RBR_BLOCKS["qarepvgg_no_bn3x3_post_bn"] = (("rbr_dense.weight", "branch_3x3.conv.weight"),
+                                           ("rbr_1x1.weight", "branch_1x1.conv.weight"), ("bn.", "post_bn."))
+# Deploy forms: one conv (RepVGG; official QARepVGG, its post-BN folded in), or conv + the post-BN
+# YOLOv6's QARepVGG keeps for QAT. Keyed by whether the file holds that post-BN.
+RBR_FUSED: dict[bool, BlockTable] = {
+    False: (("rbr_reparam.", "conv."),),
+    True: (("rbr_reparam.", "conv."), ("bn.", "bn.")),
 }
-RBR_FUSED["qarepvgg_v2"] = RBR_FUSED["qarepvgg"]
 
 
 def rename_in_block(rest: str, table: BlockTable) -> str | None:
@@ -131,8 +136,26 @@ def _is_tensor_dict(obj: object) -> bool:
     return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
+def _read_with_objects(path: Path) -> object:
+    """A torch zip file that pickles Python objects next to its tensors, read without running them.
+
+    Training checkpoints often do: the official QARepVGG / DeiT-style ``main.py`` saves its argparse
+    ``args`` next to ``model``. The restricted unpickler turns such objects into inert records. A pickled
+    whole model (a YOLOv6 release file) is refused here: its tensors are not a state dict.
+    """
+    try:
+        obj = read_pickled_checkpoint(path)
+    except UnsafeFileError as err:
+        raise ConversionError(f"{path}: cannot read checkpoint: {err}") from err
+    if is_module_record(obj) or (isinstance(obj, dict) and any(is_module_record(v) for v in obj.values())):
+        raise ConversionError(f"{path}: not a state dict (it pickles a whole model); for a YOLOv6 release file "
+                              "use --from yolov6")
+    return obj
+
+
 def load_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A ``{key: tensor}`` state dict from ``.safetensors`` or a torch file (``weights_only=True``).
+    """A ``{key: tensor}`` state dict from ``.safetensors`` or a torch file (``weights_only=True``; a file
+    that also pickles other Python objects is read by the restricted unpickler, nothing executed).
 
     Accepts the dict itself or one nested under "state_dict" / "model" / ...; strips DDP's "module.".
     """
@@ -152,8 +175,7 @@ def load_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         except pickle.UnpicklingError as err:
             if not zipfile.is_zipfile(path):
                 raise ConversionError(f"{path}: cannot read checkpoint (not a torch file, or corrupt): {err}") from err
-            raise ConversionError(f"{path}: not a plain state dict (it pickles Python objects, e.g. a whole "
-                                  "model); for a YOLOv6 release file use --from yolov6") from err
+            obj = _read_with_objects(path)
         except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError) as err:
             raise ConversionError(f"{path}: cannot read checkpoint (truncated or corrupt?): {err}") from err
     if not _is_tensor_dict(obj) and isinstance(obj, dict):

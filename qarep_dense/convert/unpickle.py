@@ -140,6 +140,8 @@ def _load_build(unpickler: "RestrictedUnpickler") -> None:
     # rebuilt tensor it would reach Tensor.__setstate__ (backward hooks, storage swaps).
     state = unpickler.stack.pop()
     inst = unpickler.stack[-1]
+    if isinstance(inst, OrderedDict):
+        return  # a state_dict's ``_metadata`` attribute (per-module versions): not needed, not applied
     if not isinstance(inst, Record):
         raise UnsafeFileError(f"pickle sets the state of a {type(inst).__name__}; only module records take one")
     inst.__setstate__(state)

@@ -16,15 +16,17 @@ neck.Rep_p4 / Rep_p3 / Rep_n3 / Rep_n4          neck.td_p4 / td_p3 / bu_p4 / bu_
 neck.downsample2 / downsample1                  neck.downsample0 / downsample1
 detect.{stems,cls_convs,reg_convs}.{i}          head.levels.{i}.{stem,cls_conv,reg_conv}
 detect.{cls_preds,reg_preds}.{i}                head.levels.{i}.{cls_pred,reg_pred}
-detect.proj, detect.proj_conv                   (constants 0..reg_max; checked, not stored)
+detect.proj, detect.proj_conv                   (constants, not stored; see _drop_dfl_constants)
 ==============================================  ==========================================
 
+YOLOv6 3.0 and later (releases 0.3.0+: RepBiFPAN neck, CSPSPPF, ...) is refused as such (:func:`refuse_v3`).
 The block type comes from the pickled class names (RepVGGBlock, QARepVGGBlock, QARepVGGBlockV2,
 RealVGGBlock, LinearAddBlock), or from ``block`` for a plain state dict.
 """
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -67,6 +69,16 @@ RULES = [
                        ("cls_preds", "cls_pred"), ("reg_preds", "reg_pred"))),
 ]
 
+# Module paths that exist only in YOLOv6 3.0 and later (releases 0.3.0+), with what they are.
+V3_MARKERS = {
+    r"neck\.Bifusion\d\.": "RepBiFPAN neck (neck.Bifusion*)",
+    r"backbone\.ERBlock_5\.2\.cspsppf\.": "CSPSPPF (backbone.ERBlock_5.2.cspsppf)",
+    r"backbone\.ERBlock_5\.2\.sppf\.": "wrapped SPPF (backbone.ERBlock_5.2.sppf)",
+    r"backbone\.ERBlock_6\.": "P6 backbone stage (backbone.ERBlock_6)",
+    r"detect\.stems\.\d+\.block\.": "ConvModule head convs (detect.stems.*.block)",
+    r"detect\.(cls|reg)_preds_ab\.": "anchor-based auxiliary head (detect.*_preds_ab)",
+}
+
 # YOLOv6 class name of the 3x3 block -> our block type.
 BLOCK_CLASSES = {"RepVGGBlock": "repvgg", "QARepVGGBlock": "qarepvgg", "QARepVGGBlockV2": "qarepvgg_v2",
                  "RealVGGBlock": "repopt", "LinearAddBlock": "hs"}
@@ -90,7 +102,18 @@ def read_yolov6_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
         state, classes = module_state(model, str(path))
     except UnsafeFileError as err:
         raise ConversionError(str(err)) from err
+    refuse_v3(state, str(path))
     return state, block_from_classes(classes, str(path))
+
+
+def refuse_v3(state: dict[str, torch.Tensor], source: str) -> None:
+    """Raise if ``state`` has the module layout of YOLOv6 3.0 or later (checked before anything else,
+    so that a v3 file is not reported as a wrong block, scale or DFL projection)."""
+    found = [what for pattern, what in V3_MARKERS.items() if any(re.match(pattern, key) for key in state)]
+    if found:
+        raise ConversionError(f"{source}: a YOLOv6 v3 checkpoint (release 0.3.0 or later: {'; '.join(found)}) is "
+                              "not supported; only the v2-era layout converts (releases 0.1 / 0.2: EfficientRep + "
+                              "RepPAN neck + EffiDeHead, scales n / t / s)")
 
 
 def block_from_classes(classes: dict[str, str], source: str) -> str | None:
@@ -105,14 +128,23 @@ def block_from_classes(classes: dict[str, str], source: str) -> str | None:
     return BLOCK_CLASSES[name]
 
 
-def _check_dfl_constants(state: dict[str, torch.Tensor], reg_max: int, source: str) -> None:
-    """``detect.proj`` / ``proj_conv`` must be the bins 0..reg_max our decoder uses; then they are dropped."""
-    bins = torch.linspace(0, reg_max, reg_max + 1)
-    for key in ("detect.proj", "detect.proj_conv.weight"):
-        if key in state and not torch.equal(state[key].float().flatten(), bins):
-            raise ConversionError(f"{source}: {key} is not linspace(0, {reg_max}) (a modified DFL projection "
-                                  "cannot be expressed by our decoder)")
-        state.pop(key, None)
+def _drop_dfl_constants(state: dict[str, torch.Tensor], reg_max: int, source: str) -> None:
+    """Drop ``detect.proj`` / ``proj_conv`` (constants, not weights) after checking what they mean.
+
+    Without DFL (``reg_preds`` has 4 channels) YOLOv6 never reads them, and 0.2.x always stores the
+    bins of ``Detect``'s default ``reg_max=16``: its ``build_network`` does not pass ``reg_max`` to
+    ``Detect``. So they are ignored whatever they hold. With DFL they must be the bins 0..reg_max
+    our decoder uses.
+    """
+    if reg_max > 0:
+        bins = torch.linspace(0, reg_max, reg_max + 1)
+        for key in ("detect.proj", "detect.proj_conv.weight"):
+            if key in state and not torch.equal(state[key].float().flatten(), bins):
+                raise ConversionError(f"{source}: {key} is not linspace(0, {reg_max}) for a DFL head with "
+                                      f"{reg_max + 1} bins per side (a modified DFL projection cannot be "
+                                      "expressed by our decoder)")
+    state.pop("detect.proj", None)
+    state.pop("detect.proj_conv.weight", None)
 
 
 def infer_scale(state: dict[str, torch.Tensor]) -> str | None:
@@ -133,6 +165,7 @@ def convert_yolov6(state: dict[str, torch.Tensor], block: str | None, scale: str
 
     The detector is built with YOLOv6's BatchNorm settings (eps 1e-3, momentum 0.03).
     """
+    refuse_v3(state, origin)
     if block is None:
         raise ConversionError(f"{origin}: cannot tell the block type from a plain state dict; pass --block")
     if block not in RBR_BLOCKS:
@@ -142,7 +175,7 @@ def convert_yolov6(state: dict[str, torch.Tensor], block: str | None, scale: str
     state = dict(state)
     num_classes = int(state["detect.cls_preds.0.weight"].shape[0])
     reg_max = int(state["detect.reg_preds.0.weight"].shape[0]) // 4 - 1
-    _check_dfl_constants(state, reg_max, origin)
+    _drop_dfl_constants(state, reg_max, origin)
     scale = scale or infer_scale(state)
     if scale is None:
         raise ConversionError(f"{origin}: backbone widths match no scale of {sorted(DETECTOR_SCALES)} "
@@ -161,4 +194,4 @@ def convert_yolov6(state: dict[str, torch.Tensor], block: str | None, scale: str
     return out, meta
 
 
-__all__ = ["BLOCK_CLASSES", "convert_yolov6", "infer_scale", "read_yolov6_file"]
+__all__ = ["BLOCK_CLASSES", "convert_yolov6", "infer_scale", "read_yolov6_file", "refuse_v3"]

@@ -56,6 +56,8 @@ BLOCK_TYPES: dict[str, BlockSpec] = {
     "qarepvgg_bn1x1_noaffine": replace(_S2, norm_1x1="bn_noaffine"),  # Table 4
     "qarepvgg_no_bn3x3": replace(_S2, norm_3x3="none"),                 # Table 4 (diverges)
     "qarepvgg_no_bn3x3_no_bn1x1": replace(_S3, norm_3x3="none"),        # Table 4 (diverges)
+    # S4 without the 3x3 BN: the post-BN is the only BN (the official QARepVGG code's QARepVGGBlock)
+    "qarepvgg_no_bn3x3_post_bn": replace(_QAREPVGG, norm_3x3="none"),
     "repopt": BlockSpec(kind="plain"),
     "hs": BlockSpec(kind="hs"),
 }
@@ -89,12 +91,13 @@ def _norm(kind: BranchNorm, channels: int) -> nn.Module | None:
 
 
 class _Branch(nn.Module):
-    """conv [-> BN]. Without BN the 3x3 conv carries a bias and the 1x1 does not (paper, M3)."""
+    """conv [-> BN]. Without BN the 3x3 conv carries a bias and the 1x1 does not (paper, M3);
+    ``bias=False`` drops the 3x3 bias too (a post-BN after the sum makes it redundant)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int,
-                 norm: BranchNorm, dilation: int = 1):
+                 norm: BranchNorm, dilation: int = 1, bias: bool = True):
         super().__init__()
-        bias = norm == "none" and kernel_size == 3
+        bias = bias and norm == "none" and kernel_size == 3
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride,
                               kernels.same_padding(kernel_size, dilation), dilation=dilation, groups=groups, bias=bias)
         self.bn = _norm(norm, out_channels)
@@ -134,7 +137,8 @@ class RepVGGBlock(nn.Module):
         self.in_channels, self.out_channels, self.stride, self.groups = in_channels, out_channels, stride, groups
         self.dilation = dilation
         self.spec = spec
-        self.branch_3x3 = _Branch(in_channels, out_channels, 3, stride, groups, spec.norm_3x3, dilation)
+        self.branch_3x3 = _Branch(in_channels, out_channels, 3, stride, groups, spec.norm_3x3, dilation,
+                                  bias=not spec.post_bn)
         self.branch_1x1 = _Branch(in_channels, out_channels, 1, stride, groups, spec.norm_1x1)
         same_shape = in_channels == out_channels and stride == 1
         self.branch_identity: nn.Module | None = None
