@@ -26,6 +26,7 @@ from ..evaluation.evaluators import EvalRequest
 from ..evaluation.segmentation import SegmentationEvaluator
 from ..layers.rep import reparameterize
 from ..fileio import write_json_atomic
+from .base import TaskRow, require_meta
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +163,6 @@ def train(config: str | os.PathLike, work_dir: str | os.PathLike | None = None, 
 
 def build_model_from_meta(meta: dict, source: str = "checkpoint") -> nn.Module:
     """The train-form segmentor (tensor in, logits out) a checkpoint's metadata describes."""
-    from .registry import require_meta
-
     require_meta(meta, ("mmseg_config", "arch", "block", "num_classes"), source)
     return _mm().model_from_meta(meta)
 
@@ -177,3 +176,6 @@ def make_evaluator(request: EvalRequest) -> SegmentationEvaluator:
     ignore = int(cfg.model.decode_head.get("ignore_index", 255))
     return SegmentationEvaluator(val, calib, mm.preprocess_of(cfg), mm.iou_metric_factory(metainfo, ignore),
                                  request.device, request.progress)
+
+
+TASK = TaskRow("seg", "segmentation", "mIoU", build_model_from_meta, make_evaluator)
