@@ -283,6 +283,17 @@ def converted_meta(meta: dict, image_size: int | None = None, data_config: str |
     return {**meta, "image_size": size, "preprocess": IMAGENET.as_dict(), "config": config_to_dict(cfg)}
 
 
+def preprocess_of(meta: dict) -> Preprocess:
+    """The checkpoint's uint8 -> float step (ImageNet mean/std when it records none)."""
+    given = meta.get("preprocess")
+    return Preprocess(mean=tuple(given["mean"]), std=tuple(given["std"])) if given else Preprocess()
+
+
+def validation_loader(data: str | os.PathLike, image_size: int, batch_size: int, workers: int = 0):
+    """The evaluation's loader over ``data``/val (uint8 images with the eval resize / crop, labels)."""
+    return make_cls_loader(data, image_size, batch_size, train=False, workers=workers)
+
+
 def make_evaluator(request: EvalRequest) -> ClassificationEvaluator:
     """Top-1 on ``request.data``/val, calibration on shuffled train images with the *eval* transforms."""
     from ..engine.checkpoint import CheckpointError
@@ -293,15 +304,14 @@ def make_evaluator(request: EvalRequest) -> ClassificationEvaluator:
     size = request.image_size or meta.get("image_size")
     if not size:
         raise CheckpointError(f"{request.checkpoint}: no image_size in the checkpoint; pass --image-size")
-    val = make_cls_loader(request.data, size, request.batch_size, train=False, workers=request.workers)
+    val = validation_loader(request.data, size, request.batch_size, request.workers)
     calib = make_cls_loader(request.data, size, request.batch_size, train=False, workers=request.workers,
                             split="train", shuffle=True)
     classes = len(val.dataset.classes)
     if classes != meta["num_classes"]:
         raise CheckpointError(f"{request.checkpoint}: model has {meta['num_classes']} classes but {request.data} "
                               f"has {classes}")
-    preprocess = Preprocess(**meta["preprocess"]) if meta.get("preprocess") else Preprocess()
-    return ClassificationEvaluator(val, calib, preprocess, request.device, progress=request.progress)
+    return ClassificationEvaluator(val, calib, preprocess_of(meta), request.device, progress=request.progress)
 
 
 TASK = TaskRow("cls", "classification", "top1", build_model_from_meta, make_evaluator, converted_meta,

@@ -39,6 +39,8 @@ class CheckOptions:
     evaluate: score the fake-quant model with the evaluator (skipped without one).
     ort: export QDQ ONNX to ``onnx_path`` and check it in onnxruntime (kernels chosen per ``ort_precision``:
         "auto" per machine, "default" U8S8, "precise" U8U8); ort_metric: also score the ORT model.
+    ort_pre_process: run ORT's quant_pre_process first (True), never (False, the file checked is the file
+        shipped), or only when a conv did not become an integer kernel (None); never for a free-size export.
     onnx_path: the QDQ file (the check's side files are written next to it); None: a temporary folder,
         removed afterwards (then ``ort_metric`` and ``latency`` still run, before it is removed).
     latency: time the FP32 graph (written to ``fp32_onnx_path``, default ``<onnx stem>.fp32.onnx``) and
@@ -51,6 +53,7 @@ class CheckOptions:
     ort: bool = True
     ort_metric: bool = True
     ort_precision: str = "auto"
+    ort_pre_process: bool | None = None
     onnx_path: Path | None = None
     latency: bool = False
     fp32_onnx_path: Path | None = None
@@ -168,7 +171,8 @@ def _check_in_ort(report: QuantReport, fused: nn.Module, example: torch.Tensor, 
         reference = report.model(example)
     # ORT's shape pre-processing needs fixed spatial sizes: a free-size export is checked as it is.
     report.ort = check_ort_int8(path, example, reference, threads=opts.threads,
-                                pre_process=False if opts.dynamic_hw else None, precision=opts.ort_precision)
+                                pre_process=False if opts.dynamic_hw else opts.ort_pre_process,
+                                precision=opts.ort_precision)
     report.onnx = str(path)
     report.seconds["ort_check"] = time.perf_counter() - start
     if evaluator is not None and opts.ort_metric:

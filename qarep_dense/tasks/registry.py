@@ -17,15 +17,17 @@ from pathlib import Path
 from torch import nn
 
 from ..deploy import reparameterize
-from ..engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from ..engine.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
+from ..evaluation.evaluators import EvalRequest
 from . import classification, detection, segmentation
 from .base import TASK_NAMES, TaskRow, check_task, require_meta
 
 TASKS: dict[str, TaskRow] = {row.name: row for row in (classification.TASK, detection.TASK, segmentation.TASK)}
 TASK_MODULES = TASKS  # the former name (task -> module path); membership tests read the same
 
-__all__ = ["TASKS", "TASK_NAMES", "TaskRow", "get_task", "check_task", "require_meta", "build_model_from_meta",
-           "load_model", "load_fused", "fuse", "foreign_meta"]
+__all__ = ["TASKS", "TASK_NAMES", "TaskRow", "CheckpointError", "get_task", "check_task", "require_meta",
+           "build_model_from_meta", "load_model", "load_fused", "fuse", "foreign_meta", "reparameterize",
+           "save_checkpoint", "EvalRequest"]  # the last two: for the command lines, which import only tasks/
 
 
 def get_task(task: str) -> TaskRow:

@@ -178,4 +178,31 @@ def make_evaluator(request: EvalRequest) -> SegmentationEvaluator:
                                  request.device, request.progress)
 
 
+def dataset_class_names(meta: dict) -> list[str] | None:
+    """The class names of the checkpoint's mmseg dataset class, None if it declares none."""
+    from mmseg.registry import DATASETS
+
+    dataset = DATASETS.get(_mm().config_from_text(meta["mmseg_config"]).test_dataloader.dataset.type)
+    names = getattr(dataset, "METAINFO", {}).get("classes")
+    return list(names) if names else None
+
+
+def image_pipeline(meta: dict):
+    """``prepare(path) -> uint8 RGB (3, H, W)``: the checkpoint's mmseg test pipeline without its annotation
+    steps (the evaluation's resize), for a user's images."""
+    from mmengine.dataset import Compose
+    from mmengine.registry import DefaultScope
+
+    cfg = _mm().config_from_text(meta["mmseg_config"])
+    steps = [s for s in cfg.test_dataloader.dataset.pipeline if s["type"] not in ("LoadAnnotations", "CheckSegLabels")]
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        pipeline = Compose(steps)
+
+    def prepare(path: Path) -> torch.Tensor:
+        with DefaultScope.overwrite_default_scope("mmseg"):
+            item = pipeline({"img_path": str(path)})
+        return item["inputs"].flip(0)  # mmseg loads BGR; the model takes RGB (as its evaluation loader)
+    return prepare
+
+
 TASK = TaskRow("seg", "segmentation", "mIoU", build_model_from_meta, make_evaluator)
