@@ -46,8 +46,9 @@ LAYERS = [("config", "fileio"), ("ops",), ("layers",), ("models",), ("data",), (
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 # Upward imports that exist today, each with its way out; any other upward import fails.
 KNOWN_UPWARD = {
-    # a converted checkpoint's metadata is built from the task configs (ClsConfig, DetConfig) that live in
-    # tasks/: tasks.registry.load_fused converts in memory through the rows; convert_checkpoint still imports them
+    # convert_checkpoint (the file-writing end of convert/) completes a converted checkpoint's metadata through
+    # the task rows (tasks.registry.foreign_meta), which own the task configs; way out: move convert_checkpoint
+    # into tasks/ next to load_fused, leaving convert/ the pure key mapping (convert_state)
     ("convert", "tasks"),
     # the segmentation integration loads checkpoints through tasks.registry (to be passed a loader instead)
     ("integrations", "tasks"),
