@@ -11,7 +11,9 @@ HEAVY = ("mmengine", "mmseg", "mmcv", "pytorch_quantization", "onnx", "onnxrunti
 def test_import_loads_no_heavy_dependency():
     code = ("import sys, qarep_dense, qarep_dense.layers, qarep_dense.models, qarep_dense.deploy, qarep_dense.optim, "
             "qarep_dense.data, qarep_dense.engine, qarep_dense.evaluation, qarep_dense.quant, qarep_dense.analysis, "
-            "qarep_dense.losses, qarep_dense.tasks.classification, qarep_dense.tasks.detection; "
+            "qarep_dense.losses, qarep_dense.tasks.classification, qarep_dense.tasks.detection, "
+            "qarep_dense.tasks.registry, qarep_dense.tasks.quant_check, qarep_dense.tasks.splits, "
+            "qarep_dense.tasks.ptq_study; "
             f"print([m for m in {HEAVY!r} if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]", out.stdout
