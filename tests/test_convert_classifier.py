@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from conftest import randomize_bn
-from qarep_dense.convert import ConversionError, convert_checkpoint, convert_state
+from qarep_dense.convert import ConversionError, convert_state
+from qarep_dense.tasks.registry import convert_checkpoint
 from qarep_dense.convert.classifier import infer_arch
 from qarep_dense.layers import reparameterize
 from qarep_dense.models.classifier import build_classifier

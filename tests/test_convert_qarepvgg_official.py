@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from qarep_dense.convert import ConversionError, convert_checkpoint
+from qarep_dense.convert import ConversionError
+from qarep_dense.tasks.registry import convert_checkpoint
 from qarep_dense.convert.common import load_state_file
 from qarep_dense.layers import reparameterize
 from qarep_dense.tasks.registry import load_model

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from conftest import randomize_bn
-from qarep_dense.convert import ConversionError, convert_checkpoint, convert_state
+from qarep_dense.convert import ConversionError, convert_state
+from qarep_dense.tasks.registry import convert_checkpoint
 from qarep_dense.convert.common import RBR_BLOCKS, fit_state, rename_state, rule
 from qarep_dense.convert.unpickle import Record, module_state, read_pickled_checkpoint
 from qarep_dense.layers import make_block, reparameterize

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from qarep_dense.convert import ConversionError, convert_checkpoint
+from qarep_dense.convert import ConversionError
+from qarep_dense.tasks.registry import convert_checkpoint
 from qarep_dense.layers import reparameterize
 from qarep_dense.models.postprocess import decode
 from qarep_dense.tasks.registry import load_model

@@ -47,14 +47,7 @@ LAYERS = [("config", "fileio"), ("ops",), ("layers",), ("models",), ("data",), (
           ("tasks",), ("inference", "demo")]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 # Upward imports that exist today, each with its way out; any other upward import fails.
-KNOWN_UPWARD = {
-    # convert_checkpoint (the file-writing end of convert/) completes a converted checkpoint's metadata through
-    # the task rows (tasks.registry.foreign_meta), which own the task configs; way out: move convert_checkpoint
-    # into tasks/ next to load_fused, leaving convert/ the pure key mapping (convert_state)
-    ("convert", "tasks"),
-    # the segmentation integration loads checkpoints through tasks.registry (to be passed a loader instead)
-    ("integrations", "tasks"),
-}
+KNOWN_UPWARD: set[tuple[str, str]] = set()  # none: every import follows the order
 TOOLS_MAY_IMPORT = {"tasks", "demo", "inference", "convert", "analysis"}
 # tools/export_onnx.py (float ONNX export and its check) still calls deploy/, engine/ and layers/ directly; its
 # export and check belong behind tasks/ like quantize_and_check. Any other tool, or another package, fails.

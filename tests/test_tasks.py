@@ -59,7 +59,7 @@ def test_load_fused_fuses_a_train_form_checkpoint_and_refuses_another_task(setup
 
 def test_load_fused_converts_a_foreign_checkpoint_without_writing(tmp_path):
     timm = pytest.importorskip("timm")
-    from qarep_dense.convert import convert_checkpoint
+    from qarep_dense.tasks.registry import convert_checkpoint
 
     ref = timm.create_model("repvgg_a0", pretrained=False, num_classes=10).eval()  # random init, no download
     src = tmp_path / "a0.pth"

@@ -23,7 +23,8 @@ _ROOT = str(Path(__file__).resolve().parents[1])
 if sys.path[:1] != [_ROOT]:
     sys.path.insert(0, _ROOT)
 
-from qarep_dense.convert import SOURCES, ConversionError, convert_checkpoint  # noqa: E402
+from qarep_dense.convert import SOURCES, ConversionError  # noqa: E402
+from qarep_dense.tasks.registry import convert_checkpoint  # noqa: E402
 from qarep_dense.tasks.registry import CheckpointError  # noqa: E402
 
 

@@ -1,9 +1,10 @@
 """Bring your own checkpoint: timm, official RepVGG / QARepVGG / RepOptimizer and YOLOv6 weights -> our format.
 
-:func:`convert_checkpoint` reads a foreign checkpoint, renames every tensor onto our model (no
+:func:`convert_state` reads a foreign checkpoint, renames every tensor onto our model (no
 value changes; half precision is cast to float32), checks the mapping is exact -- every source key
 used, every model key filled, every shape equal, else :class:`ConversionError` lists the keys --
-and writes our checkpoint (``metadata + state_dict``) with the metadata our training writes, so
+and returns the state dict with the model's metadata. ``tasks.registry.convert_checkpoint`` completes that
+metadata through the task rows (which own the task configs) and writes our checkpoint, so
 ``tasks.registry.load_model``, ``tools/ptq_eval.py``, ``tools/analyze.py`` and ``--repair`` read it.
 
 Sources:
@@ -22,7 +23,6 @@ from pathlib import Path
 
 import torch
 
-from ..engine.checkpoint import save_checkpoint
 from .classifier import convert_classifier
 from .common import ConversionError, load_state_file
 from .yolov6 import convert_yolov6, read_yolov6_file
@@ -65,24 +65,4 @@ def convert_state(src: str | os.PathLike, source: str, arch: str | None = None, 
     return convert_classifier(load_state_file(src), source, arch, block, origin=str(src))
 
 
-def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, source: str, arch: str | None = None,
-                       scale: str | None = None, block: str | None = None, image_size: int | None = None,
-                       data_config: str | os.PathLike | None = None) -> tuple[Path, dict]:
-    """Convert ``src`` and write our checkpoint to ``out``; returns (path, meta).
-
-    Refuses to overwrite an existing ``out``. ``image_size``: recorded for the tools (default 224 for
-    classifiers, 640 for detectors). ``data_config``: detection TOML whose data section the evaluator uses.
-    """
-    src, out = Path(src), Path(out)
-    if out.exists():
-        raise ConversionError(f"{out}: already exists; choose another --out (converted files are never overwritten)")
-    state, meta = convert_state(src, source, arch, scale, block)
-    # the task rows complete the metadata (input size, preprocessing, training config), as for an in-memory
-    # conversion (tasks.registry.load_fused): one place for both
-    from ..tasks.registry import foreign_meta
-
-    meta = foreign_meta(meta, src, source, image_size, data_config)
-    return save_checkpoint(out, state, meta), meta
-
-
-__all__ = ["ConversionError", "SOURCES", "convert_checkpoint", "convert_state"]
+__all__ = ["ConversionError", "SOURCES", "convert_state"]

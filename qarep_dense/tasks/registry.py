@@ -84,6 +84,25 @@ def foreign_meta(meta: dict, src: str | os.PathLike, source_format: str, image_s
     return {**row.converted_meta(meta, image_size, data_config), "converted_from": converted}
 
 
+def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, source: str, arch: str | None = None,
+                       scale: str | None = None, block: str | None = None, image_size: int | None = None,
+                       data_config: str | os.PathLike | None = None) -> tuple[Path, dict]:
+    """Convert the foreign checkpoint ``src`` and write ours to ``out``; returns (path, meta).
+
+    Refuses to overwrite an existing ``out``. ``image_size``: recorded for the tools (default 224 for
+    classifiers, 640 for detectors). ``data_config``: detection TOML whose data section the evaluator uses.
+    The metadata is completed exactly as for an in-memory conversion (:func:`load_fused`).
+    """
+    from ..convert import ConversionError, convert_state
+
+    src, out = Path(src), Path(out)
+    if out.exists():
+        raise ConversionError(f"{out}: already exists; choose another --out (converted files are never overwritten)")
+    state, meta = convert_state(src, source, arch, scale, block)
+    meta = foreign_meta(meta, src, source, image_size, data_config)
+    return save_checkpoint(out, state, meta), meta
+
+
 def load_fused(path: str | os.PathLike, task: str | tuple[str, ...] | None = None,
                source_format: str | None = None, device: str = "cpu", image_size: int | None = None,
                data_config: str | os.PathLike | None = None, **convert_args: str | None) -> tuple[nn.Module, dict]:
