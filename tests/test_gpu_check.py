@@ -13,12 +13,13 @@ import pytest
 from support import REPO
 
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
-STEPS = ["det_amp", "seg_amp", "cls_amp", "cls_compile", "ddp_cls", "ddp_det", "ddp_seg", "ptq_cls", "ptq_det",
-         "ptq_seg"]
+STEPS = ["det_amp", "seg_amp", "cls_amp", "ddp_cls", "ddp_det", "ddp_seg", "ptq_cls", "ptq_det", "ptq_seg",
+         "cls_compile"]
 
 
-def run_check(tmp_path: Path, *args: str, python: str = sys.executable, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": python, "OMP_NUM_THREADS": "1"}
+def run_check(tmp_path: Path, *args: str, python: str = sys.executable, timeout: int = 900,
+              **env_vars: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": python, "OMP_NUM_THREADS": "1", **env_vars}
     return subprocess.run(["bash", str(SCRIPT), "--dry-run", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -61,6 +62,14 @@ def test_a_failing_step_stops_the_run_and_shows_its_log(tmp_path, failing_python
     steps = {s["name"]: s for s in _summary(tmp_path)["steps"]}
     assert steps["cls_amp"]["status"] == "FAILED"
     assert steps["ptq_cls"]["status"] == "skipped" and "was not written" in steps["ptq_cls"]["note"]
+
+
+def test_steps_that_no_longer_fit_the_time_budget_are_reported_not_run(tmp_path):
+    proc = run_check(tmp_path, "--only", "cls_amp,cls_compile", "--keep-going", GPU_CHECK_BUDGET="1")
+    assert proc.returncode == 1 and "cls_amp: not run, the 1 s budget (GPU_CHECK_BUDGET) was spent" in proc.stderr
+    steps = {s["name"]: s for s in _summary(tmp_path)["steps"]}
+    assert steps["cls_amp"]["status"] == "FAILED" and steps["cls_amp"]["note"] == "not run: the 1 s budget was spent"
+    assert steps["cls_compile"]["status"] == "skipped"  # the soft step fails nothing, even unrun
 
 
 @pytest.mark.slow
