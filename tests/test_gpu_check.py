@@ -90,3 +90,18 @@ def test_dry_run_runs_every_step_and_writes_its_table(tmp_path):
     table = (tmp_path / "out" / "gpu_check.md").read_text()
     assert table in proc.stdout and "all steps passed" in table
     assert all(f"| {name} |" in table for name in STEPS)
+
+
+def test_a_one_process_torchrun_job_runs_the_ddp_path(monkeypatch):
+    """`torchrun --nproc_per_node 1` (what the check runs on one GPU) must join a process group, not fall back
+    to a plain single-process run that would leave DDP unchecked."""
+    from qarep_dense.engine.distributed import dist_info_from_env
+
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert not dist_info_from_env().distributed  # plain `python tool.py`
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    info = dist_info_from_env()
+    assert info.distributed and info.world_size == 1 and info.is_main
