@@ -99,3 +99,17 @@ def test_segmentor_exports_with_free_height_and_width(tmp_path, capsys):
         expected = reparameterize(model)(x).numpy()
     assert logits.shape == (1, meta["num_classes"], 96, 96)
     assert normalized_max_error([logits], [expected]) <= DEFAULT_RTOL
+
+
+def test_out_is_never_a_folder_nor_silently_replaced(tmp_path, capsys):
+    ckpt = save_checkpoint(tmp_path / "det.pt", randomize_bn(build_detector("test", "qarepvgg", 3)).state_dict(),
+                           DET_META)
+    mine = tmp_path / "model.onnx"
+    mine.write_text("the user's file")
+    assert tool("export_onnx")([str(ckpt), "--out", str(mine)]) == 2
+    assert f"error: --out {mine}: already exists; choose another --out or pass --overwrite" in capsys.readouterr().err
+    assert mine.read_text() == "the user's file"
+    assert tool("export_onnx")([str(ckpt), "--out", str(tmp_path)]) == 2
+    assert f"--out {tmp_path}: is a folder; --out is the ONNX file to write" in capsys.readouterr().err
+    assert tool("export_onnx")([str(ckpt), "--out", str(mine), "--overwrite"]) == 0
+    assert mine.read_bytes()[:1] != b"t"  # now an ONNX protobuf

@@ -33,6 +33,15 @@ EXPORTABLE = ("cls", "det", "seg")
 DYNAMIC_HW = ("seg",)
 
 
+def _out_problem(out: Path, overwrite: bool) -> str | None:
+    """Why ``out`` may not be written (checked before any work): a folder, or a file without --overwrite."""
+    if out.is_dir():
+        return f"is a folder; --out is the ONNX file to write (e.g. {out / 'model.onnx'})"
+    if out.exists() and not overwrite:
+        return "already exists; choose another --out or pass --overwrite to replace it"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", type=Path)
@@ -41,11 +50,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="S or H W (default: the checkpoint's image_size)")
     p.add_argument("--batch", type=int, default=1, help="example batch (the batch axis stays dynamic)")
     p.add_argument("--opset", type=int, default=13)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
                    help="largest accepted max|ORT - PyTorch| / max|PyTorch| per output (default %(default)g)")
     args = p.parse_args(argv)
     if args.image_size is not None and len(args.image_size) > 2:
         p.error("--image-size takes S or H W")
+    problem = _out_problem(args.out, args.overwrite)
+    if problem:
+        print(f"error: --out {args.out}: {problem}", file=sys.stderr)
+        return 2
     try:
         model, meta = load_model(args.checkpoint, EXPORTABLE)
     except CheckpointError as err:
