@@ -5,13 +5,15 @@
 
 Trains on the embedded synthetic COCO shapes (generated into --data on first use) with the real loss,
 SGD with the detection param groups, AMP (autocast + GradScaler) on CUDA. Prints images/s over the steps
-after --warmup, peak CUDA memory, and the loss of every step (it should fall).
+after --warmup, peak CUDA memory, and the loss of every step (it should fall); --json FILE also writes them.
 """
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -35,6 +37,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--data", default="data/synthetic_coco_bench")
+    p.add_argument("--json", type=Path, default=None, help="also write the numbers here (JSON)")
     args = p.parse_args()
     device = torch.device(args.device)
     paths = generate_coco(args.data, num_train=max(4 * args.batch, 64), num_val=8, image_size=args.size, seed=0)
@@ -73,6 +76,14 @@ def main() -> None:
     if amp:
         print(f"peak CUDA memory: {torch.cuda.max_memory_allocated(device) / 2 ** 30:.2f} GiB")
     print("loss per step:", " ".join(f"{v:.3f}" for v in losses))
+    if args.json:
+        summary = {"scale": args.scale, "block": args.block, "size": args.size, "batch": args.batch,
+                   "device": str(device), "amp": amp, "steps": args.steps, "warmup": args.warmup,
+                   "images_per_s": timed / elapsed, "loss_first": losses[0], "loss_last": losses[-1],
+                   "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2 ** 30 if amp else None,
+                   "losses": losses}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -49,9 +49,6 @@ RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 # Upward imports that exist today, each with its way out; any other upward import fails.
 KNOWN_UPWARD: set[tuple[str, str]] = set()  # none: every import follows the order
 TOOLS_MAY_IMPORT = {"tasks", "demo", "inference", "convert", "analysis"}
-# tools/export_onnx.py (float ONNX export and its check) still calls deploy/, engine/ and layers/ directly; its
-# export and check belong behind tasks/ like quantize_and_check. Any other tool, or another package, fails.
-TOOL_EXCEPTIONS = {"export_onnx.py": {"deploy", "engine", "layers"}}
 
 
 def _imported_subpackages(path: pathlib.Path, module: str) -> list[tuple[str, int]]:
@@ -118,7 +115,7 @@ def test_tools_import_only_the_application_layer():
     bad = []
     for path in sorted((ROOT / "tools").glob("*.py")):
         for target, line in _imported_subpackages(path, f"tools.{path.stem}"):
-            if target not in TOOLS_MAY_IMPORT | TOOL_EXCEPTIONS.get(path.name, set()):
+            if target not in TOOLS_MAY_IMPORT:
                 bad.append(f"tools/{path.name}:{line} imports qarep_dense.{target}")
     assert bad == [], (f"a tool is a command line over {sorted(TOOLS_MAY_IMPORT)}; move the work into tasks/:\n"
                        + "\n".join(bad))

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from qarep_dense.engine.checkpoint import save_checkpoint
@@ -110,3 +112,63 @@ def test_every_tool_puts_its_checkout_first_before_importing_qarep_dense():
         insert = text.find("sys.path.insert(0,")
         assert 0 <= insert < first_import, (f"tools/{name}: put the checkout first on sys.path before importing "
                                             "qarep_dense (see the preamble of tools/ptq_eval.py)")
+
+
+# --- a folder where a checkpoint file is expected; --out that is a file ---------------------------------------
+
+@pytest.fixture
+def run_folder(tmp_path):
+    """A run's folder, as a user passes it instead of the checkpoint inside it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("last.pt", "deploy.pt", "iter_2.pth", "iter_10.pth", "notes.txt"):
+        (run / name).write_bytes(b"x")
+    return run
+
+
+@pytest.mark.parametrize("argv", [
+    ["export_onnx", "{run}", "--out", "{tmp}/m.onnx"],
+    ["eval_det", "{run}"],
+    ["convert_ckpt", "{run}", "--from", "timm", "--arch", "A0", "--out", "{tmp}/c.pt"],
+])
+def test_a_folder_given_as_checkpoint_is_called_a_folder(run_folder, tmp_path, capsys, argv):
+    args = [a.format(run=run_folder, tmp=tmp_path) for a in argv[1:]]
+    try:
+        code = tool(argv[0])(args)
+    except SystemExit as stop:  # convert_ckpt reports through argparse
+        code = stop.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"{run_folder}: is a folder, not a checkpoint file; it holds deploy.pt, last.pt, iter_10.pth, iter_2.pth" \
+           f": pass one of them, e.g. {run_folder / 'deploy.pt'}" in err
+    assert "not found" not in err and "Traceback" not in err
+
+
+def test_checkpoint_path_problem_names_folders_files_and_missing_paths(tmp_path):
+    from qarep_dense.engine.checkpoint import CheckpointError, checkpoint_path_problem, load_checkpoint
+
+    assert checkpoint_path_problem(tmp_path) == \
+        f"{tmp_path}: is a folder, not a checkpoint file (it holds no .pt, .pth or .safetensors file)"
+    for i in range(6):
+        (tmp_path / f"iter_{i}.pth").write_bytes(b"x")
+    assert checkpoint_path_problem(tmp_path).endswith(
+        f"it holds iter_5.pth, iter_4.pth, iter_3.pth, iter_2.pth (+2 more): pass one of them, e.g. "
+        f"{tmp_path / 'iter_5.pth'}")
+    assert checkpoint_path_problem(tmp_path / "iter_5.pth") is None
+    with pytest.raises(CheckpointError, match="missing.pt: checkpoint file not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_infer_out_that_is_a_file_is_refused_naming_it(tmp_path, capsys):
+    cls = save_checkpoint(tmp_path / "cls.pt", build_classifier("test", "qarepvgg", 3, stem_stride=1).state_dict(),
+                          {"task": "cls", "arch": "test", "block": "qarepvgg", "num_classes": 3, "stem_stride": 1,
+                           "fused": False, "image_size": 16})
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), np.zeros((16, 16, 3), np.uint8))
+    out = tmp_path / "result.txt"
+    out.write_text("the user's file")
+    for target, where in ((out, "is a file"), (out / "sub", f"cannot be created: {out} is a file")):
+        assert tool("infer")([str(cls), str(image), "--out", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert f"error: --out {target}: {where}; --out must be a folder" in err and "Errno" not in err
+    assert out.read_text() == "the user's file"

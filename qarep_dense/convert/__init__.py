@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ..engine.checkpoint import checkpoint_path_problem
 from .classifier import convert_classifier
 from .common import ConversionError, load_state_file
 from .yolov6 import convert_yolov6, read_yolov6_file
@@ -48,8 +49,9 @@ def convert_state(src: str | os.PathLike, source: str, arch: str | None = None, 
     src = Path(src)
     if source not in SOURCES:
         raise ConversionError(f"unknown source {source!r}; expected one of {SOURCES}")
-    if not src.is_file():
-        raise ConversionError(f"{src}: file not found")
+    problem = checkpoint_path_problem(src)
+    if problem:
+        raise ConversionError(problem)
     if source == "yolov6":
         if arch is not None:
             raise ConversionError("--arch is for classifiers; a YOLOv6 detector takes --scale (n, t, s)")

@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..engine.checkpoint import checkpoint_path_problem
 from .unpickle import UnsafeFileError, is_module_record, read_pickled_checkpoint
 
 BlockTable = tuple[tuple[str, str], ...]
@@ -160,8 +161,9 @@ def load_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     Accepts the dict itself or one nested under "state_dict" / "model" / ...; strips DDP's "module.".
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConversionError(f"{path}: file not found")
+    problem = checkpoint_path_problem(path)
+    if problem:
+        raise ConversionError(problem)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

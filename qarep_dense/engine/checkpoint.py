@@ -97,11 +97,45 @@ def save_checkpoint(path: str | os.PathLike, model_state: dict, meta: dict, **st
     return path
 
 
+# File names a checkpoint folder holds, most likely first: ours (deploy / train form), mmengine's, then any.
+CHECKPOINT_PATTERNS = ("deploy.pt", "best.pt", "last.pt", "iter_*.pth", "epoch_*.pth", "*.pt", "*.pth", "*.safetensors")
+
+
+def checkpoint_path_problem(path: str | os.PathLike, shown: int = 4) -> str | None:
+    """What is wrong with ``path`` as a checkpoint *file*, as one message naming it (None when it is a file).
+
+    The one check every loader shares (ours, the converters'), so a folder given where a file is expected
+    is called a folder, with the checkpoints it holds, instead of "not found".
+    """
+    path = Path(path)
+    if path.is_file():
+        return None
+    if path.is_dir():
+        found: list[str] = []
+        for pattern in CHECKPOINT_PATTERNS:
+            names = [p.name for p in path.glob(pattern) if p.is_file() and p.name not in found]
+            found += sorted(names, key=_natural_key, reverse=pattern[0] != "*")  # iter_600 before iter_2
+        if not found:
+            return f"{path}: is a folder, not a checkpoint file (it holds no .pt, .pth or .safetensors file)"
+        more = f" (+{len(found) - shown} more)" if len(found) > shown else ""
+        return (f"{path}: is a folder, not a checkpoint file; it holds {', '.join(found[:shown])}{more}: "
+                f"pass one of them, e.g. {path / found[0]}")
+    if path.exists():
+        return f"{path}: is not a regular file (a device, socket or pipe), not a checkpoint"
+    return f"{path}: checkpoint file not found"
+
+
+def _natural_key(name: str) -> list:
+    # iter_2.pth before iter_10.pth
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint this project wrote; raise :class:`CheckpointError` naming the file and the problem."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
+    problem = checkpoint_path_problem(path)
+    if problem:
+        raise CheckpointError(problem)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:

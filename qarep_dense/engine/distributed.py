@@ -25,10 +25,13 @@ class DistInfo:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    launched: bool = False  # started by torchrun (WORLD_SIZE set), even with one process
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        # A torchrun job of one process runs the DDP path too (process group, DDP wrapper, samplers):
+        # `torchrun --nproc_per_node 1` on one GPU is how that path gets checked at all.
+        return self.world_size > 1 or self.launched
 
     @property
     def is_main(self) -> bool:
@@ -52,7 +55,8 @@ def dist_info_from_env() -> DistInfo:
     rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
     if world < 1 or not 0 <= rank < world:
         raise ValueError(f"inconsistent torchrun environment: RANK={rank}, WORLD_SIZE={world}")
-    return DistInfo(rank=rank, local_rank=local_rank, world_size=world)
+    return DistInfo(rank=rank, local_rank=local_rank, world_size=world,
+                    launched=os.environ.get("WORLD_SIZE", "") != "")
 
 
 def resolve_device(device: str | torch.device | None, info: DistInfo | None = None) -> torch.device:

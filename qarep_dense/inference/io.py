@@ -36,6 +36,16 @@ def read_rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def check_output_folder(root: Path) -> None:
+    """Raise NotADirectoryError naming ``root`` when it, or the first of its parents that exists, is a file:
+    --out is a folder (one drawn image per input, predictions.json), never a file to replace."""
+    existing = next((p for p in (root, *root.absolute().parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "is a file" if existing == root else f"cannot be created: {existing} is a file"
+        raise NotADirectoryError(f"--out {root}: {where}; --out must be a folder (it receives one drawn image per "
+                                 "input and predictions.json)")
+
+
 class OutputFolder:
     """Writes into OUT, refusing to replace an input image or any file it did not write itself.
 
@@ -44,6 +54,7 @@ class OutputFolder:
     """
 
     def __init__(self, root: Path, inputs: list[Path]):
+        check_output_folder(root)
         self.root = root
         self.inputs = {p.resolve() for p in inputs}
         manifest = root / MANIFEST

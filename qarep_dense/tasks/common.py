@@ -202,6 +202,9 @@ def run_training(cfg: Any, work_dir: str | os.PathLike, resume: bool, device: st
         if dist.is_main:
             work_dir.mkdir(parents=True, exist_ok=True)
         setup_logging(work_dir, dist.is_main)
+        if dist.distributed:  # in train.log: the record that this run went through DDP
+            log.info("distributed: rank %d of %d, backend %s, device %s", dist.rank, dist.world_size,
+                     tdist.get_backend(), dev)
         try:
             return _train_logged(cfg, work_dir, resume, dist, dev, build, resume_keys, unrecorded)
         except BaseException as err:
