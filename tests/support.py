@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import runpy
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 import torch
@@ -15,8 +16,13 @@ def tool(name: str, entry: str = "main") -> Callable:
 
     name: "train_det" or "train_det.py".
     """
+    return getattr(tool_module(name), entry)
+
+
+def tool_module(name: str) -> SimpleNamespace:
+    """A tool's module globals (``.main``, ``.parse_args``, ...), loaded in-process from ``tools/``."""
     stem = name[:-3] if name.endswith(".py") else name
-    return runpy.run_path(str(REPO / "tools" / f"{stem}.py"), run_name=stem)[entry]
+    return SimpleNamespace(**runpy.run_path(str(REPO / "tools" / f"{stem}.py"), run_name=stem))
 
 
 def uint8_batches(n_batches: int = 2, batch: int = 8, size: int = 16, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -2,13 +2,13 @@
 user calls them (no ``import qarep_dense`` first): ``Config.fromfile`` and ``mmseg.apis``."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from support import tool_module
 
 pytest.importorskip("mmseg")
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,9 +43,7 @@ def test_mmseg_apis_import_without_qarep_dense():
 
 @pytest.mark.slow  # ~40 s: a 2-iteration training, then mmseg's API in a fresh interpreter
 def test_mmseg_inference_api_on_a_trained_run(tmp_path):
-    spec = importlib.util.spec_from_file_location("_tool_train_seg", ROOT / "tools" / "train_seg.py")
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
+    train = tool_module("train_seg")
     work, data = tmp_path / "run", tmp_path / "data"
     data.mkdir()
     assert train.main([str(CONFIG), "--work-dir", str(work), "--data-root", str(data), "--no-progress"]) == 0

@@ -3,7 +3,6 @@ the file and the problem. Most cases fail before any training; one 2-iteration r
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -11,18 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support import tool_module
 
 mm = pytest.importorskip("qarep_dense.integrations.mmseg")
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")  # OpenMP spin-waits crawl on shared cores
 CONFIG = ROOT / "configs" / "seg" / "fcn_qarepvgg-test_1xb2-2it_synthetic-cityscapes-64x128.py"
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"_tool_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +24,13 @@ def run(tmp_path_factory):
     base = tmp_path_factory.mktemp("segrob")
     work, data = base / "run", base / "data"
     data.mkdir()
-    assert _tool("train_seg").main([str(CONFIG), "--work-dir", str(work), "--data-root", str(data),
+    assert tool_module("train_seg").main([str(CONFIG), "--work-dir", str(work), "--data-root", str(data),
                                     "--no-progress"]) == 0
     return work, data
 
 
 def _train(args: list[str], capsys) -> tuple[int, str]:
-    code = _tool("train_seg").main([str(CONFIG), *args, "--no-progress"])
+    code = tool_module("train_seg").main([str(CONFIG), *args, "--no-progress"])
     return code, capsys.readouterr().err
 
 
@@ -65,7 +58,7 @@ def test_resume_in_a_folder_without_checkpoints_is_refused(tmp_path, capsys):
 
 
 def test_save_deploy_never_overwrites_and_refuses_a_folder_before_evaluating(tmp_path, capsys):
-    test_seg = _tool("test_seg")
+    test_seg = tool_module("test_seg")
     existing = tmp_path / "mine.pt"
     existing.write_bytes(b"user data")
     missing_ckpt = str(tmp_path / "no_such.pt")  # the output check comes first: no evaluation is attempted

@@ -2,24 +2,17 @@
 tools/ptq_eval.py --task seg with --repair and --ort, and the bad-input errors of the training tool."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from support import tool_module
 
 pytest.importorskip("qarep_dense.integrations.mmseg")
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")  # OpenMP spin-waits crawl on shared cores
 CONFIG = ROOT / "configs" / "seg" / "fcn_qarepvgg-test_1xb2-2it_synthetic-cityscapes-64x128.py"
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"_tool_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +22,7 @@ def trained(tmp_path_factory):
     work, data = base / "run", base / "data"
     data.mkdir()  # the synthetic scenes are generated into a given --data-root only when it exists
     args = [str(CONFIG), "--work-dir", str(work), "--data-root", str(data), "--no-progress"]
-    train = _tool("train_seg")
+    train = tool_module("train_seg")
     assert train.main(args) == 0
     first = json.loads((work / "results.json").read_text())
     assert train.main(args + ["--resume", "--cfg-options", "train_cfg.max_iters=3"]) == 0
@@ -56,8 +49,8 @@ def test_our_miou_is_mmseg_miou_and_fusion_is_exact(trained):
 def test_test_seg_and_ptq_eval_through_the_registry(trained, tmp_path):
     work, data, _, results = trained
     deploy = tmp_path / "deploy.pt"
-    assert _tool("test_seg").main([str(work / "last.pt"), "--no-progress", "--save-deploy", str(deploy)]) == 0
-    rows = _tool("ptq_eval").run(_tool("ptq_eval").parse_args([
+    assert tool_module("test_seg").main([str(work / "last.pt"), "--no-progress", "--save-deploy", str(deploy)]) == 0
+    rows = tool_module("ptq_eval").run(tool_module("ptq_eval").parse_args([
         "--task", "seg", "--checkpoints", str(work / "last.pt"), str(deploy), "--calibrator", "max", "entropy",
         "--calib-batches", "1", "--batch-size", "4", "--repair", "--ort", "--out", str(tmp_path / "ptq"),
         "--no-progress"]))
@@ -69,7 +62,7 @@ def test_test_seg_and_ptq_eval_through_the_registry(trained, tmp_path):
 
 
 def test_training_tool_names_the_bad_input(trained, tmp_path, capsys):
-    train = _tool("train_seg")
+    train = tool_module("train_seg")
     assert train.main([str(CONFIG), "--work-dir", str(tmp_path / "w"), "--data-root", str(tmp_path / "missing"),
                        "--cfg-options", "synthetic_cityscapes=None"]) == 2
     assert "missing: folder not found" in capsys.readouterr().err
