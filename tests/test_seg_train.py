@@ -9,6 +9,8 @@ import pytest
 import torch
 from support import tool_module
 
+from qarep_dense.tasks import ptq_study
+
 pytest.importorskip("qarep_dense.integrations.mmseg")
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")  # OpenMP spin-waits crawl on shared cores
@@ -50,10 +52,11 @@ def test_test_seg_and_ptq_eval_through_the_registry(trained, tmp_path):
     work, data, _, results = trained
     deploy = tmp_path / "deploy.pt"
     assert tool_module("test_seg").main([str(work / "last.pt"), "--no-progress", "--save-deploy", str(deploy)]) == 0
-    rows = tool_module("ptq_eval").run(tool_module("ptq_eval").parse_args([
+    ptq_eval = tool_module("ptq_eval")
+    rows, _ = ptq_study.run_study(ptq_eval.study_of(ptq_eval.parse_args([
         "--task", "seg", "--checkpoints", str(work / "last.pt"), str(deploy), "--calibrator", "max", "entropy",
         "--calib-batches", "1", "--batch-size", "4", "--repair", "--ort", "--out", str(tmp_path / "ptq"),
-        "--no-progress"]))
+        "--no-progress"])))
     assert len(rows) == 4 and all(r["fp32"] == pytest.approx(results["deploy"]["mIoU"]) for r in rows)
     assert all(0 <= r["int8"] <= 100 and 0 <= r["ort_int8"] <= 100 for r in rows)
     done, total = rows[0]["ort_integer_convs"].split("/")
