@@ -74,7 +74,8 @@ def test_cle_is_exact_in_float64_on_fused_classifiers(block):
 
 def test_cle_exact_with_groups_stride2_and_linear_head():
     model = _uneven_chain()
-    pairs = find_relu_pairs(model)
+    pairs, untraced = find_relu_pairs(model)
+    assert untraced == []
     assert [(a, b) for a, b, _ in pairs] == [("c1", "c2"), ("c2", "c3"), ("c3", "fc")]
     cle, report = equalize(model)
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
@@ -132,6 +133,23 @@ class _Branching(nn.Module):
 
 
 def test_branching_values_are_not_equalized():
-    assert find_relu_pairs(_Branching()) == []
+    assert find_relu_pairs(_Branching()) == ([], [])
     _, report = equalize(_Branching())
     assert report.pairs == [] and report.skipped
+
+
+@pytest.mark.parametrize("block", ["repvgg", "qarepvgg"])
+def test_cle_exact_on_a_fused_detector_backbone_and_neck(block):
+    from qarep_dense.models.detector import build_detector
+
+    torch.manual_seed(0)
+    fused = reparameterize(_randomize_bn(build_detector("test", block, 3))).double().eval()
+    cle, report = equalize(fused)
+    # The head does not trace (shape-dependent control flow): it is searched child by child.
+    assert report.pairs and all(p.conv1.startswith(("backbone.", "neck.")) for p in report.pairs)
+    x = torch.rand(2, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        ref, out = fused(x), cle(x)
+    flat = lambda o: [o] if torch.is_tensor(o) else [t for item in o for t in flat(item)]  # noqa: E731
+    for a, b in zip(flat(out), flat(ref)):
+        assert torch.allclose(a, b, rtol=0, atol=1e-10 * max(1.0, float(b.abs().max())))

@@ -41,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--allow-qat", action="store_true", help="fine-tune with QAT if PTQ misses the budget (cls)")
     p.add_argument("--ort-precision", choices=["auto", "default", "precise"], default="auto",
                    help="onnxruntime INT8 kernels (auto: chosen for this CPU, checked against fake quant)")
+    p.add_argument("--calibrators", nargs="+", default=None,
+                   help="calibrators to try (default: max percentile mse entropy)")
     p.add_argument("--calib-batches", type=int, default=8, help="calibration batches from the training split")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--selection-images", type=int, default=256, help="training images set aside to pick a candidate")
@@ -57,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
                            args.int8_only, args.allow_qat, args.ort_precision, calib_batches=args.calib_batches,
                            batch_size=args.batch_size, selection_images=args.selection_images,
                            image_size=args.image_size, device=args.device, progress=not args.no_progress)
+    if args.calibrators:
+        opts.calibrators = tuple(args.calibrators)
     try:
         report = quantize_checkpoint(opts)
     except (CheckpointError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:

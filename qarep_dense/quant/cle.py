@@ -20,7 +20,7 @@ takes the pairs from the caller (no graph search), uses max - min ranges, raises
 (a dead input gives a 1e4+ scale, a dead filter gives a scale of 0 and then inf / NaN) and
 changes the modules in place. pytorch-quantization has no CLE; AIMET has one but is not in our
 stack (and only for its own model preparer). So the rule is written here, on ``nn.Conv2d`` /
-``nn.Linear`` pairs found by tracing the model with ``torch.fx``.
+``nn.Linear`` pairs found by tracing the model (or its children) with ``torch.fx``.
 """
 from __future__ import annotations
 
@@ -65,7 +65,8 @@ class CLEReport:
     converged: bool = True
     spread_before: float = 1.0
     spread_after: float = 1.0
-    skipped: str | None = None  # why nothing was equalized (e.g. the model does not trace)
+    skipped: str | None = None  # why nothing was equalized
+    untraced: list[str] = field(default_factory=list)  # leaf modules torch.fx could not trace (not searched)
 
     def as_dict(self) -> dict:
         return {**asdict(self), "pairs": [p.as_dict() for p in self.pairs]}
@@ -114,18 +115,41 @@ def _follow(start: fx.Node, modules: dict[str, nn.Module]) -> tuple[fx.Node | No
     return None, []
 
 
-def find_relu_pairs(model: nn.Module) -> list[tuple[str, str, list[str]]]:
-    """[(conv1, conv2, through)]: every Conv2d whose output goes only through one ReLU into one
-    Conv2d (or, via global pooling/flatten, into one Linear). Raises if ``model`` does not trace."""
-    graph = fx.symbolic_trace(model).graph
-    modules = dict(model.named_modules())
+def _pairs_in_graph(module: nn.Module, prefix: str) -> list[tuple[str, str, list[str]]]:
+    graph = fx.symbolic_trace(module).graph
+    modules = dict(module.named_modules())
     pairs = []
     for node in graph.nodes:
         if node.op == "call_module" and type(modules.get(node.target)) is nn.Conv2d:
             nxt, through = _follow(node, modules)
-            if nxt is not None and nxt.args[0] is not None:
-                pairs.append((str(node.target), str(nxt.target), through))
+            if nxt is not None:
+                pairs.append((prefix + str(node.target), prefix + str(nxt.target), through))
     return pairs
+
+
+def find_relu_pairs(model: nn.Module) -> tuple[list[tuple[str, str, list[str]]], list[str]]:
+    """([(conv1, conv2, through)], [modules that did not trace]).
+
+    Pairs: every Conv2d whose output goes only through one ReLU into one Conv2d (or, via global
+    pooling/flatten, into one Linear). A module ``torch.fx`` cannot trace (a detector head with
+    shape-dependent control flow) is searched child by child instead: a value inside a traced child
+    that has one user there has one user, so the pairs found in a child are pairs of the whole model
+    (chains that cross a child's boundary are missed, never wrongly paired).
+    """
+    pairs, untraced = [], []
+
+    def visit(module: nn.Module, prefix: str) -> None:
+        try:
+            pairs.extend(_pairs_in_graph(module, prefix))
+        except Exception:  # noqa: BLE001 - any trace failure: search the children instead
+            children = list(module.named_children())
+            if not children:
+                untraced.append(prefix.rstrip(".") or type(module).__name__)
+            for name, child in children:
+                visit(child, f"{prefix}{name}.")
+
+    visit(model, "")
+    return pairs, untraced
 
 
 # --- the rescaling ------------------------------------------------------------------------------
@@ -185,18 +209,14 @@ def equalize(model: nn.Module, max_sweeps: int = 50, tol: float = 1e-3) -> tuple
     """A copy of the fused ``model`` with every conv-ReLU-conv pair equalized; ``model`` is not changed.
 
     Sweeps the pairs until no scale differs from 1 by more than ``tol`` (or ``max_sweeps``).
-    A model that ``torch.fx`` cannot trace is returned unchanged (copied), with the reason in the report.
+    Parts of the model that ``torch.fx`` cannot trace are searched child by child (see :func:`find_relu_pairs`).
     """
     out = copy.deepcopy(model)
-    report = CLEReport()
-    try:
-        found = find_relu_pairs(out)
-    except Exception as err:  # noqa: BLE001 - any trace failure: CLE does not apply, said in the report
-        report.skipped = f"the model does not trace with torch.fx ({type(err).__name__}: {str(err).splitlines()[0]})"
-        log.warning("CLE skipped: %s", report.skipped)
-        return out, report
+    found, untraced = find_relu_pairs(out)
+    report = CLEReport(untraced=untraced)
     if not found:
-        report.skipped = "no conv -> ReLU -> conv chain in the model"
+        report.skipped = "no conv -> ReLU -> conv chain in the model" + (
+            f" (not traceable: {', '.join(untraced[:4])})" if untraced else "")
         return out, report
     modules = dict(out.named_modules())
     pairs = [(modules[a], modules[b]) for a, b, _ in found]

@@ -193,6 +193,7 @@ def split_training_images(loader, opts: QuantizeOptions, classification: bool) -
 # --- budget steps ---------------------------------------------------------------------------------
 
 def _ladder(n: int) -> list[int]:
+    """1, 2, 3, 4, 6, 9, ... up to ``n`` (``n``: the most units that may stay float)."""
     steps, k = [], 1
     while k <= n:
         steps.append(k)
@@ -203,12 +204,12 @@ def _ladder(n: int) -> list[int]:
 
 
 def partial_ladder(float_model: nn.Module, qmodel: nn.Module, data: SearchData, preprocess, config: QuantConfig,
-                   evaluate, fp32: float, max_drop: float, device: str, progress: bool) -> dict:
+                   evaluate, fp32: float, int8: float, max_drop: float, device: str, progress: bool) -> dict:
     """Keep the fewest most-sensitive units in float that meet the budget on validation (see module doc)."""
     ranking = rank_layers(qmodel, data.calib[:2], preprocess, device, config.backend, progress=progress)
     steps = []
-    best = None
-    for k in _ladder(len(ranking)):
+    best = (qmodel, [], int8)
+    for k in _ladder(len(ranking) - 1):  # at least one unit stays quantized
         skip = tuple(e.name for e in ranking[:k])
         model, _ = quantize_ptq(float_model, data.calib, preprocess, replace(config, skip_layers=skip), device,
                                 progress=False)
@@ -278,7 +279,7 @@ def _spec(opts: QuantizeOptions) -> dict:
 def quantize_checkpoint(opts: QuantizeOptions) -> dict:
     """Run the whole pipeline (module doc); returns the report.json content."""
     opts.validate()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     claim_out(opts.out, _spec(opts))
     timings: dict[str, float] = {}
 
@@ -317,7 +318,7 @@ def quantize_checkpoint(opts: QuantizeOptions) -> dict:
     if fp32 - int8_all > opts.max_drop and not opts.int8_only:
         config = replace(base, calibrator=chosen.spec.calibrator)
         partial = partial_ladder(floats[chosen.spec.transform], qmodel, data, preprocess, config, evaluate, fp32,
-                                 opts.max_drop, opts.device, opts.progress)
+                                 int8_all, opts.max_drop, opts.device, opts.progress)
         final.update(model=partial["model"], metric=partial["metric"], float_layers=partial["float_layers"],
                      how=f"partial PTQ, {len(partial['float_layers'])} layers in float")
         t = lap("partial", t)
@@ -340,6 +341,7 @@ def quantize_checkpoint(opts: QuantizeOptions) -> dict:
     t = lap("onnx_runtime", t)
     _save_fakequant(final["model"], meta, chosen, final, opts.out / "model_fakequant.pt")
     timings["total"] = round(time.perf_counter() - start, 2)
+    timings["total_cpu"] = round(time.process_time() - cpu_start, 2)  # this process's CPU time: load-independent
 
     report = _report(opts, meta, metric_name, fp32, int8_all, final, chosen, results, partial, ort, diagnosis,
                      data, timings)
