@@ -19,12 +19,10 @@ from pathlib import Path
 import torch
 
 from qarep_dense.config import load_config
-from qarep_dense.data.imagefolder import make_cls_loader
-from qarep_dense.data.preprocess import IMAGENET
-from qarep_dense.evaluation.classification import evaluate_classifier
-from qarep_dense.tasks.registry import load_model
-from qarep_dense.quant import QuantConfig, quantize_ptq
 from qarep_dense.tasks.classification import ClsConfig, train
+from qarep_dense.tasks.quant_check import CheckOptions, QuantConfig, quantize_and_check
+from qarep_dense.tasks.registry import get_task, load_fused
+from qarep_dense.tasks.splits import request_for
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "cls"
 RECIPES = {"gentle": ["optim.lr=0.1", "optim.weight_decay=1e-4"], "aggressive": ["optim.lr=0.4", "optim.weight_decay=5e-4"]}
@@ -43,15 +41,15 @@ def train_block(block: str, recipe: str, seed: int, epochs: int, work: Path, dat
 
 
 def quantize_rows(deploy: Path, data: Path) -> dict:
-    model, meta = load_model(deploy)
-    val = make_cls_loader(data, 32, 120, train=False)
-    calib = make_cls_loader(data, 32, 64, train=False, split="train", shuffle=True)
-    out = {"fp32": evaluate_classifier(model, val, IMAGENET)["top1"]}
+    model, meta = load_fused(deploy, "cls")
+    evaluator = get_task("cls").make_evaluator(request_for(deploy, meta, data, batch_size=64, progress=False))
+    out = {"fp32": evaluator.evaluate(model)["top1"]}
     for cal in CALIBRATORS:
         for repair in (False, True):
-            q, _ = quantize_ptq(model, calib, IMAGENET, QuantConfig(calibrator=cal, num_calib_batches=4,
-                                                                    repair_dead_channels=repair), progress=False)
-            out[f"{cal}{'+repair' if repair else ''}"] = evaluate_classifier(q, val, IMAGENET)["top1"]
+            report = quantize_and_check(model, evaluator.calibration_loader(), evaluator.preprocess,
+                                        QuantConfig(calibrator=cal, num_calib_batches=4, repair_dead_channels=repair),
+                                        evaluator, CheckOptions(ort=False, progress=False), fp32=out["fp32"])
+            out[f"{cal}{'+repair' if repair else ''}"] = report.int8
     return out
 
 

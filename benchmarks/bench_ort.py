@@ -24,7 +24,8 @@ import torch
 from qarep_dense.data.preprocess import IMAGENET
 from qarep_dense.layers import reparameterize
 from qarep_dense.models import build_classifier
-from qarep_dense.quant import QuantConfig, export_qdq_onnx, ort_quantize_static, quantize_ptq
+from qarep_dense.quant import ort_quantize_static
+from qarep_dense.tasks.quant_check import CheckOptions, QuantConfig, quantize_and_check
 from qarep_dense.deploy.onnx import export_onnx
 from qarep_dense.deploy.ort import make_session
 from qarep_dense.quant.export import kernel_counts
@@ -53,8 +54,9 @@ def build_variants(arch: str, size: int, calib_images: int, work: Path) -> dict[
              for _ in range(2)]
     example = IMAGENET(calib[0][:1])
     paths = {"fp32": export_onnx(fused, example, work / f"{arch}_fp32.onnx")}
-    qmodel, _ = quantize_ptq(fused, calib, IMAGENET, QuantConfig(num_calib_batches=2))
-    paths["ptq-qdq"] = export_qdq_onnx(qmodel, example, work / f"{arch}_qdq.onnx")
+    report = quantize_and_check(fused, calib, IMAGENET, QuantConfig(num_calib_batches=2), options=CheckOptions(
+        onnx_path=work / f"{arch}_qdq.onnx", ort_pre_process=False, check_images=1))
+    paths["ptq-qdq"] = Path(report.onnx)
     paths["ort-static"] = ort_quantize_static(fused, calib, IMAGENET, work / f"{arch}_ort_static.onnx",
                                               QuantConfig(num_calib_batches=2))
     return paths

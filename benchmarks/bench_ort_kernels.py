@@ -35,7 +35,8 @@ from qarep_dense.deploy.onnx import export_onnx
 from qarep_dense.deploy.ort import cpu_int8_features, make_session, relative_error, run_session
 from qarep_dense.layers import reparameterize
 from qarep_dense.models import build_classifier
-from qarep_dense.quant import QuantConfig, export_qdq_onnx, ort_quantize_static, quantize_ptq
+from qarep_dense.quant import ort_quantize_static
+from qarep_dense.tasks.quant_check import CheckOptions, QuantConfig, quantize_and_check
 from qarep_dense.quant.export import _pre_process, count_ops, kernel_counts
 
 # (row name, ONNX file key, optimization level, precise kernels)
@@ -91,8 +92,9 @@ def build_files(args: argparse.Namespace, work: Path) -> tuple[dict[str, Path], 
     example = IMAGENET(calib[0][:1])
     config = QuantConfig(num_calib_batches=2)
     files = {"fp32": export_onnx(fused, example, work / "fp32.onnx")}
-    qmodel, _ = quantize_ptq(fused, calib, IMAGENET, config, progress=False)
-    files["ours"] = export_qdq_onnx(qmodel, example, work / "ours.onnx")
+    report = quantize_and_check(fused, calib, IMAGENET, config, options=CheckOptions(
+        onnx_path=work / "ours.onnx", ort_pre_process=False, check_images=1, progress=False))
+    qmodel, files["ours"] = report.model, Path(report.onnx)
     files["ours_pre"] = _pre_process(files["ours"])
     for key, per_channel, pre in (("static_pc", True, True), ("static_pt", False, True), ("static_nopre", True, False)):
         files[key] = ort_quantize_static(fused, calib, IMAGENET, work / f"{key}.onnx", config, per_channel=per_channel,

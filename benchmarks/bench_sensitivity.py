@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 
 from qarep_dense.config import load_config
-from qarep_dense.deploy import reparameterize
-from qarep_dense.evaluation.evaluators import EvalRequest
-from qarep_dense.quant import QuantConfig, quantize_partial, quantize_ptq, rank_layers
+from qarep_dense.quant import quantize_partial, rank_layers
 from qarep_dense.quant.calibration import collect_batches
 from qarep_dense.tasks.detection import DetConfig, train
-from qarep_dense.tasks.registry import load_model, task_module
+from qarep_dense.tasks.quant_check import CheckOptions, QuantConfig, quantize_and_check
+from qarep_dense.tasks.registry import get_task, load_fused
+from qarep_dense.tasks.splits import request_for
 from _timing import append_report  # benchmarks/ is the script's folder, first on sys.path  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "det" / "synthetic_repvgg.toml"
@@ -76,14 +76,13 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(2)
     ckpt = checkpoint(args)
-    model, meta = load_model(ckpt, "det")
-    fused = reparameterize(model).eval()
-    evaluator = task_module("det").make_evaluator(EvalRequest(ckpt, meta, batch_size=args.batch_size, progress=False))
+    fused, meta = load_fused(ckpt, "det")
+    evaluator = get_task("det").make_evaluator(request_for(ckpt, meta, batch_size=args.batch_size, progress=False))
     config = QuantConfig(num_calib_batches=args.calib_batches)
     loader, pre = evaluator.calibration_loader(), evaluator.preprocess
-    qmodel, _ = quantize_ptq(fused, loader, pre, config, progress=False)
+    report = quantize_and_check(fused, loader, pre, config, evaluator, CheckOptions(ort=False, progress=False))
+    qmodel, fp32, int8 = report.model, report.fp32, report.int8
     batches = collect_batches(loader, args.num_batches)
-    fp32, int8 = evaluator.evaluate(fused)["AP"], evaluator.evaluate(qmodel)["AP"]
 
     start = time.perf_counter()
     fast = rank_layers(qmodel, batches, pre, progress=False)

@@ -17,6 +17,7 @@ from qarep_dense.evaluation import evaluate_classifier  # noqa: E402
 from qarep_dense.layers import reparameterize  # noqa: E402
 from qarep_dense.models import build_classifier  # noqa: E402
 from qarep_dense.quant import QuantConfig, quantize_ptq  # noqa: E402
+from qarep_dense.tasks import ptq_study  # noqa: E402
 from tools import ptq_eval  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -96,7 +97,8 @@ def test_ptq_eval_refuses_mismatched_checkpoints(setup, capsys):
     five = save_checkpoint(tmp / "five.pt", build_classifier("test", "qarepvgg", 5, stem_stride=1).state_dict(),
                            _meta("test", "qarepvgg", 5))
     with pytest.raises(CheckpointError, match="model has 5 classes but .* has 3"):
-        ptq_eval.run(ptq_eval.parse_args(["--checkpoints", str(five), "--data", str(root), "--no-progress"]))
+        args = ptq_eval.parse_args(["--checkpoints", str(five), "--data", str(root), "--no-progress"])
+        ptq_study.run_study(ptq_eval.study_of(args))
     assert ptq_eval.main(["--checkpoints", str(tmp / "missing.pt"), "--data", str(root)]) == 2
     assert "checkpoint file not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -119,7 +121,7 @@ def test_unwritable_out_fails_before_any_work(setup, tmp_path, monkeypatch, caps
     def no_work(*args, **kwargs):
         raise AssertionError("evaluation started before --out was checked")
 
-    monkeypatch.setattr(ptq_eval, "load_fused", no_work)
+    monkeypatch.setattr(ptq_study, "load_fused", no_work)
     assert ptq_eval.main(_args(setup, blocker / "out")) == 2
     assert "--out " in (err := capsys.readouterr().err) and "cannot write results there" in err
     assert ptq_eval.main(_args(setup, blocker)) == 2  # --out naming an existing file
@@ -127,7 +129,7 @@ def test_unwritable_out_fails_before_any_work(setup, tmp_path, monkeypatch, caps
 
 
 def test_rows_are_printed_and_written_as_they_are_computed(setup, tmp_path, monkeypatch, capsys):
-    real = ptq_eval.evaluate_row
+    real = ptq_study.evaluate_row
     calls = []
 
     def fail_second(*args, **kwargs):
@@ -136,14 +138,25 @@ def test_rows_are_printed_and_written_as_they_are_computed(setup, tmp_path, monk
             raise ValueError("simulated failure in the second row")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ptq_eval, "evaluate_row", fail_second)
+    monkeypatch.setattr(ptq_study, "evaluate_row", fail_second)
     out = tmp_path / "out"
     assert ptq_eval.main(_args(setup, out, "--calibrator", "max", "percentile")) == 2
     printed = capsys.readouterr().out
     assert "[1/2] repvgg max: FP32 " in printed and "INT8 " in printed
-    rows = json.loads((out / "ptq_table.json").read_text())["rows"]
-    assert [(r["model"], r["calibrator"]) for r in rows] == [("repvgg", "max")]  # the finished row survived
-    assert "| repvgg | repvgg | max |" in (out / "ptq_table.md").read_text()
+    table = json.loads((out / "ptq_table.json").read_text())
+    assert [(r["model"], r["calibrator"]) for r in table["rows"]] == [("repvgg", "max")]  # the finished row survived
+    assert "| repvgg | repvgg | max |" in (md := (out / "ptq_table.md").read_text())
+    # ... and the interrupted table says it is partial, in both the markdown and the json
+    assert md.startswith("partial: 1 of 2 rows")
+    assert (table["complete"], table["rows_done"], table["rows_total"]) == (False, 1, 2)
+
+
+def test_a_finished_table_is_not_marked_partial(setup, tmp_path):
+    out = tmp_path / "out"
+    assert ptq_eval.main(_args(setup, out, "--calibrator", "max", "percentile")) == 0
+    table = json.loads((out / "ptq_table.json").read_text())
+    assert (table["complete"], table["rows_done"], table["rows_total"]) == (True, 2, 2)
+    assert "partial" not in (out / "ptq_table.md").read_text()
 
 
 def test_reused_out_removes_only_its_own_onnx_files(setup, tmp_path):
@@ -189,7 +202,7 @@ def test_same_checkpoint_twice_is_refused(setup, tmp_path, capsys):
 
 def test_labels_stay_distinct_for_same_named_checkpoints(tmp_path):
     paths = [tmp_path / "a" / "x" / "deploy.pt", tmp_path / "b" / "x" / "deploy.pt", tmp_path / "c" / "best.pt"]
-    assert ptq_eval.model_labels(paths) == ["a/x/deploy", "b/x/deploy", "best"]
+    assert ptq_study.model_labels(paths) == ["a/x/deploy", "b/x/deploy", "best"]
 
 
 def test_checkpoint_of_another_task_is_refused_by_name(setup, tmp_path, capsys):

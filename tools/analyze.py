@@ -24,9 +24,8 @@ if sys.path[:1] != [_ROOT]:
 import torch  # noqa: E402
 
 from qarep_dense.analysis import Thresholds, analyze_model  # noqa: E402
-from qarep_dense.data.preprocess import Preprocess  # noqa: E402
-from qarep_dense.engine.checkpoint import CheckpointError  # noqa: E402
-from qarep_dense.tasks.registry import load_model  # noqa: E402
+from qarep_dense.tasks.classification import preprocess_of, validation_loader  # noqa: E402
+from qarep_dense.tasks.registry import CheckpointError, load_model  # noqa: E402
 
 log = logging.getLogger("analyze")
 # Any task's rep-block network: the weight and BN analyses need only its modules; real-image inputs (--data)
@@ -80,12 +79,10 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _image_batches(args: argparse.Namespace, meta: dict, image_size: int) -> Iterator[torch.Tensor]:
     """Preprocessed validation batches, exactly as evaluation would feed them."""
-    from qarep_dense.data.imagefolder import make_cls_loader  # only needed with --data
-
     if "preprocess" not in meta:
         raise ValueError(f"{args.checkpoint}: metadata has no 'preprocess' (mean/std); cannot prepare real images")
-    preprocess = Preprocess(mean=tuple(meta["preprocess"]["mean"]), std=tuple(meta["preprocess"]["std"]))
-    loader = make_cls_loader(args.data, image_size, args.batch_size, train=False, workers=args.workers)
+    preprocess = preprocess_of(meta)
+    loader = validation_loader(args.data, image_size, args.batch_size, args.workers)
     for images, _ in itertools.islice(loader, args.num_batches):
         yield preprocess(images.to(args.device))
 

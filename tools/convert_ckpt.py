@@ -24,7 +24,7 @@ if sys.path[:1] != [_ROOT]:
     sys.path.insert(0, _ROOT)
 
 from qarep_dense.convert import SOURCES, ConversionError, convert_checkpoint  # noqa: E402
-from qarep_dense.engine.checkpoint import CheckpointError  # noqa: E402
+from qarep_dense.tasks.registry import CheckpointError  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

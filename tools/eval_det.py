@@ -19,13 +19,9 @@ _ROOT = str(Path(__file__).resolve().parents[1])  # this checkout: `python tools
 if sys.path[:1] != [_ROOT]:
     sys.path.insert(0, _ROOT)
 
-from qarep_dense.data.preprocess import Preprocess  # noqa: E402
-from qarep_dense.engine.checkpoint import CheckpointError  # noqa: E402
-from qarep_dense.evaluation.coco import COCOEvaluator  # noqa: E402
-from qarep_dense.evaluation.detection import evaluate_detector  # noqa: E402
-from qarep_dense.layers import reparameterize  # noqa: E402
-from qarep_dense.tasks.registry import load_model  # noqa: E402
-from qarep_dense.tasks.detection import loaders_from_meta  # noqa: E402
+from qarep_dense.tasks.cli import USER_ERRORS  # noqa: E402
+from qarep_dense.tasks.registry import fuse, get_task, load_model  # noqa: E402
+from qarep_dense.tasks.splits import request_for  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,17 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         model, meta = load_model(args.checkpoint, "det")
-        cfg, val, _ = loaders_from_meta(meta, str(args.checkpoint), args.data, args.image_size, args.batch_size,
-                                        args.workers)
-    except (CheckpointError, FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as err:
+        evaluator = get_task("det").make_evaluator(request_for(args.checkpoint, meta, args.data, args.batch_size,
+                                                               args.workers, args.device, args.image_size))
+    except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.fuse:
-        model = reparameterize(model)
-    model = model.to(args.device)
-    coco = COCOEvaluator(val.dataset.ann_file, val.dataset.category_ids)
-    metrics = evaluate_detector(model, val, coco, Preprocess(**meta["preprocess"]), model.strides, model.reg_max,
-                                args.device, cfg.eval, progress=True)
+        model = fuse(model, meta)
+    metrics = evaluator.evaluate_fractions(model.to(args.device))
     result = {"checkpoint": str(args.checkpoint), "fused": bool(meta.get("fused") or args.fuse), **metrics}
     print(json.dumps(result, indent=2))
     if args.out:

@@ -28,8 +28,8 @@ _ROOT = str(Path(__file__).resolve().parents[1])  # this checkout: `python tools
 if sys.path[:1] != [_ROOT]:
     sys.path.insert(0, _ROOT)
 
-from qarep_dense.engine.checkpoint import CheckpointError  # noqa: E402
 from qarep_dense.inference import InferOptions, run_inference  # noqa: E402
+from qarep_dense.tasks.registry import CheckpointError  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> InferOptions:

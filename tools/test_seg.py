@@ -19,11 +19,8 @@ _ROOT = str(Path(__file__).resolve().parents[1])  # this checkout: `python tools
 if sys.path[:1] != [_ROOT]:
     sys.path.insert(0, _ROOT)
 
-from qarep_dense.engine.checkpoint import save_checkpoint  # noqa: E402
-from qarep_dense.evaluation.evaluators import EvalRequest  # noqa: E402
-from qarep_dense.layers.rep import reparameterize  # noqa: E402
 from qarep_dense.tasks.cli import USER_ERRORS  # noqa: E402
-from qarep_dense.tasks.registry import load_model  # noqa: E402
+from qarep_dense.tasks.registry import EvalRequest, fuse, load_model, save_checkpoint  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -45,7 +42,7 @@ def run(args: argparse.Namespace) -> dict:
     model = model.to(args.device)
     evaluator = make_evaluator(EvalRequest(args.checkpoint, meta, args.data, None, args.batch_size, args.workers,
                                            args.device, progress=not args.no_progress))
-    deploy = model if meta.get("fused") else reparameterize(model)
+    deploy = fuse(model, meta)
     rows = {"deploy": evaluator.evaluate(deploy)}
     if not meta.get("fused"):
         rows["train_form"] = evaluator.evaluate(model)

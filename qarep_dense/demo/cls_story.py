@@ -41,26 +41,25 @@ def quant_variants(deploy_path: str | os.PathLike, data_root: str | os.PathLike,
     Also returns "repaired_channels" (input channels the repair zeroed) and "repair" (the repair's
     summary: channels dead on calibration but alive on the held-out batch, FP32 agreement there).
     """
-    from ..data.imagefolder import make_cls_loader
-    from ..data.preprocess import Preprocess
-    from ..evaluation.classification import evaluate_classifier
-    from ..quant import QuantConfig, quantize_ptq
-    from ..tasks.registry import load_model
+    from ..tasks.quant_check import CheckOptions, QuantConfig, quantize_and_check
+    from ..tasks.registry import get_task, load_model
+    from ..tasks.splits import request_for
 
     model, meta = load_model(deploy_path, "cls")
     if not meta.get("fused"):
         raise ValueError(f"{deploy_path}: expected a fused (deploy) checkpoint")
-    pre = Preprocess(**meta["preprocess"])
-    size = meta["image_size"]
-    val = make_cls_loader(data_root, size, 120, train=False)
-    calib = make_cls_loader(data_root, size, batch_size, train=False, split="train", shuffle=True)
+    # one loader size for both splits: the validation batch does not change top-1, the calibration batch does
+    evaluator = get_task("cls").make_evaluator(request_for(deploy_path, meta, data_root, batch_size,
+                                                           progress=progress))
 
     def top1(m: nn.Module) -> float:
-        return float(evaluate_classifier(m, val, pre, progress=progress)["top1"])
+        return float(evaluator.evaluate(m)["top1"])
 
     def ptq(calibrator: str, repair: bool = False):
         cfg = QuantConfig(calibrator=calibrator, num_calib_batches=calib_batches, repair_dead_channels=repair)
-        return quantize_ptq(model, calib, pre, cfg, progress=progress)
+        report = quantize_and_check(model, evaluator.calibration_loader(), evaluator.preprocess, cfg, evaluator,
+                                    CheckOptions(evaluate=False, ort=False, progress=progress))
+        return report.model, report.ptq
 
     out: dict = {"fp32": top1(model)}
     q, _ = ptq("max")

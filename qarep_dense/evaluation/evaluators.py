@@ -1,8 +1,8 @@
 """Task evaluators for the FP32-vs-INT8 tools: one small protocol, one implementation per task.
 
 Classification and detection (COCO mAP) are implemented here; segmentation (mIoU through mmseg's
-metric) lives with its mmseg adapter and implements the same members. Each task module turns an
-:class:`EvalRequest` into its evaluator (``qarep_dense.tasks.<task>.make_evaluator``).
+metric) lives in :mod:`qarep_dense.evaluation.segmentation` and implements the same members. Each task's
+row turns an :class:`EvalRequest` into its evaluator (``qarep_dense.tasks.registry.get_task(name).make_evaluator``).
 """
 from __future__ import annotations
 
@@ -74,11 +74,16 @@ class ClassificationEvaluator:
 
 
 class DetectionEvaluator:
-    """COCO mAP (percent, like the paper's tables) of a detector on a loader of (uint8 images, targets, infos)."""
+    """COCO mAP (percent, like the paper's tables) of a detector on a loader of (uint8 images, targets, infos).
+
+    The one place a detector is scored: training runs, ``tools/eval_det.py`` (fractions 0..1, as in the
+    checkpoints, through :meth:`evaluate_fractions`) and the INT8 tools (percent, :meth:`evaluate`).
+    """
 
     metric_name = "AP"
 
-    def __init__(self, val_loader: Iterable, calib_loader: Iterable, preprocess: Preprocess, strides: tuple[int, ...],
+    def __init__(self, val_loader: Iterable, calib_loader: Iterable | None, preprocess: Preprocess,
+                 strides: tuple[int, ...],
                  reg_max: int, device: str | torch.device = "cpu", settings=None, progress: bool = True):
         from ..evaluation.coco import COCOEvaluator
         from ..evaluation.detection import DetEvalSettings
@@ -88,12 +93,17 @@ class DetectionEvaluator:
         self.settings = settings or DetEvalSettings()
         self.coco = COCOEvaluator(val_loader.dataset.ann_file, val_loader.dataset.category_ids)
 
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
+    def evaluate_fractions(self, model: nn.Module) -> dict[str, float]:
+        """pycocotools' numbers as they are (AP, AP50, ... in 0..1)."""
         from ..evaluation.detection import evaluate_detector
 
-        metrics = evaluate_detector(model, self.val_loader, self.coco, self.preprocess, self.strides, self.reg_max,
-                                    self.device, self.settings, progress=self.progress)
-        return {k: 100.0 * v for k, v in metrics.items()}
+        return evaluate_detector(model, self.val_loader, self.coco, self.preprocess, self.strides, self.reg_max,
+                                 self.device, self.settings, progress=self.progress)
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        return {k: 100.0 * v for k, v in self.evaluate_fractions(model).items()}
 
     def calibration_loader(self) -> Iterable:
+        if self.calib_loader is None:
+            raise ValueError("this detection evaluator was built without a calibration loader")
         return self.calib_loader

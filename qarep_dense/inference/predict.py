@@ -18,9 +18,8 @@ import numpy as np
 import torch
 
 from ..data.preprocess import Preprocess
-from ..engine.checkpoint import CheckpointError
-from ..layers import reparameterize
-from ..tasks.registry import load_model
+from ..tasks.quant_check import CheckOptions, QuantConfig, quantize_and_check
+from ..tasks.registry import CheckpointError, load_fused
 from .draw import draw_boxes, draw_labels, draw_mask
 from .io import OutputFolder, list_images, output_names, read_rgb
 
@@ -54,12 +53,9 @@ def class_names(meta: dict, num_classes: int) -> list[str]:
         if root.is_dir():
             names = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not names and meta.get("task") == "seg" and meta.get("mmseg_config"):
-        from mmseg.registry import DATASETS
+        from ..tasks.segmentation import dataset_class_names
 
-        from qarep_dense.integrations import mmseg as mm
-
-        dataset = DATASETS.get(mm.config_from_text(meta["mmseg_config"]).test_dataloader.dataset.type)
-        names = getattr(dataset, "METAINFO", {}).get("classes")
+        names = dataset_class_names(meta)
     return list(names) if names and len(names) == num_classes else [str(i) for i in range(num_classes)]
 
 
@@ -85,21 +81,10 @@ def make_prepare(task: str, size: int | None, meta: dict):
 
 def seg_prepare(meta: dict):
     """The checkpoint's mmseg test pipeline without its annotation steps (the evaluation's resize)."""
-    from mmengine.dataset import Compose
-    from mmengine.registry import DefaultScope
+    from ..tasks.segmentation import image_pipeline
 
-    from qarep_dense.integrations import mmseg as mm
-
-    cfg = mm.config_from_text(meta["mmseg_config"])
-    steps = [s for s in cfg.test_dataloader.dataset.pipeline if s["type"] not in ("LoadAnnotations", "CheckSegLabels")]
-    with DefaultScope.overwrite_default_scope("mmseg"):
-        pipeline = Compose(steps)
-
-    def prepare_seg(path: Path, img: np.ndarray):
-        with DefaultScope.overwrite_default_scope("mmseg"):
-            item = pipeline({"img_path": str(path)})
-        return item["inputs"].flip(0), {}  # mmseg loads BGR; the model takes RGB (as its evaluation loader)
-    return prepare_seg
+    pipeline = image_pipeline(meta)
+    return lambda path, img: (pipeline(path), {})
 
 
 @torch.no_grad()
@@ -121,8 +106,7 @@ def int8_model(fused: torch.nn.Module, calib: list[torch.Tensor], preprocess: Pr
                precision: str) -> tuple[torch.nn.Module, dict]:
     """Max-calibrated QDQ export of ``fused`` run in onnxruntime; calib: uint8 (3, H, W) images
     (batched by 8 where sizes agree; any input size runs when they differ, as for a segmentor)."""
-    from qarep_dense.deploy.ort import OrtModule
-    from qarep_dense.quant import QuantConfig, check_ort_int8, export_qdq_onnx, quantize_ptq
+    from ..deploy.ort import OrtModule
 
     batches: list[torch.Tensor] = []
     for image in calib:
@@ -131,18 +115,16 @@ def int8_model(fused: torch.nn.Module, calib: list[torch.Tensor], preprocess: Pr
         else:
             batches.append(image[None])
     any_size = len({tuple(b.shape[1:]) for b in batches}) > 1
-    qmodel, _ = quantize_ptq(fused, batches, preprocess, QuantConfig(calibrator="max", num_calib_batches=len(batches)),
-                             progress=False)
-    example = preprocess(batches[0])
     with tempfile.TemporaryDirectory() as tmp:  # the checks write side files: keep them out of OUT
-        path = export_qdq_onnx(qmodel, example, Path(tmp) / "model_int8.onnx", dynamic_hw=any_size)
-        with torch.no_grad():
-            check = check_ort_int8(path, example, qmodel(example), pre_process=False, precision=precision)
+        report = quantize_and_check(fused, batches, preprocess, QuantConfig(num_calib_batches=len(batches)),
+                                    options=CheckOptions(ort_precision=precision, ort_pre_process=False,
+                                                         onnx_path=Path(tmp) / "model_int8.onnx",
+                                                         dynamic_hw=any_size, progress=False))
         onnx_path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, onnx_path)
-    info = {"onnx": str(onnx_path), "calib_images": len(calib), "integer_convs": f"{check.integer_convs}/"
-            f"{check.convs_total}", "ort_kernels": check.kernels, "ort_vs_fake_quant_rel_error": check.rel_error}
-    return OrtModule(onnx_path, precise_int8=check.kernels == "precise"), info
+        shutil.copyfile(report.onnx, onnx_path)
+    info = {"onnx": str(onnx_path), "calib_images": len(calib), "integer_convs": f"{report.integer_convs}/"
+            f"{report.convs}", "ort_kernels": report.kernels, "ort_vs_fake_quant_rel_error": report.ort.rel_error}
+    return OrtModule(onnx_path, precise_int8=report.kernels == "precise"), info
 
 
 def predict_boxes(net, x: torch.Tensor, img: np.ndarray, geometry: dict, fused, labels: list[str],
@@ -180,9 +162,8 @@ def predict_labels(net, x: torch.Tensor, img: np.ndarray, labels: list[str], top
 
 def run_inference(opts: InferOptions) -> dict:
     """Predict on ``opts.images``, draw into ``opts.out`` and write predictions.json; returns its content."""
-    model, meta = load_model(opts.checkpoint)
+    fused, meta = load_fused(opts.checkpoint)
     task = meta["task"]
-    fused = (model if meta.get("fused") else reparameterize(model)).eval()
     size = opts.image_size or meta.get("image_size")
     if not size and task != "seg":  # a segmentor's test pipeline carries its own resize
         raise CheckpointError(f"{opts.checkpoint}: no image_size in the checkpoint; pass --image-size")

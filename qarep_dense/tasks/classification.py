@@ -34,8 +34,8 @@ from ..evaluation.evaluators import ClassificationEvaluator, EvalRequest
 from ..fileio import write_json_atomic
 from ..layers import BLOCK_TYPES
 from ..models.classifier import build_classifier
-from .registry import load_model
 from ..models.zoo import CLASSIFIER_ARCHS
+from .base import TaskRow, require_meta
 from .common import RepOptConfig, TrainConfig, finalize_run, run_training
 from ..optim import build_repopt_sgd, custom_l2_penalty, param_groups
 
@@ -156,6 +156,8 @@ def build_optimizer(cfg: ClsConfig, model: nn.Module, reinit: bool = True) -> to
     """
     o = cfg.optim
     if cfg.repopt.hs_checkpoint:
+        from .registry import load_model  # the registry imports this module
+
         hs_model, hs_meta = load_model(cfg.repopt.hs_checkpoint, "cls")
         if hs_meta.get("block") != "hs" or hs_meta.get("fused") or hs_meta.get("arch") != cfg.model.arch:
             raise ConfigError(f"repopt.hs_checkpoint {cfg.repopt.hs_checkpoint}: expected an unfused 'hs' model of "
@@ -261,15 +263,35 @@ def train(cfg: ClsConfig, work_dir: str | os.PathLike, resume: bool = False,
                         overwrite=overwrite)
 
 
-# --- saved checkpoints (the task registry's entry points) ----------------------------------------
+# --- saved checkpoints (the task's row) ---------------------------------------------------------
 
 
 def build_model_from_meta(meta: dict, source: str = "checkpoint") -> nn.Module:
     """The train-form classifier a checkpoint's metadata describes."""
-    from .registry import require_meta
-
     require_meta(meta, ("arch", "block", "num_classes"), source)
     return build_classifier(meta["arch"], meta["block"], meta["num_classes"], stem_stride=meta.get("stem_stride", 2))
+
+
+def converted_meta(meta: dict, image_size: int | None = None, data_config: str | os.PathLike | None = None) -> dict:
+    """A converted classifier's metadata with what the tools read: input size (default 224), ImageNet
+    preprocessing and a training config (``data_config`` is for detectors and must be None here)."""
+    if data_config is not None:
+        raise ConfigError("--data-config is for detectors; a classifier's data is given to the tools with --data")
+    size = image_size or 224
+    cfg = ClsConfig(model=ModelConfig(meta["arch"], meta["block"], meta["num_classes"], meta["stem_stride"]),
+                    data=DataConfig(image_size=size))
+    return {**meta, "image_size": size, "preprocess": IMAGENET.as_dict(), "config": config_to_dict(cfg)}
+
+
+def preprocess_of(meta: dict) -> Preprocess:
+    """The checkpoint's uint8 -> float step (ImageNet mean/std when it records none)."""
+    given = meta.get("preprocess")
+    return Preprocess(mean=tuple(given["mean"]), std=tuple(given["std"])) if given else Preprocess()
+
+
+def validation_loader(data: str | os.PathLike, image_size: int, batch_size: int, workers: int = 0):
+    """The evaluation's loader over ``data``/val (uint8 images with the eval resize / crop, labels)."""
+    return make_cls_loader(data, image_size, batch_size, train=False, workers=workers)
 
 
 def make_evaluator(request: EvalRequest) -> ClassificationEvaluator:
@@ -282,12 +304,15 @@ def make_evaluator(request: EvalRequest) -> ClassificationEvaluator:
     size = request.image_size or meta.get("image_size")
     if not size:
         raise CheckpointError(f"{request.checkpoint}: no image_size in the checkpoint; pass --image-size")
-    val = make_cls_loader(request.data, size, request.batch_size, train=False, workers=request.workers)
+    val = validation_loader(request.data, size, request.batch_size, request.workers)
     calib = make_cls_loader(request.data, size, request.batch_size, train=False, workers=request.workers,
                             split="train", shuffle=True)
     classes = len(val.dataset.classes)
     if classes != meta["num_classes"]:
         raise CheckpointError(f"{request.checkpoint}: model has {meta['num_classes']} classes but {request.data} "
                               f"has {classes}")
-    preprocess = Preprocess(**meta["preprocess"]) if meta.get("preprocess") else Preprocess()
-    return ClassificationEvaluator(val, calib, preprocess, request.device, progress=request.progress)
+    return ClassificationEvaluator(val, calib, preprocess_of(meta), request.device, progress=request.progress)
+
+
+TASK = TaskRow("cls", "classification", "top1", build_model_from_meta, make_evaluator, converted_meta,
+               foreign_sources=("timm", "repvgg"))

@@ -28,14 +28,14 @@ from ..engine.distributed import DistInfo, barrier
 from ..engine.hooks import CheckpointHook, EMAHook, EpochCallbackHook, EvalHook, LoggerHook, YoloV6LRHook
 from ..engine.logging import MetricLogger
 from ..engine.trainer import Trainer, accumulate_steps
-from ..evaluation.coco import COCOEvaluator
-from ..evaluation.detection import DetEvalSettings, evaluate_detector
-from ..evaluation.evaluators import EvalRequest
+from ..evaluation.detection import DetEvalSettings
+from ..evaluation.evaluators import DetectionEvaluator, EvalRequest
 from ..layers import BLOCK_TYPES
 from ..losses import DetectionLoss
 from ..models.detector import TORCH_BN_EPS, TORCH_BN_MOMENTUM, Detector, build_detector
 from ..models.zoo import DETECTOR_SCALES, detector_scale
 from ..ops import make_anchor_points
+from .base import TaskRow, require_meta
 from .common import RepOptConfig, TrainConfig, finalize_run, run_training
 
 log = logging.getLogger(__name__)
@@ -240,13 +240,9 @@ def make_det_step(model: Detector, loss_fn: DetectionLoss, device: torch.device)
 
 
 def make_det_evaluator(cfg: DetConfig, val_loader, strides: tuple[int, ...], reg_max: int, device: torch.device):
-    evaluator = COCOEvaluator(val_loader.dataset.ann_file, val_loader.dataset.category_ids)
-
-    def evaluate(model: nn.Module) -> dict:
-        return evaluate_detector(model, val_loader, evaluator, DETECTION, strides, reg_max, device, cfg.eval,
-                                 progress=cfg.train.progress)
-
-    return evaluate
+    """The training run's ``evaluate(model) -> metrics`` (COCO fractions 0..1, the checkpoints' scale)."""
+    return DetectionEvaluator(val_loader, None, DETECTION, strides, reg_max, device, cfg.eval,
+                              progress=cfg.train.progress).evaluate_fractions
 
 
 def build_det_trainer(cfg: DetConfig, work_dir: Path, dist: DistInfo, device: torch.device, resume: bool):
@@ -315,7 +311,7 @@ def train(cfg: DetConfig, work_dir: str | os.PathLike, resume: bool = False, dev
                         unrecorded={"bn_eps": TORCH_BN_EPS, "bn_momentum": TORCH_BN_MOMENTUM})
 
 
-# --- evaluation of saved checkpoints (tools/eval_det.py, tools/ptq_eval.py) ------------------------
+# --- saved checkpoints (the task's row) ---------------------------------------------------------
 
 
 def loaders_from_meta(meta: dict, source: str, data_root: str | os.PathLike | None = None,
@@ -350,8 +346,6 @@ def build_model_from_meta(meta: dict, source: str = "checkpoint") -> nn.Module:
     A checkpoint without ``bn_eps`` / ``bn_momentum`` was trained with PyTorch's BatchNorm defaults
     (1e-5 / 0.1) and is rebuilt with them, so its outputs do not change.
     """
-    from .registry import require_meta
-
     require_meta(meta, ("scale", "block", "num_classes"), source)
     return build_detector(meta["scale"], meta["block"], meta["num_classes"], use_dfl=meta.get("use_dfl", False),
                           reg_max=meta.get("reg_max", 16), head_act=meta.get("head_act", "silu"),
@@ -359,13 +353,42 @@ def build_model_from_meta(meta: dict, source: str = "checkpoint") -> nn.Module:
                           bn_momentum=meta.get("bn_momentum", TORCH_BN_MOMENTUM))
 
 
-def make_evaluator(request: EvalRequest):
+def make_evaluator(request: EvalRequest) -> DetectionEvaluator:
     """COCO mAP (percent) on the val split of the checkpoint's training data (or ``request.data``, same layout)."""
-    from ..evaluation.evaluators import DetectionEvaluator
-
     cfg, val, calib = loaders_from_meta(request.meta, str(request.checkpoint), request.data, request.image_size,
                                         request.batch_size, request.workers)
     model = build_model_from_meta(request.meta, str(request.checkpoint))
     return DetectionEvaluator(val, calib, DETECTION if not request.meta.get("preprocess")
                               else Preprocess(**request.meta["preprocess"]), model.strides, model.reg_max,
                               request.device, cfg.eval, progress=request.progress)
+
+
+def converted_meta(meta: dict, image_size: int | None = None, data_config: str | os.PathLike | None = None) -> dict:
+    """A converted detector's metadata with a training config whose data section the evaluators read.
+
+    Default: the COCO 2017 recipe (``--data COCO_ROOT``) at 640; ``data_config``: a detection TOML whose
+    data / eval sections are kept (its model section is replaced). Category ids and names: COCO's 80
+    when the detector has 80 classes, else 1..N / class0..
+    """
+    from dataclasses import replace
+
+    from ..config import load_config
+    from ..convert import COCO80_IDS, COCO80_NAMES
+
+    size = image_size or 640
+    if size % 32:
+        raise ConfigError(f"--image-size must be a multiple of 32 for a detector, got {size}")
+    model_cfg = DetModelConfig(meta["scale"], meta["block"], meta["num_classes"], meta["use_dfl"], meta["reg_max"],
+                               meta["head_act"], meta["bn_eps"], meta["bn_momentum"])
+    base = load_config(data_config, DetConfig) if data_config else DetConfig()
+    # replace() re-runs the config's cross-key checks with the converted model
+    cfg = replace(base, model=model_cfg, data=replace(base.data, image_size=size))
+    n = meta["num_classes"]
+    coco = n == len(COCO80_IDS)
+    return {**meta, "image_size": size, "preprocess": DETECTION.as_dict(),
+            "category_ids": COCO80_IDS if coco else list(range(1, n + 1)),
+            "names": COCO80_NAMES if coco else [f"class{i}" for i in range(n)], "config": config_to_dict(cfg)}
+
+
+TASK = TaskRow("det", "detection", "AP", build_model_from_meta, make_evaluator, converted_meta,
+               foreign_sources=("yolov6",))

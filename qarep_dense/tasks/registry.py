@@ -1,71 +1,53 @@
-"""Tasks by name: rebuild a model from a checkpoint's plain metadata, and score it.
+"""Tasks by name, and the one way to load a checkpoint: ours (train-form or deploy) or a foreign one.
 
-Each task lives in its own module (``qarep_dense.tasks.<module>``) that provides
+    row = get_task("det")                        # a TaskRow: build_model, make_evaluator, metric ...
+    model, meta = load_model(path, "cls")        # as saved (train form or deploy form), eval mode
+    fused, meta = load_fused(path)               # always the fused deploy form, ready for INT8
+    fused, meta = load_fused("repvgg_a0.safetensors", source_format="timm")  # converted on the fly
 
-    build_model_from_meta(meta: dict) -> nn.Module           # the train-form network the meta describes
-    make_evaluator(request: EvalRequest) -> Evaluator         # FP32 / INT8 scoring on that task's data
-
-The modules are imported on first use, so asking for "cls" never imports mmseg and
-``import qarep_dense`` stays light. Tools look tasks up here by name; adding a task is one row.
+Importing the task modules does not import mmseg (the segmentation row loads it on first use), so
+``import qarep_dense.tasks.registry`` stays light.
 """
 from __future__ import annotations
 
-import importlib
+import hashlib
+import os
 from pathlib import Path
-from types import ModuleType
 
 from torch import nn
 
-from ..engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
-from ..layers.rep import reparameterize
+from ..deploy import reparameterize
+from ..engine.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
+from ..evaluation.evaluators import EvalRequest
+from . import classification, detection, segmentation
+from .base import TASK_NAMES, TaskRow, check_task, require_meta
 
-TASK_MODULES: dict[str, str] = {
-    "cls": "qarep_dense.tasks.classification",
-    "det": "qarep_dense.tasks.detection",
-    "seg": "qarep_dense.tasks.segmentation",
-}
-TASK_NAMES = {"cls": "classification", "det": "detection", "seg": "segmentation"}
+TASKS: dict[str, TaskRow] = {row.name: row for row in (classification.TASK, detection.TASK, segmentation.TASK)}
+TASK_MODULES = TASKS  # the former name (task -> module path); membership tests read the same
 
-
-def task_module(task: str) -> ModuleType:
-    """The module implementing ``task`` ("cls", "det" or "seg")."""
-    if task not in TASK_MODULES:
-        raise CheckpointError(f"unknown task {task!r}; expected one of {sorted(TASK_MODULES)}")
-    return importlib.import_module(TASK_MODULES[task])
+__all__ = ["TASKS", "TASK_NAMES", "TaskRow", "CheckpointError", "get_task", "check_task", "require_meta",
+           "build_model_from_meta", "load_model", "load_fused", "fuse", "foreign_meta", "reparameterize",
+           "save_checkpoint", "EvalRequest"]  # the last two: for the command lines, which import only tasks/
 
 
-def require_meta(meta: dict, keys: tuple[str, ...], source: str) -> None:
-    """Raise naming the file and every metadata key it lacks (never a bare KeyError)."""
-    missing = [k for k in keys if k not in meta]
-    if missing:
-        raise CheckpointError(f"{source}: checkpoint metadata has no {', '.join(map(repr, missing))} "
-                              f"(task {meta.get('task')!r}); was it written by another tool or converted "
-                              "without tools/convert_ckpt.py?")
-
-
-def check_task(meta: dict, expected: str | tuple[str, ...] | None, source: str) -> None:
-    """Refuse a checkpoint of another task, saying which was expected."""
-    if expected is None:
-        return
-    wanted = (expected,) if isinstance(expected, str) else tuple(expected)
-    task = meta.get("task")
-    if task not in wanted:
-        names = " or ".join(f"{t} ({TASK_NAMES.get(t, t)})" for t in wanted)
-        raise CheckpointError(f"{source}: this is a {task!r} ({TASK_NAMES.get(task, 'unknown')}) checkpoint, "
-                              f"but a {names} checkpoint is expected here")
+def get_task(task: str) -> TaskRow:
+    """The row of ``task`` ("cls", "det" or "seg")."""
+    if task not in TASKS:
+        raise CheckpointError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
+    return TASKS[task]
 
 
 def build_model_from_meta(meta: dict, source: str = "checkpoint") -> nn.Module:
     """The (train-form, or deploy-form if ``meta['fused']``) model a checkpoint describes."""
     require_meta(meta, ("task",), source)
-    model = task_module(meta["task"]).build_model_from_meta(meta, source)
+    model = get_task(meta["task"]).build_model(meta, source)
     if meta.get("fused"):
         model = reparameterize(model, fold_bn=meta.get("fold_bn", True))
     return model
 
 
 def load_model(path: str | Path, task: str | tuple[str, ...] | None = None) -> tuple[nn.Module, dict]:
-    """Load a checkpoint into a freshly built model; returns (model in eval mode, meta).
+    """Load one of our checkpoints into a freshly built model; returns (model in eval mode, meta).
 
     ``task``: the task(s) the caller can handle; another task's checkpoint is refused by name.
     """
@@ -75,3 +57,51 @@ def load_model(path: str | Path, task: str | tuple[str, ...] | None = None) -> t
     model = build_model_from_meta(meta, str(path))
     load_model_state(model, payload["model"], source=str(path))
     return model.eval(), meta
+
+
+def fuse(model: nn.Module, meta: dict) -> nn.Module:
+    """The deploy form of a loaded model: fused here unless ``meta['fused']`` says it already is."""
+    return (model if meta.get("fused") else reparameterize(model)).eval()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def foreign_meta(meta: dict, src: str | os.PathLike, source_format: str, image_size: int | None = None,
+                 data_config: str | os.PathLike | None = None) -> dict:
+    """The metadata of a checkpoint converted from ``src``: the converter's model keys, completed by its task's
+    row (input size, preprocessing, training config) and the file it came from."""
+    row = get_task(meta["task"])
+    if row.converted_meta is None:
+        raise CheckpointError(f"{src}: {row.title} checkpoints cannot be converted")
+    src = Path(src)
+    converted = {"source": source_format, "file": src.name, "sha256": _sha256(src)}
+    return {**row.converted_meta(meta, image_size, data_config), "converted_from": converted}
+
+
+def load_fused(path: str | os.PathLike, task: str | tuple[str, ...] | None = None,
+               source_format: str | None = None, device: str = "cpu", image_size: int | None = None,
+               data_config: str | os.PathLike | None = None, **convert_args: str | None) -> tuple[nn.Module, dict]:
+    """The fused (deploy-form) float model of a checkpoint, in eval mode on ``device``, and its metadata.
+
+    path: our checkpoint (train or deploy form), or with ``source_format`` ("timm", "repvgg", "yolov6") a
+    foreign file converted on the fly (nothing is written; ``convert_args``: arch / scale / block as
+    tools/convert_ckpt.py takes them; ``image_size`` / ``data_config`` complete its metadata).
+    task: the task(s) the caller can handle; another task's checkpoint is refused by name.
+    """
+    if source_format is None:
+        model, meta = load_model(path, task)
+    else:
+        from ..convert import convert_state
+
+        state, meta = convert_state(path, source_format, **convert_args)
+        meta = foreign_meta(meta, path, source_format, image_size, data_config)
+        check_task(meta, task, str(path))
+        model = build_model_from_meta(meta, str(path))
+        load_model_state(model, state, source=str(path))
+    return fuse(model, meta).to(device), meta

@@ -26,6 +26,7 @@ from ..evaluation.evaluators import EvalRequest
 from ..evaluation.segmentation import SegmentationEvaluator
 from ..layers.rep import reparameterize
 from ..fileio import write_json_atomic
+from .base import TaskRow, require_meta
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +163,6 @@ def train(config: str | os.PathLike, work_dir: str | os.PathLike | None = None, 
 
 def build_model_from_meta(meta: dict, source: str = "checkpoint") -> nn.Module:
     """The train-form segmentor (tensor in, logits out) a checkpoint's metadata describes."""
-    from .registry import require_meta
-
     require_meta(meta, ("mmseg_config", "arch", "block", "num_classes"), source)
     return _mm().model_from_meta(meta)
 
@@ -177,3 +176,33 @@ def make_evaluator(request: EvalRequest) -> SegmentationEvaluator:
     ignore = int(cfg.model.decode_head.get("ignore_index", 255))
     return SegmentationEvaluator(val, calib, mm.preprocess_of(cfg), mm.iou_metric_factory(metainfo, ignore),
                                  request.device, request.progress)
+
+
+def dataset_class_names(meta: dict) -> list[str] | None:
+    """The class names of the checkpoint's mmseg dataset class, None if it declares none."""
+    from mmseg.registry import DATASETS
+
+    dataset = DATASETS.get(_mm().config_from_text(meta["mmseg_config"]).test_dataloader.dataset.type)
+    names = getattr(dataset, "METAINFO", {}).get("classes")
+    return list(names) if names else None
+
+
+def image_pipeline(meta: dict):
+    """``prepare(path) -> uint8 RGB (3, H, W)``: the checkpoint's mmseg test pipeline without its annotation
+    steps (the evaluation's resize), for a user's images."""
+    from mmengine.dataset import Compose
+    from mmengine.registry import DefaultScope
+
+    cfg = _mm().config_from_text(meta["mmseg_config"])
+    steps = [s for s in cfg.test_dataloader.dataset.pipeline if s["type"] not in ("LoadAnnotations", "CheckSegLabels")]
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        pipeline = Compose(steps)
+
+    def prepare(path: Path) -> torch.Tensor:
+        with DefaultScope.overwrite_default_scope("mmseg"):
+            item = pipeline({"img_path": str(path)})
+        return item["inputs"].flip(0)  # mmseg loads BGR; the model takes RGB (as its evaluation loader)
+    return prepare
+
+
+TASK = TaskRow("seg", "segmentation", "mIoU", build_model_from_meta, make_evaluator)

@@ -1,0 +1,65 @@
+"""The typed task interface: one :class:`TaskRow` per task (cls, det, seg).
+
+A row says how to rebuild a task's network from a checkpoint's plain metadata, how to score it
+(its :class:`~qarep_dense.evaluation.evaluators.Evaluator`), and how to complete the metadata of a
+converted foreign checkpoint. The rows themselves live next to their task's code
+(``classification.TASK``, ``detection.TASK``, ``segmentation.TASK``) and are looked up by name in
+:mod:`qarep_dense.tasks.registry`. Nothing here imports mmseg.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from ..engine.checkpoint import CheckpointError
+from ..evaluation.evaluators import EvalRequest, Evaluator
+
+TASK_NAMES = {"cls": "classification", "det": "detection", "seg": "segmentation"}
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    """One task of the toolkit.
+
+    name: "cls" | "det" | "seg"; title: "classification" ...; metric: the evaluator's headline key
+    ("top1", "AP", "mIoU"; higher is better).
+    build_model(meta, source) -> the train-form network the metadata describes (``source`` names the
+        file in errors).
+    make_evaluator(request) -> the task's evaluator (validation split + calibration loader on the
+        training split, both with the evaluation preprocessing).
+    converted_meta(meta, image_size, data_config) -> the metadata of a converted foreign checkpoint
+        completed with what the tools read (input size, preprocessing, a training config whose data
+        section the evaluator uses); None: the task has no foreign checkpoints.
+    foreign_sources: the ``convert`` sources this task's checkpoints can come from.
+    """
+
+    name: str
+    title: str
+    metric: str
+    build_model: Callable[[dict, str], nn.Module]
+    make_evaluator: Callable[[EvalRequest], Evaluator]
+    converted_meta: Callable[..., dict] | None = None
+    foreign_sources: tuple[str, ...] = ()
+
+
+def require_meta(meta: dict, keys: tuple[str, ...], source: str) -> None:
+    """Raise naming the file and every metadata key it lacks (never a bare KeyError)."""
+    missing = [k for k in keys if k not in meta]
+    if missing:
+        raise CheckpointError(f"{source}: checkpoint metadata has no {', '.join(map(repr, missing))} "
+                              f"(task {meta.get('task')!r}); was it written by another tool or converted "
+                              "without tools/convert_ckpt.py?")
+
+
+def check_task(meta: dict, expected: str | tuple[str, ...] | None, source: str) -> None:
+    """Refuse a checkpoint of another task, saying which was expected."""
+    if expected is None:
+        return
+    wanted = (expected,) if isinstance(expected, str) else tuple(expected)
+    task = meta.get("task")
+    if task not in wanted:
+        names = " or ".join(f"{t} ({TASK_NAMES.get(t, t)})" for t in wanted)
+        raise CheckpointError(f"{source}: this is a {task!r} ({TASK_NAMES.get(task, 'unknown')}) checkpoint, "
+                              f"but a {names} checkpoint is expected here")
