@@ -124,16 +124,14 @@ class _Penalised:
 
 @pytest.fixture
 def penalised(monkeypatch):
-    real = quantize_pipeline.task_module
+    real = quantize_pipeline.task_data
 
-    class _Task:
-        def __init__(self, module):
-            self.module = module
+    def task_data(*args, **kwargs):
+        data = real(*args, **kwargs)
+        data.evaluator = _Penalised(data.evaluator)
+        return data
 
-        def make_evaluator(self, request):
-            return _Penalised(self.module.make_evaluator(request))
-
-    monkeypatch.setattr(quantize_pipeline, "task_module", lambda task: _Task(real(task)))
+    monkeypatch.setattr(quantize_pipeline, "task_data", task_data)
 
 
 @pytest.mark.parametrize("int8_only", [True, False])

@@ -24,7 +24,8 @@ _ROOT = str(Path(__file__).resolve().parents[1])  # this checkout: `python tools
 if sys.path[:1] != [_ROOT]:
     sys.path.insert(0, _ROOT)
 
-from qarep_dense.tasks.quantize_pipeline import SOURCES, CheckpointError, QuantizeOptions, quantize_checkpoint  # noqa: E402
+from qarep_dense.tasks.cli import USER_ERRORS  # noqa: E402
+from qarep_dense.tasks.quantize_pipeline import SOURCES, QuantizeOptions, quantize_checkpoint  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         opts.calibrators = tuple(args.calibrators)
     try:
         report = quantize_checkpoint(opts)
-    except (CheckpointError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:
+    except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     c = report["chosen"]

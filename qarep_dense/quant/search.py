@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 # Float transforms before calibration, cheapest first (the tie-break order).
 TRANSFORMS: tuple[str, ...] = ("none", "repair", "cle", "cle_repair", "repair_cle")
+ENTROPY_STRIDE = 4  # see run_search
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,12 @@ def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     return cov / (vx * vy) ** 0.5 if vx > 0 and vy > 0 else None
 
 
+def candidate_config(spec: CandidateSpec, base: QuantConfig, entropy_stride: int = ENTROPY_STRIDE) -> QuantConfig:
+    """The PTQ settings of ``spec`` on top of ``base`` (the float transform is applied to the model instead)."""
+    stride = entropy_stride if spec.calibrator == "entropy" else base.hist_stride
+    return replace(base, calibrator=spec.calibrator, hist_stride=stride, repair_dead_channels=False)
+
+
 # --- the search -----------------------------------------------------------------------------------
 
 @dataclass
@@ -230,7 +237,7 @@ class SearchData:
 
 def run_search(fused: nn.Module, data: SearchData, preprocess: Preprocess, specs: Sequence[CandidateSpec],
                base: QuantConfig | None = None, classification: bool = False, device: str | torch.device = "cpu",
-               progress: bool = True, entropy_stride: int = 4
+               progress: bool = True, entropy_stride: int | None = None
                ) -> tuple[list[CandidateResult], dict[str, nn.Module], dict[str, nn.Module]]:
     """Quantize and score every candidate. Returns (results in ``specs`` order, {name: fake-quant model},
     {transform: transformed float model}); each transform is computed once and shared by its calibrators,
@@ -241,6 +248,7 @@ def run_search(fused: nn.Module, data: SearchData, preprocess: Preprocess, specs
     alone would take most of the pipeline's time budget; 4 keeps it within 4 bins of 2048 of the full search.
     """
     base = replace(base or QuantConfig(), repair_dead_channels=False, num_calib_batches=len(data.calib))
+    entropy_stride = ENTROPY_STRIDE if entropy_stride is None else entropy_stride
     reference = forward_selection(fused, data.selection, preprocess, device)
     floats: dict[str, tuple[nn.Module, dict, float]] = {}
     results, models = [], {}
@@ -251,8 +259,7 @@ def run_search(fused: nn.Module, data: SearchData, preprocess: Preprocess, specs
             floats[spec.transform] = (model, info, time.perf_counter() - start)
         model, info, t_seconds = floats[spec.transform]
         start = time.perf_counter()
-        config = replace(base, calibrator=spec.calibrator,
-                         hist_stride=entropy_stride if spec.calibrator == "entropy" else base.hist_stride)
+        config = candidate_config(spec, base, entropy_stride)
         qmodel, _ = quantize_ptq(model, data.calib, preprocess, config, device, progress=False)
         seconds = t_seconds + time.perf_counter() - start
         outputs = forward_selection(qmodel, data.selection, preprocess, device)

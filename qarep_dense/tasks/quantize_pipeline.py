@@ -2,8 +2,7 @@
 
     report = quantize_checkpoint(QuantizeOptions(Path("deploy.pt"), Path("data/digits"), Path("out")))
 
-1. Load (a foreign checkpoint is converted into ``out/converted.pt`` first), fuse, evaluate FP32 on the
-   validation split.
+1. Load (a foreign checkpoint is converted in memory), fuse, evaluate FP32 on the validation split.
 2. Diagnose (the C1/C2 analysis of :mod:`qarep_dense.analysis`): one line on why it will or will not quantize.
 3. Candidate search (:mod:`qarep_dense.quant.search`): calibrators x {repair, CLE, both in either order},
    each timed, scored on a selection split of training images that calibration never saw.
@@ -32,25 +31,25 @@ import torch
 from torch import nn
 
 from ..data.export_guard import MANIFEST, begin_export, finish_export
-from ..engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from ..evaluation.evaluators import EvalRequest
+from ..engine.checkpoint import save_checkpoint
 from ..fileio import write_json_atomic, write_text_atomic
-from ..layers.rep import reparameterize
-from ..quant.calibration import batch_images
+from ..quant.calibration import batch_images, flatten_outputs
 from ..quant.config import CALIBRATORS, QuantConfig
+from ..quant.export import check_ort_int8, export_qdq_onnx
 from ..quant.ptq import quantize_ptq
-from ..quant.search import (TRANSFORMS, CandidateResult, SearchData, candidate_specs, choose, run_search,
-                            spearman)
+from ..quant.search import (TRANSFORMS, CandidateResult, SearchData, candidate_config, candidate_specs, choose,
+                            run_search, spearman)
 from ..quant.sensitivity import rank_layers
+from .quant_check import CheckOptions, measure_latency, quantize_and_check
 from .quantize_report import diagnosis_line, render_report
-from .registry import build_model_from_meta, check_task, task_module
+from .registry import fuse, load_fused, load_model
+from .splits import request_for, task_data
 
 log = logging.getLogger(__name__)
 
 SOURCES = ("timm", "repvgg", "yolov6")
 OUT_FILES = ("report.md", "report.json", "model_int8.onnx", "model_int8.pre.onnx", "model_int8.ort-optimized.onnx",
-             "model_int8.pre.ort-optimized.onnx", "model_fp32.onnx", "model_fakequant.pt", "converted.pt",
-             "diagnosis")
+             "model_int8.pre.ort-optimized.onnx", "model_fp32.onnx", "model_fakequant.pt", "diagnosis")
 
 
 @dataclass
@@ -138,56 +137,42 @@ def load_manifest_spec(out: Path) -> dict:
 
 # --- loading --------------------------------------------------------------------------------------
 
-def load_for_quantization(opts: QuantizeOptions) -> tuple[nn.Module, nn.Module, dict, Path]:
-    """(train-form or given model, fused float model, meta, path of our checkpoint)."""
-    from ..convert import convert_checkpoint
-    from ..engine.checkpoint import load_model_state
-
-    path = opts.checkpoint
+def load_for_quantization(opts: QuantizeOptions) -> tuple[nn.Module, nn.Module, dict]:
+    """(the model as given -- train form when it is one, for the diagnosis --, its fused float model, meta)."""
+    task = opts.task or ("cls", "det", "seg")
     if opts.source is not None:
-        path, _ = convert_checkpoint(opts.checkpoint, opts.out / "converted.pt", opts.source,
-                                     image_size=opts.image_size)
-    payload = load_checkpoint(path)
-    meta = payload["meta"]
-    expected = opts.task or ("cls", "det", "seg")
-    check_task(meta, expected, str(opts.checkpoint))
-    model = build_model_from_meta(meta, str(path))
-    load_model_state(model, payload["model"], source=str(path))
+        fused, meta = load_fused(opts.checkpoint, task, source_format=opts.source, device=opts.device,
+                                 image_size=opts.image_size)
+        return fused, fused, meta
+    model, meta = load_model(opts.checkpoint, task)
     model = model.to(opts.device).eval()
-    fused = model if meta.get("fused") else reparameterize(model)
-    return model, fused.to(opts.device).eval(), meta, path
+    return model, fuse(model, meta).to(opts.device), meta
 
 
-def split_training_images(loader, opts: QuantizeOptions, classification: bool) -> SearchData:
-    """One pass over the (shuffled) calibration loader: calibration, one held-out batch, then selection.
-
-    The three are disjoint training images; none is a validation image.
-    """
-    calib, heldout, selection, labels = [], [], [], []
-    want_sel = opts.selection_images
-    for batch in loader:
+def split_training_images(calibration, selection, opts: QuantizeOptions, classification: bool) -> SearchData:
+    """Calibration batches, then one held-out batch for the repair, from one pass over the (shuffled)
+    calibration loader; the selection batches (and labels) from the selection loader, which holds the
+    training images that pass reaches last (:func:`~qarep_dense.tasks.splits.carve_selection`)."""
+    calib, heldout = [], []
+    for batch in calibration:
         images = batch_images(batch)
         if images.numel() == 0:
             continue
-        if len(calib) < opts.calib_batches:
-            calib.append(images)
-        elif not heldout:
-            heldout.append(images)
-        else:
-            selection.append(images)
-            if classification and isinstance(batch, (tuple, list)) and len(batch) > 1:
-                labels.append(torch.as_tensor(batch[1]))
-            want_sel -= int(images.shape[0])
-            if want_sel <= 0:
-                break
-    if not selection:
-        raise ValueError(f"{opts.data}: the training split is too small: {opts.calib_batches} calibration batches, "
-                         "one held-out batch and at least one selection batch of "
-                         f"{opts.batch_size} images are needed; lower --calib-batches or --batch-size")
-    if want_sel > 0:
-        log.warning("selection split: only %d training images left after calibration (asked for %d)",
-                    opts.selection_images - want_sel, opts.selection_images)
-    return SearchData(calib, heldout, selection, labels if classification and labels else None)
+        (calib if len(calib) < opts.calib_batches else heldout).append(images)
+        if heldout:
+            break
+    selected, labels = [], []
+    for batch in selection:
+        selected.append(batch_images(batch))
+        if classification and isinstance(batch, (tuple, list)) and len(batch) > 1:
+            labels.append(torch.as_tensor(batch[1]))
+    if not calib or not selected:
+        raise ValueError(f"{opts.data}: the training split is too small for {opts.calib_batches} calibration "
+                         f"batches of {opts.batch_size} images and a selection split; lower --calib-batches or "
+                         "--batch-size")
+    if not heldout:
+        log.warning("no training batch left for the repair's held-out check")
+    return SearchData(calib, heldout, selected, labels if classification and labels else None)
 
 
 # --- budget steps ---------------------------------------------------------------------------------
@@ -234,39 +219,50 @@ def qat_step(qmodel: nn.Module, loader, preprocess, opts: QuantizeOptions) -> nn
 
 # --- ONNX Runtime -----------------------------------------------------------------------------------
 
-def _latency_ms(path: Path, example: torch.Tensor, repeats: int, precise: bool) -> float:
-    from ..deploy.ort import make_session, run_session
-
-    session = make_session(path, precise_int8=precise)
-    run_session(session, example)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run_session(session, example)
-        times.append(time.perf_counter() - start)
-    return 1000.0 * sorted(times)[len(times) // 2]
+def _ort_fields(check, int8_ort: float | None, latency: dict | None) -> dict:
+    return {"int8_ort": int8_ort, "kernels": check.kernels, "kernel_reason": check.kernel_reason,
+            "integer_convs": check.integer_convs, "convs": check.convs_total,
+            "float_conv_transposes": check.float_conv_transposes, "ort_vs_fakequant_rel_error": check.rel_error,
+            "ort_vs_fakequant_argmax_agreement": check.argmax_agreement,
+            "latency_ms": None if latency is None else {"fp32": latency["fp32_ms"], "int8": latency["int8_ms"]}}
 
 
-def check_in_ort(qmodel: nn.Module, fused: nn.Module, example: torch.Tensor, evaluator, opts: QuantizeOptions) -> dict:
-    """Export the fake-quant model to QDQ ONNX, check it in ORT (kernels, integer convs, agreement), score it
-    on validation and time it next to the FP32 ONNX model (batch of one, median of ``latency_repeats``)."""
-    from ..deploy.ort import export_graph
-    from ..quant.export import OrtModule, check_ort_int8, export_qdq_onnx
+def _check_options(opts: QuantizeOptions, evaluate: bool) -> CheckOptions:
+    return CheckOptions(evaluate=evaluate, ort_precision=opts.ort_precision, onnx_path=opts.out / "model_int8.onnx",
+                        latency=True, fp32_onnx_path=opts.out / "model_fp32.onnx", repeats=opts.latency_repeats,
+                        device=opts.device, progress=opts.progress)
+
+
+def check_ptq_in_ort(float_model: nn.Module, fused: nn.Module, data: SearchData, preprocess, config: QuantConfig,
+                     evaluator, fp32: float, final_model: nn.Module, opts: QuantizeOptions) -> dict:
+    """The chosen PTQ model through :func:`quantize_and_check` (export, ORT kernels, integer convs, agreement,
+    ORT metric, latency). It re-quantizes ``float_model`` with ``config`` on the same batches: the same model
+    as ``final_model``, which is checked on the export batch."""
+    report = quantize_and_check(float_model, data.calib, preprocess, config, evaluator, _check_options(opts, False),
+                                fp32=fp32)
+    example = preprocess(data.calib[0][:8].to(opts.device))
+    with torch.no_grad():
+        pairs = zip(flatten_outputs(report.model(example)), flatten_outputs(final_model(example)))
+        diff = max(float((a - b).abs().max()) for a, b in pairs)
+    if diff > 1e-4:
+        log.warning("the re-quantized model differs from the chosen one by %.3g on the export batch", diff)
+    return _ort_fields(report.ort, report.int8_ort, report.latency)
+
+
+def check_qat_in_ort(qmodel: nn.Module, fused: nn.Module, example: torch.Tensor, evaluator,
+                     opts: QuantizeOptions) -> dict:
+    """A QAT model cannot be re-made from a config: the same checks on the model itself."""
+    from ..deploy.ort import OrtModule
 
     path = export_qdq_onnx(qmodel, example, opts.out / "model_int8.onnx")
     with torch.no_grad():
         reference = qmodel(example)
     check = check_ort_int8(path, example, reference, precision=opts.ort_precision)
     precise = check.kernels == "precise"
-    metric = evaluator.evaluate(OrtModule(check.onnx_path, precise_int8=precise))[evaluator.metric_name]
-    fp32_path = export_graph(fused.eval(), example, opts.out / "model_fp32.onnx", quiet=True)
-    one = example[:1]
-    return {"int8_ort": metric, "kernels": check.kernels, "kernel_reason": check.kernel_reason,
-            "integer_convs": check.integer_convs, "convs": check.convs_total,
-            "float_conv_transposes": check.float_conv_transposes, "ort_vs_fakequant_rel_error": check.rel_error,
-            "ort_vs_fakequant_argmax_agreement": check.argmax_agreement,
-            "latency_ms": {"fp32": _latency_ms(fp32_path, one, opts.latency_repeats, False),
-                           "int8": _latency_ms(Path(check.onnx_path), one, opts.latency_repeats, precise)}}
+    metric = float(evaluator.evaluate(OrtModule(check.onnx_path, precise_int8=precise))[evaluator.metric_name])
+    latency = measure_latency(fused, example, opts.out / "model_fp32.onnx", Path(check.onnx_path), precise,
+                              repeats=opts.latency_repeats)
+    return _ort_fields(check, metric, latency)
 
 
 # --- the pipeline -----------------------------------------------------------------------------------
@@ -288,17 +284,20 @@ def quantize_checkpoint(opts: QuantizeOptions) -> dict:
         return time.perf_counter()
 
     t = time.perf_counter()
-    model, fused, meta, path = load_for_quantization(opts)
+    model, fused, meta = load_for_quantization(opts)
     task = meta["task"]
-    request = EvalRequest(path, meta, opts.data, opts.image_size, opts.batch_size, 0, opts.device, opts.progress)
-    evaluator = task_module(task).make_evaluator(request)
-    metric_name, preprocess = evaluator.metric_name, evaluator.preprocess
+    request = request_for(opts.checkpoint, meta, opts.data, opts.batch_size, device=opts.device,
+                          image_size=opts.image_size, progress=opts.progress)
+    split = task_data(request, calib_images=opts.batch_size * (opts.calib_batches + 1),
+                      selection_images=opts.selection_images)
+    evaluator, preprocess = split.evaluator, split.preprocess
+    metric_name = evaluator.metric_name
 
     def evaluate(m: nn.Module) -> float:
         return float(evaluator.evaluate(m)[metric_name])
 
     classification = task == "cls"
-    data = split_training_images(evaluator.calibration_loader(), opts, classification)
+    data = split_training_images(split.calibration, split.selection, opts, classification)
     fp32 = evaluate(fused)
     t = lap("load_and_fp32", t)
     diagnosis = _diagnose(model, data, preprocess, opts) if opts.diagnose else None
@@ -316,7 +315,7 @@ def quantize_checkpoint(opts: QuantizeOptions) -> dict:
     final = {"model": qmodel, "metric": int8_all, "float_layers": [], "qat": False, "how": "all-INT8 PTQ"}
     partial = None
     if fp32 - int8_all > opts.max_drop and not opts.int8_only:
-        config = replace(base, calibrator=chosen.spec.calibrator)
+        config = candidate_config(chosen.spec, base)
         partial = partial_ladder(floats[chosen.spec.transform], qmodel, data, preprocess, config, evaluate, fp32,
                                  int8_all, opts.max_drop, opts.device, opts.progress)
         final.update(model=partial["model"], metric=partial["metric"], float_layers=partial["float_layers"],
@@ -324,7 +323,7 @@ def quantize_checkpoint(opts: QuantizeOptions) -> dict:
         t = lap("partial", t)
     if fp32 - final["metric"] > opts.max_drop and opts.allow_qat:
         if classification:
-            qat_model = qat_step(final["model"], evaluator.calibration_loader(), preprocess, opts)
+            qat_model = qat_step(final["model"], split.calibration, preprocess, opts)
             qat_metric = evaluate(qat_model)
             final.update(model=qat_model, metric=qat_metric, qat=True, how=final["how"] + " + QAT")
         else:
@@ -336,8 +335,13 @@ def quantize_checkpoint(opts: QuantizeOptions) -> dict:
             r.validation = evaluate(qmodels[r.spec.name])
     t = lap("validation_of_all_candidates", t)
 
-    example = preprocess(data.calib[0][:8].to(opts.device))
-    ort = check_in_ort(final["model"], fused, example, evaluator, opts)
+    if final["qat"]:
+        example = preprocess(data.calib[0][:8].to(opts.device))
+        ort = check_qat_in_ort(final["model"], fused, example, evaluator, opts)
+    else:
+        config = replace(candidate_config(chosen.spec, base), skip_layers=tuple(final["float_layers"]))
+        ort = check_ptq_in_ort(floats[chosen.spec.transform], fused, data, preprocess, config, evaluator, fp32,
+                               final["model"], opts)
     t = lap("onnx_runtime", t)
     _save_fakequant(final["model"], meta, chosen, final, opts.out / "model_fakequant.pt")
     timings["total"] = round(time.perf_counter() - start, 2)
@@ -395,4 +399,4 @@ def _report(opts, meta, metric_name, fp32, int8_all, final, chosen, results, par
     }
 
 
-__all__ = ["QuantizeOptions", "quantize_checkpoint", "SOURCES", "CheckpointError"]
+__all__ = ["QuantizeOptions", "quantize_checkpoint", "SOURCES"]
