@@ -79,6 +79,7 @@ class QuantizeOptions:
     batch_size: int = 32
     selection_images: int = 256
     image_size: int | None = None
+    data_config: Path | None = None  # a converted detector: the detection TOML whose data section evaluation reads
     qat_epochs: int = 2
     qat_lr: float = 1e-3
     latency_repeats: int = 20
@@ -96,6 +97,8 @@ class QuantizeOptions:
             raise FileNotFoundError(f"--data {self.data}: folder not found")
         if not (self.max_drop >= 0):
             raise ValueError(f"--max-drop must be >= 0 (points of the validation metric), got {self.max_drop}")
+        if self.data_config is not None and not Path(self.data_config).is_file():
+            raise FileNotFoundError(f"--data-config {self.data_config}: file not found")
         if self.source is not None and self.source not in SOURCES:
             raise ValueError(f"--from {self.source!r}: expected one of {list(SOURCES)}")
         if self.ort_precision not in ("auto", "default", "precise"):
@@ -142,7 +145,7 @@ def load_for_quantization(opts: QuantizeOptions) -> tuple[nn.Module, nn.Module, 
     task = opts.task or ("cls", "det", "seg")
     if opts.source is not None:
         fused, meta = load_fused(opts.checkpoint, task, source_format=opts.source, device=opts.device,
-                                 image_size=opts.image_size)
+                                 image_size=opts.image_size, data_config=opts.data_config)
         return fused, fused, meta
     model, meta = load_model(opts.checkpoint, task)
     model = model.to(opts.device).eval()
