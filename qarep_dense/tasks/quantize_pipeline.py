@@ -24,7 +24,7 @@ import copy
 import logging
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -86,7 +86,6 @@ class QuantizeOptions:
     diagnose: bool = True
     device: str = "cpu"
     progress: bool = True
-    _validated: bool = field(default=False, repr=False)
 
     def validate(self) -> "QuantizeOptions":
         self.checkpoint, self.out = Path(self.checkpoint), Path(self.out)
@@ -107,7 +106,6 @@ class QuantizeOptions:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         candidate_specs(self.calibrators, self.transforms)  # names checked here, before any work
-        self._validated = True
         return self
 
 
