@@ -126,7 +126,7 @@ def foreign(args: argparse.Namespace) -> list[dict]:
     det_cfg = ROOT / "configs" / "det" / "synthetic_test.toml"
     generate_coco(args.work / "synthetic_coco", num_train=48, num_val=8, image_size=64, seed=0, num_classes=3)
     report = run_one(y6_file, args.work / "synthetic_coco", args.work / "yolov6_test",
-                     args.max_drop, source="yolov6", image_size=64, data_config=det_cfg, batch_size=4,
+                     args.max_drop, source="yolov6", block="repvgg", image_size=64, data_config=det_cfg, batch_size=4,
                      calib_batches=2, selection_images=8)
     rows.append({"model": "YOLOv6 test scale (random weights)", **_foreign_cols(report)})
     return rows

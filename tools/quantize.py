@@ -50,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=None, help="input size (a converted checkpoint's, or override)")
     p.add_argument("--data-config", type=Path, default=None,
                    help="with --from yolov6: a detection TOML whose data section evaluation reads (default: COCO)")
+    p.add_argument("--block", default=None, help="with --from: the block type, when the weights cannot tell")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p.parse_args(argv)
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     opts = QuantizeOptions(args.checkpoint, args.data, args.out, args.max_drop, args.task, args.source,
                            args.int8_only, args.allow_qat, args.ort_precision, calib_batches=args.calib_batches,
                            batch_size=args.batch_size, selection_images=args.selection_images,
-                           image_size=args.image_size, data_config=args.data_config, device=args.device,
+                           image_size=args.image_size, data_config=args.data_config, block=args.block,
+                           device=args.device,
                            progress=not args.no_progress)
     if args.calibrators:
         opts.calibrators = tuple(args.calibrators)

@@ -80,6 +80,7 @@ class QuantizeOptions:
     selection_images: int = 256
     image_size: int | None = None
     data_config: Path | None = None  # a converted detector: the detection TOML whose data section evaluation reads
+    block: str | None = None  # a converted checkpoint's block type, when its weights cannot tell (plain YOLOv6 dicts)
     qat_epochs: int = 2
     qat_lr: float = 1e-3
     latency_repeats: int = 20
@@ -143,7 +144,7 @@ def load_for_quantization(opts: QuantizeOptions) -> tuple[nn.Module, nn.Module, 
     task = opts.task or ("cls", "det", "seg")
     if opts.source is not None:
         fused, meta = load_fused(opts.checkpoint, task, source_format=opts.source, device=opts.device,
-                                 image_size=opts.image_size, data_config=opts.data_config)
+                                 image_size=opts.image_size, data_config=opts.data_config, block=opts.block)
         return fused, fused, meta
     model, meta = load_model(opts.checkpoint, task)
     model = model.to(opts.device).eval()
