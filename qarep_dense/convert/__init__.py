@@ -15,15 +15,11 @@ Sources:
 """
 from __future__ import annotations
 
-import hashlib
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from ..config import config_to_dict, load_config
-from ..data.preprocess import DETECTION, IMAGENET
 from ..engine.checkpoint import save_checkpoint
 from .classifier import convert_classifier
 from .common import ConversionError, load_state_file
@@ -42,42 +38,6 @@ COCO80_NAMES = [name.replace("_", " ") for name in (
     "hot_dog pizza donut cake chair couch potted_plant bed dining_table toilet tv laptop mouse remote keyboard "
     "cell_phone microwave oven toaster sink refrigerator book clock vase scissors teddy_bear hair_drier "
     "toothbrush").split()]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _cls_meta(meta: dict, image_size: int) -> dict:
-    from ..tasks.classification import ClsConfig, DataConfig, ModelConfig
-
-    cfg = ClsConfig(model=ModelConfig(meta["arch"], meta["block"], meta["num_classes"], meta["stem_stride"]),
-                    data=DataConfig(image_size=image_size))
-    return {**meta, "image_size": image_size, "preprocess": IMAGENET.as_dict(), "config": config_to_dict(cfg)}
-
-
-def _det_meta(meta: dict, image_size: int, data_config: str | os.PathLike | None) -> dict:
-    """Detector meta with a training config whose data section the evaluators read.
-
-    Default: the COCO 2017 recipe (``ptq_eval --task det --data COCO_ROOT``); ``data_config``: a
-    detection TOML whose data / eval sections are kept (its model section is replaced).
-    """
-    from ..tasks.detection import DetConfig, DetModelConfig
-
-    model_cfg = DetModelConfig(meta["scale"], meta["block"], meta["num_classes"], meta["use_dfl"], meta["reg_max"],
-                               meta["head_act"], meta["bn_eps"], meta["bn_momentum"])
-    base = load_config(data_config, DetConfig) if data_config else DetConfig()
-    # replace() re-runs the config's cross-key checks with the converted model
-    cfg = replace(base, model=model_cfg, data=replace(base.data, image_size=image_size))
-    n = meta["num_classes"]
-    coco = n == len(COCO80_IDS)
-    return {**meta, "image_size": image_size, "preprocess": DETECTION.as_dict(),
-            "category_ids": COCO80_IDS if coco else list(range(1, n + 1)),
-            "names": COCO80_NAMES if coco else [f"class{i}" for i in range(n)], "config": config_to_dict(cfg)}
 
 
 def convert_state(src: str | os.PathLike, source: str, arch: str | None = None, scale: str | None = None,
@@ -115,13 +75,11 @@ def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, source: s
     if out.exists():
         raise ConversionError(f"{out}: already exists; choose another --out (converted files are never overwritten)")
     state, meta = convert_state(src, source, arch, scale, block)
-    meta["converted_from"] = {"source": source, "file": src.name, "sha256": _sha256(src)}
-    if meta["task"] == "cls":
-        meta = _cls_meta(meta, image_size or 224)
-    else:
-        if (image_size or 640) % 32:
-            raise ConversionError(f"--image-size must be a multiple of 32 for a detector, got {image_size}")
-        meta = _det_meta(meta, image_size or 640, data_config)
+    # the task rows complete the metadata (input size, preprocessing, training config), as for an in-memory
+    # conversion (tasks.registry.load_fused): one place for both
+    from ..tasks.registry import foreign_meta
+
+    meta = foreign_meta(meta, src, source, image_size, data_config)
     return save_checkpoint(out, state, meta), meta
 
 
