@@ -41,6 +41,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--work", type=Path, required=True, help="pipeline output folders go here (one per model)")
     p.add_argument("--results", type=Path, default=None, help="append to RESULTS.md / RESULTS.json")
     p.add_argument("--max-drop", type=float, default=1.0)
+    p.add_argument("--selection-images", type=int, default=256, help="the pipeline's selection split size")
     p.add_argument("--foreign", action="store_true", help="run a converted timm RepVGG and a converted YOLOv6 instead")
     return p.parse_args()
 
@@ -95,7 +96,9 @@ def digits(args: argparse.Namespace) -> list[dict]:
             if not ckpt.is_file():
                 print(f"skip {ckpt}: not trained (yet)", flush=True)
                 continue
-            report = run_one(ckpt, data, args.work / f"{name}_s{seed}", args.max_drop)
+            tag = "" if args.selection_images == 256 else f"_sel{args.selection_images}"
+            report = run_one(ckpt, data, args.work / f"{name}_s{seed}{tag}", args.max_drop,
+                             selection_images=args.selection_images)
             rows.append(row(name, seed, report, args.max_drop))
             print(table(rows[-1:], args.max_drop).split("\n\n")[0].splitlines()[-1], flush=True)
     return rows
@@ -150,7 +153,8 @@ def main() -> None:
                           *("| " + " | ".join(_f(r[c]) for c in cols) + " |" for r in rows)])
     else:
         text = table(rows, args.max_drop)
-    head = (f"## quantize pipeline, {'converted checkpoints' if args.foreign else 'digits models'} "
+    what = "converted checkpoints" if args.foreign else f"digits models, {args.selection_images} selection images"
+    head = (f"## quantize pipeline, {what} "
             f"({time.strftime('%Y-%m-%d %H:%M')}, {platform.processor() or platform.machine()}, torch threads 1, "
             f"{time.time() - start:.0f} s)\n")
     print(head + text)
