@@ -166,3 +166,14 @@ def test_quantize_tiny_detector_end_to_end(tmp_path):
     cle = [c for c in report["candidates"] if c["transform"] == "cle"]
     assert cle and cle[0]["cle_pairs"] > 0  # backbone / neck chains equalized though the head does not trace
     assert (out / "model_int8.onnx").is_file()
+
+
+def test_allow_qat_fine_tunes_after_partial_quantization_misses(cls_setup, penalised):
+    tmp, root, ckpt = cls_setup
+    opts = QuantizeOptions(ckpt, root, tmp / "qat", int8_only=True, allow_qat=True, calibrators=("max",),
+                           transforms=("none",), calib_batches=2, batch_size=8, selection_images=16, progress=False,
+                           latency_repeats=1, diagnose=False, qat_epochs=1)
+    report = quantize_checkpoint(opts)
+    assert report["chosen"]["qat"] is True and report["chosen"]["float_layers"] == []
+    assert "QAT" in report["how"] and (opts.out / "model_int8.onnx").is_file()
+    assert report["integer_convs"] == report["convs"] > 0
