@@ -235,11 +235,12 @@ def _check_options(opts: QuantizeOptions, evaluate: bool) -> CheckOptions:
                         device=opts.device, progress=opts.progress)
 
 
-def check_ptq_in_ort(float_model: nn.Module, fused: nn.Module, data: SearchData, preprocess, config: QuantConfig,
+def check_ptq_in_ort(float_model: nn.Module, data: SearchData, preprocess, config: QuantConfig,
                      evaluator, fp32: float, final_model: nn.Module, opts: QuantizeOptions) -> dict:
     """The chosen PTQ model through :func:`quantize_and_check` (export, ORT kernels, integer convs, agreement,
-    ORT metric, latency). It re-quantizes ``float_model`` with ``config`` on the same batches: the same model
-    as ``final_model``, which is checked on the export batch."""
+    ORT metric, latency against ``float_model`` in FP32, the same function as the given model). It re-quantizes
+    ``float_model`` with ``config`` on the same batches: the same model as ``final_model``, checked on the
+    export batch."""
     report = quantize_and_check(float_model, data.calib, preprocess, config, evaluator, _check_options(opts, False),
                                 fp32=fp32)
     example = preprocess(data.calib[0][:8].to(opts.device))
@@ -342,7 +343,7 @@ def quantize_checkpoint(opts: QuantizeOptions) -> dict:
         ort = check_qat_in_ort(final["model"], fused, example, evaluator, opts)
     else:
         config = replace(candidate_config(chosen.spec, base), skip_layers=tuple(final["float_layers"]))
-        ort = check_ptq_in_ort(floats[chosen.spec.transform], fused, data, preprocess, config, evaluator, fp32,
+        ort = check_ptq_in_ort(floats[chosen.spec.transform], data, preprocess, config, evaluator, fp32,
                                final["model"], opts)
     t = lap("onnx_runtime", t)
     _save_fakequant(final["model"], meta, chosen, final, opts.out / "model_fakequant.pt")
