@@ -162,7 +162,8 @@ def entropy_amax(hist: np.ndarray, edges: np.ndarray, num_bits: int, unsigned: b
         space = np.linspace(0, i, num=nbins + 1)
         digitized = np.digitize(np.arange(i), space) - 1
         nonzero = bins[:i] != 0
-        sums = np.bincount(digitized[nonzero], weights=bins[:i][nonzero], minlength=nbins)
+        # float64 even when no bin is occupied (bincount of an empty selection returns int64)
+        sums = np.bincount(digitized[nonzero], weights=bins[:i][nonzero], minlength=nbins).astype(np.float64)
         counts = np.bincount(digitized[nonzero], minlength=nbins)
         mean = np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
         quant = np.where(nonzero, mean[digitized], 0.0)

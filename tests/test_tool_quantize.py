@@ -1,0 +1,179 @@
+"""tools/quantize.py end to end on tiny models: files, report keys, refusals, --int8-only."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("pytorch_quantization")
+pytest.importorskip("onnxruntime")
+
+from support import tool  # noqa: E402
+
+from qarep_dense.data.imagefolder import make_cls_loader  # noqa: E402
+from qarep_dense.data.preprocess import IMAGENET  # noqa: E402
+from qarep_dense.data.synthetic.imagefolder import generate_imagefolder  # noqa: E402
+from qarep_dense.engine.checkpoint import save_checkpoint  # noqa: E402
+from qarep_dense.models import build_classifier  # noqa: E402
+from qarep_dense.tasks import quantize_pipeline  # noqa: E402
+from qarep_dense.tasks.quantize_pipeline import QuantizeOptions, quantize_checkpoint  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+SIZE = 16
+FAST = ["--calib-batches", "2", "--batch-size", "8", "--selection-images", "16", "--no-progress"]
+REPORT_KEYS = {"fp32", "int8", "int8_ort", "drop", "chosen", "candidates", "integer_convs", "convs", "budget_met"}
+
+
+@pytest.fixture(scope="module")
+def cls_setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("quantize_tool")
+    root = generate_imagefolder(tmp / "data", num_classes=3, per_class_train=16, per_class_val=5, size=SIZE)
+    torch.manual_seed(0)
+    model = build_classifier("test", "repvgg", 3, stem_stride=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    for images, labels in make_cls_loader(root, SIZE, 8, train=True):
+        loss = nn.functional.cross_entropy(model(IMAGENET(images)), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    meta = {"task": "cls", "arch": "test", "block": "repvgg", "num_classes": 3, "stem_stride": 1, "fused": False,
+            "fold_bn": True, "image_size": SIZE, "preprocess": IMAGENET.as_dict()}
+    return tmp, root, save_checkpoint(tmp / "cls.pt", model.eval().state_dict(), meta)
+
+
+def test_quantize_classifier_end_to_end(cls_setup, capsys):
+    tmp, root, ckpt = cls_setup
+    out = tmp / "out"
+    code = tool("quantize")([str(ckpt), "--data", str(root), "--out", str(out), "--calibrators", "max", "percentile",
+                             *FAST])
+    report = json.loads((out / "report.json").read_text())
+    assert code == (0 if report["budget_met"] else 1)
+    assert REPORT_KEYS <= set(report)
+    for name in ("report.md", "model_int8.onnx", "model_fakequant.pt", "diagnosis/report.md"):
+        assert (out / name).is_file(), name
+    assert len(report["candidates"]) == 10  # 2 calibrators x 5 float transforms
+    best = min(report["candidates"], key=lambda c: c["selection"]["score"])
+    assert report["chosen"]["candidate"] == best["name"]
+    assert {"calibrator", "repair", "cle", "float_layers", "qat"} <= set(report["chosen"])
+    assert report["integer_convs"] == report["convs"] > 0
+    assert report["drop"] == pytest.approx(report["fp32"] - report["int8"])
+    assert report["budget_met"] == (report["drop"] <= 1.0)
+    assert all(c["validation"] is not None for c in report["candidates"])
+    assert "not used" in (out / "report.md").read_text()
+    assert "top1: FP32" in capsys.readouterr().out
+    # A second run into the folder it wrote is allowed (it replaces its own files).
+    assert tool("quantize")([str(ckpt), "--data", str(root), "--out", str(out), "--calibrators", "max",
+                             *FAST]) in (0, 1)
+    assert len(json.loads((out / "report.json").read_text())["candidates"]) == 5
+
+
+def test_refuses_a_non_empty_out_it_did_not_write(cls_setup, capsys):
+    tmp, root, ckpt = cls_setup
+    out = tmp / "user_folder"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert tool("quantize")([str(ckpt), "--data", str(root), "--out", str(out), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "not empty" in err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("case", ["missing_ckpt", "garbage_ckpt", "missing_data", "wrong_task", "negative_drop"])
+def test_bad_inputs_name_the_file(cls_setup, capsys, case):
+    tmp, root, ckpt = cls_setup
+    args = [str(ckpt), "--data", str(root), "--out", str(tmp / f"bad_{case}"), *FAST]
+    named = str(ckpt)
+    if case == "missing_ckpt":
+        named = str(tmp / "nope.pt")
+        args[0] = named
+    elif case == "garbage_ckpt":
+        named = str(tmp / "garbage.pt")
+        (tmp / "garbage.pt").write_bytes(b"not a checkpoint")
+        args[0] = named
+    elif case == "missing_data":
+        named = str(tmp / "no_data")
+        args[2] = named
+    elif case == "wrong_task":
+        args += ["--task", "det"]
+    else:
+        args += ["--max-drop", "-1"]
+        named = "--max-drop"
+    assert tool("quantize")(args) == 2
+    assert named in capsys.readouterr().err
+
+
+class _Penalised:
+    """The real evaluator, except that any model with quantizers loses 5 points: the all-INT8 result
+    always misses a 1-point budget, whatever the tiny model does."""
+
+    def __init__(self, inner):
+        self.inner, self.metric_name, self.preprocess = inner, inner.metric_name, inner.preprocess
+
+    def evaluate(self, model):
+        scores = dict(self.inner.evaluate(model))
+        quantized = any("quantizer" in name for name, _ in model.named_modules()) if isinstance(model, nn.Module) else True
+        scores[self.metric_name] -= 5.0 * quantized
+        return scores
+
+    def calibration_loader(self):
+        return self.inner.calibration_loader()
+
+
+@pytest.fixture
+def penalised(monkeypatch):
+    real = quantize_pipeline.task_data
+
+    def task_data(*args, **kwargs):
+        data = real(*args, **kwargs)
+        data.evaluator = _Penalised(data.evaluator)
+        return data
+
+    monkeypatch.setattr(quantize_pipeline, "task_data", task_data)
+
+
+@pytest.mark.parametrize("int8_only", [True, False])
+def test_int8_only_never_keeps_a_float_layer(cls_setup, penalised, int8_only):
+    tmp, root, ckpt = cls_setup
+    opts = QuantizeOptions(ckpt, root, tmp / f"int8_only_{int8_only}", int8_only=int8_only, calibrators=("max",),
+                           transforms=("none",), calib_batches=2, batch_size=8, selection_images=16, progress=False,
+                           latency_repeats=1, diagnose=False)
+    report = quantize_checkpoint(opts)
+    assert report["budget_met"] is False
+    if int8_only:
+        assert report["chosen"]["float_layers"] == [] and report["partial"] is None
+        assert report["int8"] == report["int8_all_int8_choice"]
+        assert "--int8-only" in (opts.out / "report.md").read_text()
+    else:
+        steps = report["partial"]["steps"]
+        assert steps and [len(s["float_layers"]) for s in steps] == sorted(len(s["float_layers"]) for s in steps)
+        assert report["chosen"]["float_layers"] == steps[-1]["float_layers"] != []
+
+
+@pytest.mark.slow
+def test_quantize_tiny_detector_end_to_end(tmp_path):
+    work = tmp_path / "det"
+    assert tool("train_det")(["configs/det/synthetic_test.toml", "--work-dir", str(work), "--set",
+                              f"data.root={tmp_path / 'coco'}", "--set", "data.synthetic_train=24"]) == 0
+    out = tmp_path / "q"
+    code = tool("quantize")([str(work / "deploy.pt"), "--out", str(out), "--calibrators", "max", "--calib-batches",
+                             "2", "--batch-size", "4", "--selection-images", "8", "--int8-only", "--no-progress"])
+    report = json.loads((out / "report.json").read_text())
+    assert code in (0, 1) and REPORT_KEYS <= set(report) and report["task"] == "det" and report["metric"] == "AP"
+    assert report["chosen"]["float_layers"] == []
+    cle = [c for c in report["candidates"] if c["transform"] == "cle"]
+    assert cle and cle[0]["cle_pairs"] > 0  # backbone / neck chains equalized though the head does not trace
+    assert (out / "model_int8.onnx").is_file()
+
+
+def test_allow_qat_fine_tunes_after_partial_quantization_misses(cls_setup, penalised):
+    tmp, root, ckpt = cls_setup
+    opts = QuantizeOptions(ckpt, root, tmp / "qat", int8_only=True, allow_qat=True, calibrators=("max",),
+                           transforms=("none",), calib_batches=2, batch_size=8, selection_images=16, progress=False,
+                           latency_repeats=1, diagnose=False, qat_epochs=1)
+    report = quantize_checkpoint(opts)
+    assert report["chosen"]["qat"] is True and report["chosen"]["float_layers"] == []
+    assert "QAT" in report["how"] and (opts.out / "model_int8.onnx").is_file()
+    assert report["integer_convs"] == report["convs"] > 0

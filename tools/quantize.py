@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""Quantize a RepVGG-family checkpoint to a verified INT8 model within an accuracy budget, in one command.
+
+    python tools/quantize.py work_dirs/digits_qa/deploy.pt --data data/digits --max-drop 1.0 --out work_dirs/q8
+    python tools/quantize.py repvgg_a0.pth --from timm --data data/imagenet --out work_dirs/q8_timm
+    python tools/quantize.py yolov6n.pt --from yolov6 --task det --data data/coco --int8-only --out work_dirs/q8_det
+
+Loads (converting a foreign checkpoint on the fly), fuses and evaluates FP32; diagnoses the model; tries
+the calibrators x dead-channel repair x cross-layer equalization, scored on training images set aside for
+selection (never the validation split); if the best all-INT8 model misses --max-drop, keeps the fewest
+sensitive layers in float (not with --int8-only), then fine-tunes with QAT (--allow-qat); exports QDQ ONNX
+and checks it in ONNX Runtime. Writes OUT/report.md, OUT/report.json, OUT/model_int8.onnx and
+OUT/model_fakequant.pt, nothing outside OUT; refuses a non-empty OUT it did not write.
+All logic lives in ``qarep_dense.tasks.quantize_pipeline``; this file only parses arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+_ROOT = str(Path(__file__).resolve().parents[1])  # this checkout: `python tools/x.py` runs without an install
+if sys.path[:1] != [_ROOT]:
+    sys.path.insert(0, _ROOT)
+
+from qarep_dense.tasks.cli import USER_ERRORS  # noqa: E402
+from qarep_dense.tasks.quantize_pipeline import SOURCES, QuantizeOptions, quantize_checkpoint  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoint", type=Path, help="our checkpoint (train or deploy form), or a foreign one with --from")
+    p.add_argument("--data", type=Path, default=None,
+                   help="dataset root (cls: ImageFolder with train/ and val/, required; det: COCO layout, default: "
+                        "the checkpoint's training data)")
+    p.add_argument("--max-drop", type=float, default=1.0, help="budget: validation metric points INT8 may lose")
+    p.add_argument("--out", type=Path, required=True, help="output folder (new, empty, or one this tool wrote)")
+    p.add_argument("--task", choices=["cls", "det", "seg"], default=None, help="expected task (default: from the file)")
+    p.add_argument("--from", dest="source", choices=SOURCES, default=None, help="convert a foreign checkpoint first")
+    p.add_argument("--int8-only", action="store_true", help="never keep a layer in float")
+    p.add_argument("--allow-qat", action="store_true", help="fine-tune with QAT if PTQ misses the budget (cls)")
+    p.add_argument("--ort-precision", choices=["auto", "default", "precise"], default="auto",
+                   help="onnxruntime INT8 kernels (auto: chosen for this CPU, checked against fake quant)")
+    p.add_argument("--calibrators", nargs="+", default=None,
+                   help="calibrators to try (default: max percentile mse entropy)")
+    p.add_argument("--calib-batches", type=int, default=8, help="calibration batches from the training split")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--selection-images", type=int, default=256, help="training images set aside to pick a candidate")
+    p.add_argument("--image-size", type=int, default=None, help="input size (a converted checkpoint's, or override)")
+    p.add_argument("--data-config", type=Path, default=None,
+                   help="with --from yolov6: a detection TOML whose data section evaluation reads (default: COCO)")
+    p.add_argument("--block", default=None, help="with --from: the block type, when the weights cannot tell")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    opts = QuantizeOptions(args.checkpoint, args.data, args.out, args.max_drop, args.task, args.source,
+                           args.int8_only, args.allow_qat, args.ort_precision, calib_batches=args.calib_batches,
+                           batch_size=args.batch_size, selection_images=args.selection_images,
+                           image_size=args.image_size, data_config=args.data_config, block=args.block,
+                           device=args.device,
+                           progress=not args.no_progress)
+    if args.calibrators:
+        opts.calibrators = tuple(args.calibrators)
+    try:
+        report = quantize_checkpoint(opts)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    c = report["chosen"]
+    print(f"{report['metric']}: FP32 {report['fp32']:.2f}, INT8 {report['int8']:.2f} (ORT {report['int8_ort']:.2f}), "
+          f"drop {report['drop']:.2f} <= {report['max_drop']:.2f}: {'met' if report['budget_met'] else 'MISSED'}")
+    print(f"chosen: {c['calibrator']}, repair {'on' if c['repair'] else 'off'}, CLE {c['cle']}, "
+          f"{len(c['float_layers'])} float layers, QAT {'yes' if c['qat'] else 'no'}; "
+          f"integer convs {report['integer_convs']}/{report['convs']}; {report['seconds']['total']:.0f} s")
+    print(f"report: {args.out / 'report.md'}")
+    return 0 if report["budget_met"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
