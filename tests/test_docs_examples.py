@@ -31,6 +31,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^(\s*)(`{3,})\s*([\w+-]*)\s*$")
 NOT_RUN = re.compile(r"^\s*<!--\s*not-run:\s*(\S.*?)\s*-->\s*$")
 SHELL_LANGS = ("bash", "sh", "shell")
+EXAMPLE_LANGS = (*SHELL_LANGS, "python")
 REPO_PATH = re.compile(r"^(configs|tools|scripts|benchmarks)/")
 PYTHONS = ("python", "python3", ".venv/bin/python")
 SCRIPT_RUNNERS = ("bash", "sh", "source", ".")
@@ -48,6 +49,7 @@ def _shown(path: Path) -> str:
 class Block:
     page: Path
     line: int  # 1-based line of the opening fence
+    lang: str  # "bash" (or "sh", "shell") or "python"
     text: str
     not_run: str | None  # the reason given in <!-- not-run: ... -->, or None: the slow test runs it
 
@@ -82,14 +84,19 @@ def _not_run_reason(lines: list[str], fence_index: int) -> str | None:
     return m.group(1) if m else None
 
 
-def shell_blocks(page: Path) -> list[Block]:
+def example_blocks(page: Path) -> list[Block]:
+    """The ```bash and ```python blocks of a page, in order."""
     lines = page.read_text().splitlines()
     blocks = []
     for start, end, indent, lang in _fenced_spans(lines):
-        if lang in SHELL_LANGS:
+        if lang in EXAMPLE_LANGS:
             body = [ln[len(indent):] if ln.startswith(indent) else ln.lstrip() for ln in lines[start + 1:end]]
-            blocks.append(Block(page, start + 1, "\n".join(body), _not_run_reason(lines, start)))
+            blocks.append(Block(page, start + 1, lang, "\n".join(body), _not_run_reason(lines, start)))
     return blocks
+
+
+def shell_blocks(page: Path) -> list[Block]:
+    return [b for b in example_blocks(page) if b.lang in SHELL_LANGS]
 
 
 def prose_lines(page: Path) -> list[tuple[int, str]]:
@@ -228,14 +235,24 @@ def test_readme_opens_with_the_two_commands():
 @pytest.mark.parametrize("page", PAGES, ids=_shown)
 def test_every_not_run_marker_belongs_to_a_block(page):
     markers = sum(1 for _, line in prose_lines(page) if NOT_RUN.match(line))
-    assert markers == sum(1 for b in shell_blocks(page) if b.not_run), \
-        f"{_shown(page)}: a <!-- not-run: ... --> comment must sit right before a ```bash block"
+    assert markers == sum(1 for b in example_blocks(page) if b.not_run), \
+        f"{_shown(page)}: a <!-- not-run: ... --> comment must sit right before a ```bash or ```python block"
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=lambda b: b.name)
 def test_commands_name_existing_files_and_parse(block):
     problems = [p for cmd in commands(block.text) for p in command_problems(cmd)]
     assert not problems, f"{block.name}:\n" + "\n".join(problems)
+
+
+def test_python_examples_compile():
+    problems = []
+    for block in (b for page in PAGES for b in example_blocks(page) if b.lang == "python"):
+        try:
+            compile(block.text, block.name, "exec")
+        except SyntaxError as err:
+            problems.append(f"{block.name}: {err}")
+    assert not problems, "\n".join(problems)
 
 
 # --- the checker itself can fail ----------------------------------------------------------------------------------
@@ -258,7 +275,8 @@ def test_block_parsing(tmp_path):
     page = tmp_path / "page.md"
     page.write_text("text\n\n<!-- not-run: needs Cityscapes -->\n```bash\nOMP_NUM_THREADS=1 python tools/a.py \\\n"
                     "    --x 1   # comment\nsource s.sh && python -c \"import a; b\"\n```\n\n1. step\n   ```bash\n"
-                    "   bash scripts/b.sh\n   ```\n```\n# not a heading\n```\n")
+                    "   bash scripts/b.sh\n   ```\n```\n# not a heading\n```\n```python\nprint(1)\n```\n")
+    assert [(b.lang, b.text) for b in example_blocks(page)][2:] == [("python", "print(1)")]
     blocks = shell_blocks(page)
     assert [(b.line, b.not_run) for b in blocks] == [(4, "needs Cityscapes"), (11, None)]
     assert commands(blocks[0].text) == [["python", "tools/a.py", "--x", "1"], ["source", "s.sh"],
@@ -340,7 +358,7 @@ def _env_sh_would_pick_this_environment() -> bool:
     return (Path(sys.prefix) / ".complete").is_file()
 
 
-RUN_PAGES = [page for page in PAGES if any(b.not_run is None for b in shell_blocks(page))]
+RUN_PAGES = [page for page in PAGES if any(b.not_run is None for b in example_blocks(page))]
 
 
 @pytest.mark.slow
@@ -350,13 +368,14 @@ def test_examples_run_as_written(page, tmp_path):
     _copy_checkout(checkout)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "PYTHONPATH": str(checkout), "OMP_NUM_THREADS": "1"}
-    for block in shell_blocks(page):
+    for block in example_blocks(page):
         if block.not_run:
             continue
         if "scripts/env.sh" in block.text and not _env_sh_would_pick_this_environment():
             warnings.warn(f"{block.name} not run: scripts/env.sh would build another environment than this one")
             continue
-        result = subprocess.run(["bash", "-c", "set -eo pipefail\n" + block.text], cwd=checkout, env=env,
-                                capture_output=True, text=True, timeout=1200)
+        argv = ["python", "-c", block.text] if block.lang == "python" else \
+            ["bash", "-c", "set -eo pipefail\n" + block.text]
+        result = subprocess.run(argv, cwd=checkout, env=env, capture_output=True, text=True, timeout=1200)
         assert result.returncode == 0, (f"{block.name} failed (exit {result.returncode}):\n{block.text}\n"
                                         f"--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-3000:]}")
