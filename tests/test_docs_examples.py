@@ -36,6 +36,7 @@ REPO_PATH = re.compile(r"^(configs|tools|scripts|benchmarks)/")
 PYTHONS = ("python", "python3", ".venv/bin/python")
 SCRIPT_RUNNERS = ("bash", "sh", "source", ".")
 OPERATORS = ("&&", "||", ";", "|", "&")
+HEREDOC = re.compile(r"<<-?\s*['\"]?([A-Za-z_]\w*)['\"]?")
 ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_]\w*=")
 HEADING = re.compile(r"^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
@@ -111,8 +112,13 @@ def prose_lines(page: Path) -> list[tuple[int, str]]:
 def commands(text: str) -> list[list[str]]:
     """The simple commands of a shell block: continuation lines joined, comments dropped, split at
     `&&`, `||`, `;`, `|`, leading `VAR=value` assignments removed."""
-    out = []
+    out, heredoc_end = [], None
     for line in text.replace("\\\n", " ").splitlines():
+        if heredoc_end is not None:  # the body of `cmd <<'EOF'` is the command's input, not commands
+            heredoc_end = None if line.strip() == heredoc_end else heredoc_end
+            continue
+        m = HEREDOC.search(line)
+        heredoc_end = m.group(1) if m else None
         lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
         lexer.whitespace_split = True
         cmd: list[str] = []
@@ -275,13 +281,14 @@ def test_block_parsing(tmp_path):
     page = tmp_path / "page.md"
     page.write_text("text\n\n<!-- not-run: needs Cityscapes -->\n```bash\nOMP_NUM_THREADS=1 python tools/a.py \\\n"
                     "    --x 1   # comment\nsource s.sh && python -c \"import a; b\"\n```\n\n1. step\n   ```bash\n"
-                    "   bash scripts/b.sh\n   ```\n```\n# not a heading\n```\n```python\nprint(1)\n```\n")
+                    "   bash scripts/b.sh\n   python - <<'EOF'\n   print('it's not a command')\n   EOF\n   ```\n"
+                    "```\n# not a heading\n```\n```python\nprint(1)\n```\n")
     assert [(b.lang, b.text) for b in example_blocks(page)][2:] == [("python", "print(1)")]
     blocks = shell_blocks(page)
     assert [(b.line, b.not_run) for b in blocks] == [(4, "needs Cityscapes"), (11, None)]
     assert commands(blocks[0].text) == [["python", "tools/a.py", "--x", "1"], ["source", "s.sh"],
                                         ["python", "-c", "import a; b"]]
-    assert commands(blocks[1].text) == [["bash", "scripts/b.sh"]]
+    assert commands(blocks[1].text) == [["bash", "scripts/b.sh"], ["python", "-", "<<", "EOF"]]
     prose = [line for _, line in prose_lines(page)]
     assert "# not a heading" not in prose and "   bash scripts/b.sh" not in prose and "1. step" in prose
 
