@@ -148,6 +148,12 @@ def _one_thread() -> None:
     torch.set_num_threads(STAGE_THREADS)
 
 
+def _task_modules() -> dict:
+    from qarep_dense.tasks.registry import TASK_MODULES
+
+    return TASK_MODULES
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -210,8 +216,6 @@ class Demo:
     def cls_jobs(self) -> list[Stage]:
         """Trainings first (RepOpt's after the Hyper-Search), then per model the PTQ variants and the
         analysis, and the paper's figures once every RepVGG/QARepVGG model has been measured."""
-        from qarep_dense.demo.cls_story import mechanism, quant_variants
-
         cfg_dir, base = ROOT / "configs" / "cls", self.out / "cls"
         data = self.out / "data" / self.prof.cls_data
         hs = base / "hs"
@@ -231,10 +235,8 @@ class Demo:
                 trains.append(Stage(f"cls_train_{tag}", lambda c=config, w=work, s=sets, t=tag: self.train(
                     f"cls_train_{t}", "train_cls.py", cfg_dir / c, w, s), after))
                 measures += [
-                    Stage(f"cls_quant_{tag}", lambda w=work: self.in_child(quant_variants, w / "deploy.pt", data),
-                          (f"cls_train_{tag}",)),
-                    Stage(f"cls_analyze_{tag}", lambda w=work, t=tag: self.analyze(t, w, data, mechanism),
-                          (f"cls_train_{tag}",)),
+                    Stage(f"cls_quant_{tag}", lambda w=work: self.quant(w / "deploy.pt", data), (f"cls_train_{tag}",)),
+                    Stage(f"cls_analyze_{tag}", lambda w=work, t=tag: self.analyze(t, w, data), (f"cls_train_{tag}",)),
                 ]
         pair = [f"cls_{kind}_{m}_s{s}" for kind in ("quant", "analyze") for m in ("repvgg_custom", "qarepvgg")
                 for s in self.prof.cls_seeds]
@@ -242,7 +244,15 @@ class Demo:
         figures = Stage(f"cls_figures_s{seeds}", lambda: self.cls_figures(base), tuple(pair))
         return trains + measures + [figures]
 
-    def analyze(self, tag: str, work: Path, data: Path, mechanism) -> dict:
+    # Stage bodies import what they need when they run: a rerun whose stages are all done imports no torch.
+    def quant(self, deploy: Path, data: Path) -> dict:
+        from qarep_dense.demo.cls_story import quant_variants
+
+        return self.in_child(quant_variants, deploy, data)
+
+    def analyze(self, tag: str, work: Path, data: Path) -> dict:
+        from qarep_dense.demo.cls_story import mechanism
+
         self.tool(f"cls_analyze_{tag}", "tools/analyze.py", str(work / "last.pt"), "--data", str(data),
                   "--out", str(work / "analysis"), "--no-progress")
         return {**mechanism(work / "analysis" / "report.json"), "report": str(work / "analysis" / "report.md")}
@@ -317,9 +327,8 @@ class Demo:
         """The synthetic segmentation demo config (the block is set per run), or why segmentation cannot run."""
         if not (ROOT / "tools" / "train_seg.py").is_file():
             return "tools/train_seg.py is not in this checkout"
-        from qarep_dense.tasks.registry import TASK_MODULES
-
-        if "seg" not in TASK_MODULES:
+        done = all(self.stages.done(n) for n in [*(f"seg_train_{b}" for b in SEG_BLOCKS), "seg_ptq"])
+        if not done and "seg" not in _task_modules():  # (a rerun skips this import: torch takes seconds)
             return "the task registry has no 'seg' task (tools/ptq_eval.py --task seg unavailable)"
         pattern = "fcn_qarepvgg-test_*synthetic*.py" if self.prof.tiny else "deeplabv3plus_qarepvgg-test_*synthetic*.py"
         hits = sorted((ROOT / "configs" / "seg").glob(pattern))
@@ -363,8 +372,6 @@ class Demo:
 
     def speed_jobs(self, tasks: list[str]) -> list[Stage]:
         """Latency of the first seed's fused models; each stage runs alone, on ``--threads`` threads."""
-        from qarep_dense.demo.speed import measure_speed
-
         seed_c, seed_d = self.prof.cls_seeds[0], self.prof.det_seeds[0]
         targets = []
         if "cls" in tasks:
@@ -374,11 +381,13 @@ class Demo:
         if "det" in tasks:
             targets += [(f"det_{b}", "det", self.out / "det" / f"{b}_s{seed_d}" / "deploy.pt", None,
                          f"det_train_{b}_s{seed_d}") for b in ("repvgg", "qarepvgg")]
-        return [Stage(f"speed_{name}", lambda t=task, c=ckpt, d=data, n=name: self.speed(measure_speed, c, t, n, d),
+        return [Stage(f"speed_{name}", lambda t=task, c=ckpt, d=data, n=name: self.speed(c, t, n, d),
                       (after,), alone=True) for name, task, ckpt, data, after in targets]
 
-    def speed(self, measure_speed, ckpt: Path, task: str, name: str, data: str | None) -> dict:
+    def speed(self, ckpt: Path, task: str, name: str, data: str | None) -> dict:
         import torch
+
+        from qarep_dense.demo.speed import measure_speed
 
         torch.set_num_threads(self.opts.threads)  # this stage runs alone, in this process
         return measure_speed(ckpt, task, self.out / "speed" / name, data, repeats=self.prof.speed_repeats,
@@ -389,11 +398,17 @@ class Demo:
         if not infer.is_file():
             self.skipped["pictures"] = "tools/infer.py is not in this checkout"
             return []
+        jobs = self.picture_stages(tasks)
+        if all(self.stages.done(st.name) for st in jobs):
+            return jobs  # a rerun: no need to ask the tool (a subprocess start is seconds)
         helptext = subprocess.run([sys.executable, str(infer), "--help"], cwd=ROOT, capture_output=True, text=True,
                                   env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
         if "--int8" not in helptext or "--out" not in helptext:
             self.skipped["pictures"] = "tools/infer.py has no --int8/--out options"
             return []
+        return jobs
+
+    def picture_stages(self, tasks: list[str]) -> list[Stage]:
         jobs = []
         if "det" in tasks:
             for block in ("repvgg", "qarepvgg"):

@@ -43,8 +43,9 @@ def _cls_section(out: Path, records: dict, info: dict) -> list[str]:
     lines = [f"{info['cls_data']}, {info['cls_epochs']} epochs, "
              f"`{' '.join(info['cls_recipe'])}`, seeds {seeds}. Top-1 % as mean (min-max) over seeds. RepVGG "
              "custom = its authors' recipe (custom L2 on the branch kernels + weight decay on the identity-BN "
-             "gammas); the others use normal L2. RepOpt-VGG's scales come from one Hyper-Search run "
-             "(cls/hs). INT8 = W8A8 PTQ of the fused model (per-channel weights, per-tensor activations, every "
+             "gammas); the others use normal L2. "
+             + ("RepOpt-VGG's scales come from one Hyper-Search run (cls/hs). " if "repopt" in models else "")
+             + "INT8 = W8A8 PTQ of the fused model (per-channel weights, per-tensor activations, every "
              "conv and FC input), 256 calibration images; weights-only / activations-only switch the other "
              "side's quantizers off.", ""]
     rows = []
