@@ -148,6 +148,31 @@ def _one_thread() -> None:
     torch.set_num_threads(STAGE_THREADS)
 
 
+# Each dataset is written once, by a stage of its own, before the trainings that read it start side by side
+# (two trainings exporting the same folder at once would trip over each other). Each function asks the
+# task for the export its trainings would make, so those find it complete and write nothing.
+def _prepare_cls_data(config: str, sets: list[str]) -> dict:
+    from qarep_dense.config import load_config
+    from qarep_dense.tasks.classification import ClsConfig, prepare_data
+
+    cfg = load_config(config, ClsConfig, sets)
+    return {"root": str(prepare_data(cfg.data, cfg.model.num_classes))}
+
+
+def _prepare_det_data(config: str, sets: list[str]) -> dict:
+    from qarep_dense.config import load_config
+    from qarep_dense.tasks.detection import DetConfig, data_paths
+
+    return {k: str(v) for k, v in data_paths(load_config(config, DetConfig, sets).data).items()}
+
+
+def _prepare_seg_data(config: str, data_root: str) -> dict:
+    from qarep_dense.tasks.segmentation import configure, prepare_synthetic
+
+    prepare_synthetic(configure(config, data_root=data_root))
+    return {"root": data_root}
+
+
 def _task_modules() -> dict:
     from qarep_dense.tasks.registry import TASK_MODULES
 
@@ -220,18 +245,21 @@ class Demo:
         data = self.out / "data" / self.prof.cls_data
         hs = base / "hs"
         models = self.prof.cls_models
-        trains: list[Stage] = []
+        first_config, first_extra = CLS_MODELS[models[0]]
+        trains = [Stage("cls_data", lambda: self.in_child(_prepare_cls_data, str(cfg_dir / first_config),
+                                                          [*self.cls_sets(0, data), *first_extra]))]
         if "repopt" in models:
             trains.append(Stage("cls_train_hs", lambda: self.train(
-                "cls_train_hs", "train_cls.py", cfg_dir / "digits_hs.toml", hs, self.cls_sets(0, data))))
+                "cls_train_hs", "train_cls.py", cfg_dir / "digits_hs.toml", hs, self.cls_sets(0, data)),
+                ("cls_data",)))
         measures: list[Stage] = []
         for seed in self.prof.cls_seeds:
             for name in models:
                 config, extra = CLS_MODELS[name]
                 work, tag = base / f"{name}_s{seed}", f"{name}_s{seed}"
-                sets, after = [*self.cls_sets(seed, data), *extra], ()
+                sets, after = [*self.cls_sets(seed, data), *extra], ("cls_data",)
                 if name == "repopt":
-                    sets, after = [*sets, f"repopt.hs_checkpoint={hs / 'best.pt'}"], ("cls_train_hs",)
+                    sets, after = [*sets, f"repopt.hs_checkpoint={hs / 'best.pt'}"], ("cls_data", "cls_train_hs")
                 trains.append(Stage(f"cls_train_{tag}", lambda c=config, w=work, s=sets, t=tag: self.train(
                     f"cls_train_{t}", "train_cls.py", cfg_dir / c, w, s), after))
                 measures += [
@@ -297,16 +325,17 @@ class Demo:
     def det_jobs(self) -> list[Stage]:
         cfg_dir, base = ROOT / "configs" / "det", self.out / "det"
         hs, blocks = base / "hs", self.prof.det_blocks
-        trains: list[Stage] = []
+        trains = [Stage("det_data", lambda: self.in_child(
+            _prepare_det_data, str(cfg_dir / f"synthetic_{blocks[0]}.toml"), self.det_sets(self.prof.det_seeds[0])))]
         if "repopt" in blocks:
             trains.append(Stage("det_train_hs", lambda: self.train(
-                "det_train_hs", "train_det.py", cfg_dir / "synthetic_hs.toml", hs, self.det_sets(0))))
+                "det_train_hs", "train_det.py", cfg_dir / "synthetic_hs.toml", hs, self.det_sets(0)), ("det_data",)))
         tables: list[Stage] = []
         for seed in self.prof.det_seeds:
             for block in blocks:
-                sets, after = self.det_sets(seed), ()
+                sets, after = self.det_sets(seed), ("det_data",)
                 if block == "repopt":
-                    sets, after = [*sets, f"repopt.hs_checkpoint={hs / 'best.pt'}"], ("det_train_hs",)
+                    sets, after = [*sets, f"repopt.hs_checkpoint={hs / 'best.pt'}"], ("det_data", "det_train_hs")
                 work, stage = base / f"{block}_s{seed}", f"det_train_{block}_s{seed}"
                 trains.append(Stage(stage, lambda c=cfg_dir / f"synthetic_{block}.toml", w=work, s=sets, st=stage:
                                     self.train(st, "train_det.py", c, w, s), after))
@@ -343,7 +372,9 @@ class Demo:
             self.skipped["seg"] = config
             return []
         base = self.out / "seg"
-        jobs = [Stage(f"seg_train_{b}", lambda b=b: self.seg_train(b, config, base / b)) for b in SEG_BLOCKS]
+        jobs = [Stage("seg_data", lambda: self.in_child(_prepare_seg_data, str(config), str(self.seg_data())))]
+        jobs += [Stage(f"seg_train_{b}", lambda b=b: self.seg_train(b, config, base / b), ("seg_data",))
+                 for b in SEG_BLOCKS]
         jobs.append(Stage("seg_ptq", lambda: self.ptq_table(
             "seg_ptq", "seg", [self.seg_checkpoint(base / b) for b in SEG_BLOCKS], base / "ptq",
             ["--data", str(self.seg_data())]), tuple(f"seg_train_{b}" for b in SEG_BLOCKS)))
@@ -505,7 +536,8 @@ class Demo:
         # Long stages first: the scheduler starts the ready ones in this order, one thread each.
         jobs = {"cls": self.cls_jobs, "det": self.det_jobs, "seg": self.seg_jobs}
         stages = [st for task in TASKS if task in tasks for st in jobs[task]()]
-        stages = ([st for st in stages if "_train_" in st.name] + [st for st in stages if "_train_" not in st.name]
+        stages = ([st for st in stages if st.name.endswith("_data")] + [st for st in stages if "_train_" in st.name]
+                  + [st for st in stages if "_train_" not in st.name and not st.name.endswith("_data")]
                   + self.picture_jobs(tasks) + self.speed_jobs(tasks))
         try:
             self.run_stages(",".join(tasks), stages)
