@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,8 +211,18 @@ class Demo:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         threads = str(STAGE_THREADS)
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONPATH": str(ROOT)}
+        start = time.perf_counter()
         with open(log_path, "a") as f:
-            proc = subprocess.run([sys.executable, *argv], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
+            try:
+                _, status, usage = os.wait4(proc.pid, 0)  # its CPU seconds: the time it needs on a core of its own
+            except BaseException:  # interrupted: do not leave the tool running
+                proc.kill()
+                proc.wait()
+                raise
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            f.write(f"[demo] {argv[0]}: {time.perf_counter() - start:.1f} s wall, "
+                    f"{usage.ru_utime + usage.ru_stime:.1f} CPU s, exit {proc.returncode}\n")
         if proc.returncode:
             tail = "".join(log_path.read_text().splitlines(keepends=True)[-25:])
             raise RuntimeError(f"stage {stage}: {' '.join(argv[:2])} failed (exit {proc.returncode}); "
