@@ -231,6 +231,9 @@ def test_demo_refuses_a_results_folder_made_under_other_settings(tmp_path):
     ({"det_epochs": 0}, "det-epochs 0: must be at least 1"),
     ({"jobs": 0}, "jobs 0: must be at least 1"),
     ({"threads": 0}, "threads 0: must be at least 1"),
+    ({"cls_models": ["qarepvgg", "repopt"]}, "including repvgg_custom and qarepvgg"),
+    ({"cls_models": ["repvgg_custom", "qarepvgg", "qarepvgg"]}, "at most once"),
+    ({"det_blocks": ["qarepvgg", "repvgg", "yolo"]}, r"unknown: yolo"),
 ])
 def test_demo_options_are_validated_up_front(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -376,3 +379,16 @@ def test_side_by_side_figures_stack_and_fit_the_page_width(tmp_path):
     assert w <= 1600 and h > 2 * 300 * 1600 / 2000  # two rows, scaled to the page width
     wide = plot_side_by_side([tmp_path / "a.png", tmp_path / "b.png"], ["A", "B"], tmp_path / "wide.png")
     assert imread(str(wide)).shape[1] <= 1600
+
+
+def test_default_profile_trains_the_story_and_optional_rows_come_back_on_request(tmp_path):
+    demo = Demo(DemoOptions(out=tmp_path))
+    trains = [st.name for st in demo.cls_jobs() + demo.det_jobs() if "_train_" in st.name]
+    assert len([n for n in trains if n.startswith("cls_")]) == 10 and "cls_train_repvgg_normal_s0" not in trains
+    assert sorted(n for n in trains if n.startswith("det_")) == [
+        "det_train_qarepvgg_s0", "det_train_qarepvgg_s1", "det_train_repvgg_s0", "det_train_repvgg_s1"]
+    every = Demo(DemoOptions(out=tmp_path, cls_models=["repopt", "repvgg_normal", "qarepvgg", "repvgg_custom"],
+                             det_blocks=["qarepvgg", "repvgg", "repopt"]))
+    names = [st.name for st in every.cls_jobs() + every.det_jobs()]
+    assert "cls_train_repvgg_normal_s2" in names and "det_train_hs" in names and "det_train_repopt_s1" in names
+    assert every.prof.cls_models == ("repvgg_custom", "repvgg_normal", "qarepvgg", "repopt")  # table order

@@ -3,14 +3,17 @@
     python tools/demo.py                         # cls, det and seg; writes work_dirs/demo/summary.md
     python tools/demo.py --quick                 # one seed's story in under 10 minutes (work_dirs/demo_quick)
     python tools/demo.py --out DIR --seeds 0 1 2 3 4
+    python tools/demo.py --cls-models repvgg_custom,repvgg_normal,qarepvgg,repopt \
+        --det-blocks qarepvgg,repvgg,repopt      # every model (about 40 minutes on 2 cores)
 
-Classification (the story): RepVGG with its authors' recipe (custom L2 + identity-gamma decay), RepVGG
-with normal L2, QARepVGG and RepOpt-VGG on scikit-learn's digits over seeds; FP32, INT8 (max and
-entropy calibration), weights-only and activations-only INT8, the mechanism figures per model
-(tools/analyze.py), the dead-channel repair, and the paper's Fig. 2-4 side by side. Detection: the
-three detectors over seeds, FP32 vs INT8 (and ONNX Runtime INT8) mAP. Segmentation: QARepVGG and RepVGG
-segmentors, FP32 vs INT8 mIoU. Speed: FP32 vs ORT INT8 latency. Pictures: tools/infer.py on a few
-validation images.
+Classification (the story): RepVGG with its authors' recipe (custom L2 + identity-gamma decay),
+QARepVGG and RepOpt-VGG (and, with --cls-models, RepVGG with normal L2) on scikit-learn's digits over
+seeds; FP32, INT8 (max and entropy calibration), weights-only and activations-only INT8, the mechanism
+figures per model (tools/analyze.py), the dead-channel repair, and the paper's Fig. 2-4 for the RepVGG
+seed with the largest INT8 drop above its QARepVGG twin. Detection: the QARepVGG and RepVGG detectors
+(and, with --det-blocks, RepOpt's) over seeds, FP32 vs INT8 (and ONNX Runtime INT8) mAP.
+Segmentation: QARepVGG and RepVGG segmentors, FP32 vs INT8 mIoU. Speed: FP32 vs ORT INT8 latency.
+Pictures: tools/infer.py on a few validation images.
 
 Independent stages run side by side (--jobs, default 2), each on one thread, so a result does not
 depend on --jobs or on what ran beside it. Every stage leaves a done-marker in OUT/.stages (written
@@ -33,6 +36,10 @@ if sys.path[:1] != [_ROOT]:
 from qarep_dense.demo.main_job import TASKS, Demo, DemoOptions  # noqa: E402
 
 
+def _names(text: str | None) -> list[str] | None:
+    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+
+
 def parse_args(argv: list[str] | None = None) -> DemoOptions:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of cls,det,seg")
@@ -45,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> DemoOptions:
     p.add_argument("--det-epochs", type=int, help="detection epochs, at least 1 (default 10)")
     p.add_argument("--out", type=Path, default=None, help="results folder (default work_dirs/demo, --quick "
                    "work_dirs/demo_quick, --tiny work_dirs/demo_tiny); reused only under the same settings")
+    p.add_argument("--cls-models", help="classifiers to train, from repvgg_custom,repvgg_normal,qarepvgg,repopt "
+                   "(default repvgg_custom,qarepvgg,repopt; --quick repvgg_custom,qarepvgg)")
+    p.add_argument("--det-blocks", help="detectors to train, from qarepvgg,repvgg,repopt (default qarepvgg,repvgg)")
     p.add_argument("--jobs", type=int, default=2, help="stages run side by side, one thread each (default 2: "
                    "one per core of a 2-core machine); the numbers do not depend on it")
     p.add_argument("--threads", type=int, default=2, help="threads of the latency measurement (speed stages, "
@@ -54,7 +64,8 @@ def parse_args(argv: list[str] | None = None) -> DemoOptions:
     profile = "tiny" if args.tiny else ("quick" if args.quick else "full")
     try:
         return DemoOptions(out=args.out, tasks=tasks, profile=profile, seeds=args.seeds, cls_epochs=args.cls_epochs,
-                           det_epochs=args.det_epochs, threads=args.threads, jobs=args.jobs)
+                           det_epochs=args.det_epochs, threads=args.threads, jobs=args.jobs,
+                           cls_models=_names(args.cls_models), det_blocks=_names(args.det_blocks))
     except ValueError as err:
         p.error(str(err))
 
