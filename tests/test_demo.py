@@ -337,6 +337,7 @@ def test_figures_are_drawn_for_the_repvgg_seed_with_the_largest_int8_drop(tmp_pa
 
 def test_quick_profile_trains_the_two_models_of_the_story_at_the_full_recipe(tmp_path):
     demo = Demo(DemoOptions(out=tmp_path, profile="quick"))
+    assert demo.opts.tasks == ["cls", "det"] and DemoOptions(out=tmp_path).tasks == ["cls", "det", "seg"]
     names = [st.name for st in demo.cls_jobs() + demo.det_jobs()]
     assert [n for n in names if "_train_" in n] == [
         "cls_train_repvgg_custom_s0", "cls_train_qarepvgg_s0", "det_train_qarepvgg_s0", "det_train_repvgg_s0"]

@@ -1,7 +1,7 @@
 """The main job: the paper's story on the embedded data, three tasks, one results folder.
 
     python tools/demo.py                         # cls, det and seg; writes work_dirs/demo/summary.md
-    python tools/demo.py --quick                 # one seed's story in under 10 minutes (work_dirs/demo_quick)
+    python tools/demo.py --quick                 # one seed's story, cls and det (work_dirs/demo_quick)
     python tools/demo.py --out DIR --seeds 0 1 2 3 4
     python tools/demo.py --cls-models repvgg_custom,repvgg_normal,qarepvgg,repopt \
         --det-blocks qarepvgg,repvgg,repopt      # every model (about 40 minutes on 2 cores)
@@ -33,7 +33,7 @@ _ROOT = str(Path(__file__).resolve().parents[1])  # this checkout: `python tools
 if sys.path[:1] != [_ROOT]:
     sys.path.insert(0, _ROOT)
 
-from qarep_dense.demo.main_job import TASKS, Demo, DemoOptions  # noqa: E402
+from qarep_dense.demo.main_job import Demo, DemoOptions  # noqa: E402
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -42,7 +42,8 @@ def _names(text: str | None) -> list[str] | None:
 
 def parse_args(argv: list[str] | None = None) -> DemoOptions:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of cls,det,seg")
+    p.add_argument("--tasks", default=None, help="comma-separated subset of cls,det,seg (default all; --quick "
+                   "cls,det)")
     p.add_argument("--quick", action="store_true", help="one seed's story: RepVGG (custom L2) and QARepVGG, "
                    "two detectors, the segmentors")
     p.add_argument("--tiny", action="store_true", help="toy models and data (for tests; numbers are meaningless)")
@@ -60,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> DemoOptions:
     p.add_argument("--threads", type=int, default=2, help="threads of the latency measurement (speed stages, "
                    "which run alone)")
     args = p.parse_args(argv)
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    tasks = _names(args.tasks)
     profile = "tiny" if args.tiny else ("quick" if args.quick else "full")
     try:
         return DemoOptions(out=args.out, tasks=tasks, profile=profile, seeds=args.seeds, cls_epochs=args.cls_epochs,

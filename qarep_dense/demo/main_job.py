@@ -68,6 +68,7 @@ DEFAULT_CLS_MODELS = ("repvgg_custom", "qarepvgg", "repopt")
 DEFAULT_DET_BLOCKS = ("qarepvgg", "repvgg")
 # --quick: the two models of the story at the main recipe's full 40 epochs (QARepVGG needs them to train,
 # RepVGG to grow its dead channels), one seed, and the two detectors.
+QUICK_TASKS = ("cls", "det")  # 10 minutes leave no room for the segmentors (--tasks cls,det,seg adds them)
 QUICK_SEED = 0  # the recipe study's s24_nowarm_e40 seed with the most near-dead channels (35) and largest drop
 
 
@@ -76,7 +77,7 @@ class DemoOptions:
     """What the user asked for (tools/demo.py's command line)."""
 
     out: Path | None = None  # default: DEFAULT_OUT of the profile
-    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    tasks: list[str] | None = None  # default: all three; --quick: cls,det (segmentation shows no INT8 loss)
     profile: str = "full"  # full | quick (one seed, fewer epochs) | tiny (toy models, for the tests)
     seeds: list[int] | None = None  # default: the profile's
     cls_epochs: int | None = None
@@ -87,6 +88,8 @@ class DemoOptions:
     det_blocks: list[str] | None = None
 
     def __post_init__(self):
+        if self.tasks is None:
+            self.tasks = list(QUICK_TASKS if self.profile == "quick" else TASKS)
         bad = [t for t in self.tasks if t not in TASKS]
         if bad or not self.tasks:
             raise ValueError(f"tasks: unknown task(s) {bad}; choose from {','.join(TASKS)}")
