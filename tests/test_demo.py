@@ -386,10 +386,9 @@ def test_default_profile_trains_the_story_and_optional_rows_come_back_on_request
     demo = Demo(DemoOptions(out=tmp_path))
     trains = [st.name for st in demo.cls_jobs() + demo.det_jobs() if "_train_" in st.name]
     assert len([n for n in trains if n.startswith("cls_")]) == 10 and "cls_train_repvgg_normal_s0" not in trains
-    assert sorted(n for n in trains if n.startswith("det_")) == [
-        "det_train_qarepvgg_s0", "det_train_qarepvgg_s1", "det_train_repvgg_s0", "det_train_repvgg_s1"]
+    assert sorted(n for n in trains if n.startswith("det_")) == ["det_train_qarepvgg_s0", "det_train_repvgg_s0"]
     every = Demo(DemoOptions(out=tmp_path, cls_models=["repopt", "repvgg_normal", "qarepvgg", "repvgg_custom"],
                              det_blocks=["qarepvgg", "repvgg", "repopt"]))
     names = [st.name for st in every.cls_jobs() + every.det_jobs()]
-    assert "cls_train_repvgg_normal_s2" in names and "det_train_hs" in names and "det_train_repopt_s1" in names
+    assert "cls_train_repvgg_normal_s2" in names and "det_train_hs" in names and "det_train_repopt_s0" in names
     assert every.prof.cls_models == ("repvgg_custom", "repvgg_normal", "qarepvgg", "repopt")  # table order

@@ -47,8 +47,8 @@ def parse_args(argv: list[str] | None = None) -> DemoOptions:
     p.add_argument("--quick", action="store_true", help="one seed's story: RepVGG (custom L2) and QARepVGG, "
                    "two detectors, the segmentors")
     p.add_argument("--tiny", action="store_true", help="toy models and data (for tests; numbers are meaningless)")
-    p.add_argument("--seeds", type=int, nargs="+", help="training seeds, each once (default: 0 1 2 for cls, "
-                   "0 1 for det; --quick 0)")
+    p.add_argument("--seeds", type=int, nargs="+", help="training seeds, each once, for cls and det "
+                   "(default: 0 1 2 for cls, 0 for det; --quick 0)")
     p.add_argument("--cls-epochs", type=int, help="classification epochs, at least 1 (default 40)")
     p.add_argument("--det-epochs", type=int, help="detection epochs, at least 1 (default 10)")
     p.add_argument("--out", type=Path, default=None, help="results folder (default work_dirs/demo, --quick "

@@ -42,7 +42,8 @@ ROOT = Path(__file__).resolve().parents[2]  # the checkout: tools/ and configs/ 
 log = logging.getLogger(__name__)
 TASKS = ("cls", "det", "seg")
 PROFILES = ("full", "quick", "tiny")
-DEFAULT_OUT = {"full": Path("work_dirs/demo"), "quick": Path("work_dirs/demo_quick"), "tiny": Path("work_dirs/demo_tiny")}
+DEFAULT_OUT = {"full": Path("work_dirs/demo"), "quick": Path("work_dirs/demo_quick"),
+               "tiny": Path("work_dirs/demo_tiny")}
 SETTINGS_FILE = "demo_settings.json"  # what the stages in a results folder were run with
 WRITTEN_FILE = ".demo_written.json"  # SHA-256 of the top-level files the demo wrote (it replaces only those)
 STAGE_THREADS = 1  # every stage's torch/OpenMP threads (the speed stage runs alone with --threads)
@@ -64,6 +65,7 @@ STORY_MODELS = ("repvgg_custom", "qarepvgg")  # the comparison every run makes (
 # The default leaves out two rows that add no new finding, to fit 30 minutes on 2 cores (--cls-models and
 # --det-blocks bring them back): RepVGG with normal L2 (the same mechanism, fewer dead channels) and the
 # RepOpt detector with its Hyper-Search run (three trainings; no detector loses INT8 accuracy at CPU length).
+# Detection trains one seed (--seeds trains the detectors over the same seeds as the classifiers).
 DEFAULT_CLS_MODELS = ("repvgg_custom", "qarepvgg", "repopt")
 DEFAULT_DET_BLOCKS = ("qarepvgg", "repvgg")
 # --quick: the two models of the story at the main recipe's full 40 epochs (QARepVGG needs them to train,
@@ -153,7 +155,7 @@ def make_profile(opts: DemoOptions) -> Profile:
         prof = Profile("quick", [QUICK_SEED], [QUICK_SEED], 40, 10, cls_models=STORY_MODELS,
                        det_blocks=DEFAULT_DET_BLOCKS)
     else:
-        prof = Profile("full", [0, 1, 2], [0, 1], 40, 10, cls_models=DEFAULT_CLS_MODELS,
+        prof = Profile("full", [0, 1, 2], [0], 40, 10, cls_models=DEFAULT_CLS_MODELS,
                        det_blocks=DEFAULT_DET_BLOCKS)
     if opts.seeds:
         prof.cls_seeds = prof.det_seeds = list(opts.seeds)
@@ -587,7 +589,8 @@ class Demo:
 
 def vars_for_summary(demo: Demo) -> dict:
     p = demo.prof
-    data = "toy synthetic shapes, arch test" if p.tiny else f"digits (1437 train / 360 val) at {CLS_IMAGE_SIZE}x{CLS_IMAGE_SIZE}, A0h"
+    size = f"{CLS_IMAGE_SIZE}x{CLS_IMAGE_SIZE}"
+    data = "toy synthetic shapes, arch test" if p.tiny else f"digits (1437 train / 360 val) at {size}, A0h"
     return {"cls_data": data, "cls_seeds": p.cls_seeds, "det_seeds": p.det_seeds, "cls_epochs": p.cls_epochs,
             "det_epochs": p.det_epochs, "cls_recipe": CLS_RECIPE, "profile": p.name,
             "reused_stages": len(demo.stages.reused), "threads": demo.opts.threads, "jobs": demo.opts.jobs,
