@@ -4,7 +4,7 @@
     python tools/demo.py --quick                 # one seed's story, cls and det (work_dirs/demo_quick)
     python tools/demo.py --out DIR --seeds 0 1 2 3 4
     python tools/demo.py --cls-models repvgg_custom,repvgg_normal,qarepvgg,repopt \
-        --det-blocks qarepvgg,repvgg,repopt      # every model (about 40 minutes on 2 cores)
+        --det-blocks qarepvgg,repvgg,repopt      # every model (about 39 minutes on 2 cores)
 
 Classification (the story): RepVGG with its authors' recipe (custom L2 + identity-gamma decay),
 QARepVGG and RepOpt-VGG (and, with --cls-models, RepVGG with normal L2) on scikit-learn's digits over
