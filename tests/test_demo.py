@@ -392,3 +392,32 @@ def test_default_profile_trains_the_story_and_optional_rows_come_back_on_request
     names = [st.name for st in every.cls_jobs() + every.det_jobs()]
     assert "cls_train_repvgg_normal_s2" in names and "det_train_hs" in names and "det_train_repopt_s0" in names
     assert every.prof.cls_models == ("repvgg_custom", "repvgg_normal", "qarepvgg", "repopt")  # table order
+
+
+@pytest.mark.slow
+def test_a_training_side_by_side_gives_the_same_weights_as_alone(tmp_path):
+    """The main job's determinism rule: one thread per stage, so a run's result does not depend on what runs
+    beside it (nor on --jobs)."""
+    import torch
+
+    from qarep_dense.demo.stages import Stage
+
+    demo = Demo(DemoOptions(out=tmp_path, tasks=["cls"], profile="tiny", jobs=2))
+    data = tmp_path / "data" / "synthetic_cls"
+    config = ROOT / "configs" / "cls" / "digits_qarepvgg.toml"
+
+    def train(name, seed):
+        return Stage(name, lambda: demo.train(name, "train_cls.py", config, tmp_path / name,
+                                              demo.cls_sets(seed, data)), ("data",))
+
+    data_stage = Stage("data", lambda: __import__("qarep_dense.demo.main_job", fromlist=["x"])._prepare_cls_data(
+        str(config), demo.cls_sets(0, data)))
+    assert demo.stages.run_all([data_stage, train("pair_a", 0), train("pair_b", 1)], workers=2) == {}
+    assert demo.stages.run_all([train("alone_a", 0)], workers=1) == {}
+
+    def weights(name):
+        return torch.load(tmp_path / name / "last.pt", map_location="cpu", weights_only=True)["model"]
+
+    side, alone = weights("pair_a"), weights("alone_a")
+    assert side.keys() == alone.keys() and all(torch.equal(side[k], alone[k]) for k in side)
+    assert not all(torch.equal(side[k], weights("pair_b")[k]) for k in side)  # the other seed differs
