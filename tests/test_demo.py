@@ -330,6 +330,7 @@ def test_figures_are_drawn_for_the_repvgg_seed_with_the_largest_int8_drop(tmp_pa
     figures = {"seed": 1, "repvgg_int8_drop": 29.0, "figures": {"fig2_weights": str(tmp_path / "cls" / "f.png")}}
     text = render_summary(tmp_path, {"cls_figures_s0-1-2": figures}, ["cls"], {}, _info())
     assert "Fig. 2-4 for seed 1" in text and "lost most under INT8 (max): 29.0 points" in text
+    assert "![Fig. 2, seed 1](cls/f.png)" in text
     stage = next(st for st in demo.cls_jobs() if st.name.startswith("cls_figures"))
     assert stage.name == "cls_figures_s0-1-2"
     assert {f"cls_quant_repvgg_custom_s{s}" for s in (0, 1, 2)} <= set(stage.after)

@@ -87,6 +87,8 @@ def _cls_section(out: Path, records: dict, info: dict) -> list[str]:
               "fig3_bn_scales": "Fig. 3: BN multipliers per branch", "fig4_branches": "Fig. 4: branch outputs",
               "activation_ranges": "input activation ranges (C2)"}
     lines += [f"- {titles.get(k, k)}: [{_rel(p, out)}]({_rel(p, out)})" for k, p in fig["figures"].items()]
+    if "fig2_weights" in fig["figures"]:  # the one that shows the outliers
+        lines += ["", f"![Fig. 2, seed {fig['seed']}]({_rel(fig['figures']['fig2_weights'], out)})"]
     return lines
 
 
