@@ -168,7 +168,7 @@ def test_demo_tiny_end_to_end_writes_every_section_and_reuses_stages(tmp_path):
     assert markers and all(json.loads(m.read_text())["stage"] == m.stem for m in markers)
     logs_before = {p: p.stat().st_size for p in (out / "logs").glob("*.log")}
     text2 = demo.main(["--tiny", "--tasks", "cls,det,seg", "--out", str(out)]).read_text()
-    assert f"({len(markers)} stages reused" in text2
+    assert f"; {len(markers)} stages reused" in text2
     assert {p: p.stat().st_size for p in (out / "logs").glob("*.log")} == logs_before  # no tool ran again
 
 
