@@ -341,7 +341,7 @@ def test_quick_profile_trains_the_two_models_of_the_story_at_the_full_recipe(tmp
     assert demo.opts.tasks == ["cls", "det"] and DemoOptions(out=tmp_path).tasks == ["cls", "det", "seg"]
     names = [st.name for st in demo.cls_jobs() + demo.det_jobs()]
     assert [n for n in names if "_train_" in n] == [
-        "cls_train_repvgg_custom_s0", "cls_train_qarepvgg_s0", "det_train_qarepvgg_s0", "det_train_repvgg_s0"]
+        "cls_train_repvgg_custom_s2", "cls_train_qarepvgg_s2", "det_train_qarepvgg_s2", "det_train_repvgg_s2"]
     assert demo.prof.cls_epochs == make_profile(DemoOptions(out=tmp_path)).cls_epochs  # not a shortened recipe
 
 
