@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from qarep_dense.demo import Criteria, StageRunner, seed_range, verdict
-from qarep_dense.demo.main_job import Demo, DemoOptions
-from qarep_dense.demo.summary import SECTIONS, render_summary
+from qarep_dense.demo.main_job import Demo, DemoOptions, make_profile
+from qarep_dense.demo.stages import Stage
+from qarep_dense.demo.summary import SECTIONS, render_summary, stage_span
 from qarep_dense.demo.verdict import format_range
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,7 +168,7 @@ def test_demo_tiny_end_to_end_writes_every_section_and_reuses_stages(tmp_path):
     assert markers and all(json.loads(m.read_text())["stage"] == m.stem for m in markers)
     logs_before = {p: p.stat().st_size for p in (out / "logs").glob("*.log")}
     text2 = demo.main(["--tiny", "--tasks", "cls,det,seg", "--out", str(out)]).read_text()
-    assert f"({len(markers)} stages reused" in text2
+    assert f"; {len(markers)} stages reused" in text2
     assert {p: p.stat().st_size for p in (out / "logs").glob("*.log")} == logs_before  # no tool ran again
 
 
@@ -205,7 +206,7 @@ def test_demo_refuses_a_results_folder_made_under_other_settings(tmp_path):
     first.check_settings()
     assert json.loads((tmp_path / "demo_settings.json").read_text())["profile"] == "tiny"
     Demo(DemoOptions(out=tmp_path, tasks=["cls", "det"], profile="tiny", seeds=[0, 1])).check_settings()  # adds stages
-    with pytest.raises(ValueError, match=r"other settings: profile \('tiny' -> 'quick'\), cls_epochs \(1 -> 20\)"):
+    with pytest.raises(ValueError, match=r"other settings: profile \('tiny' -> 'quick'\), cls_epochs \(1 -> 40\)"):
         Demo(DemoOptions(out=tmp_path, tasks=["cls"], profile="quick")).check_settings()
     with pytest.raises(ValueError, match=r"cls_epochs \(1 -> 3\)"):
         Demo(DemoOptions(out=tmp_path, tasks=["cls"], profile="tiny", cls_epochs=3)).check_settings()
@@ -217,3 +218,207 @@ def test_demo_refuses_a_results_folder_made_under_other_settings(tmp_path):
     with pytest.raises(ValueError, match=r"seg_seed \(0 -> 3\)"):  # the one segmentation seed follows the first
         Demo(DemoOptions(out=tmp_path, tasks=["cls"], profile="tiny", seeds=[3])).check_settings()
     assert DemoOptions(profile="quick").out == Path("work_dirs/demo_quick")
+
+
+# --- arguments, ownership, scheduling, figures -----------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"seeds": [0, 0]}, "seed 0 given more than once"),
+    ({"seeds": [1, 2, 1]}, "seed 1 given more than once"),
+    ({"seeds": [-1]}, "non-negative"),
+    ({"cls_epochs": 0}, "cls-epochs 0: must be at least 1"),
+    ({"cls_epochs": -3}, "cls-epochs -3: must be at least 1"),
+    ({"det_epochs": 0}, "det-epochs 0: must be at least 1"),
+    ({"jobs": 0}, "jobs 0: must be at least 1"),
+    ({"threads": 0}, "threads 0: must be at least 1"),
+    ({"cls_models": ["qarepvgg", "repopt"]}, "including repvgg_custom and qarepvgg"),
+    ({"cls_models": ["repvgg_custom", "qarepvgg", "qarepvgg"]}, "at most once"),
+    ({"det_blocks": ["qarepvgg", "repvgg", "yolo"]}, r"unknown: yolo"),
+])
+def test_demo_options_are_validated_up_front(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DemoOptions(out=tmp_path, **kwargs)
+
+
+def test_demo_command_line_refuses_bad_arguments_before_running(capsys):
+    demo_tool = importlib.import_module("tools.demo")
+    for argv, message in ((["--seeds", "0", "0"], "seed 0 given more than once"),
+                          (["--cls-epochs", "0"], "cls-epochs 0: must be at least 1"),
+                          (["--cls-epochs", "-3"], "cls-epochs -3")):
+        with pytest.raises(SystemExit):
+            demo_tool.parse_args(argv)
+        assert message in capsys.readouterr().err
+    assert make_profile(demo_tool.parse_args(["--cls-epochs", "7", "--tiny"])).cls_epochs == 7
+
+
+def _no_stages(demo: Demo) -> Demo:
+    """A Demo whose run() writes only its summary (no training): for the ownership tests."""
+    demo.cls_jobs = demo.det_jobs = demo.seg_jobs = lambda: []
+    demo.speed_jobs = demo.picture_jobs = lambda tasks: []
+    return demo
+
+
+def test_demo_never_replaces_a_summary_it_did_not_write(tmp_path):
+    (tmp_path / "summary.md").write_text("my notes")
+    with pytest.raises(FileExistsError, match="summary.md: exists and was not written by the demo"):
+        _no_stages(Demo(DemoOptions(out=tmp_path, tasks=["cls"], profile="tiny"))).run()
+    assert (tmp_path / "summary.md").read_text() == "my notes"
+    assert not (tmp_path / ".stages").exists()  # refused before any stage ran
+
+
+def test_demo_replaces_its_own_summary_but_not_one_edited_since(tmp_path):
+    out = tmp_path / "demo"
+    path = _no_stages(Demo(DemoOptions(out=out, tasks=["cls"], profile="tiny"))).run()
+    assert path.read_text().startswith("# qarep-dense main job")
+    _no_stages(Demo(DemoOptions(out=out, tasks=["cls"], profile="tiny"))).run()  # its own file: replaced
+    path.write_text(path.read_text() + "\nmy addition\n")
+    with pytest.raises(FileExistsError, match="changed since"):
+        _no_stages(Demo(DemoOptions(out=out, tasks=["cls"], profile="tiny"))).run()
+    assert path.read_text().endswith("my addition\n")
+
+
+def test_run_all_runs_independent_stages_side_by_side_and_dependent_ones_after(tmp_path):
+    import threading
+
+    barrier = threading.Barrier(2, timeout=20)  # passes only if both stages run at the same time
+    order: list[str] = []
+
+    def meet(name):
+        barrier.wait()
+        order.append(name)
+        return name
+
+    stages = [Stage("later", lambda: order.append("later") or 3, after=("a", "b")),
+              Stage("a", lambda: meet("a")), Stage("b", lambda: meet("b"))]
+    failed = StageRunner(tmp_path).run_all(stages, workers=2)
+    assert failed == {} and order[-1] == "later" and sorted(order[:2]) == ["a", "b"]
+
+
+def test_run_all_skips_stages_after_a_failed_one_and_runs_alone_stages_alone(tmp_path):
+    import threading
+    import time
+
+    running, seen = [], []
+    lock = threading.Lock()
+
+    def work(name, fail=False):
+        with lock:
+            running.append(name)
+            seen.append(sorted(running))
+        time.sleep(0.05)
+        with lock:
+            running.remove(name)
+        if fail:
+            raise RuntimeError(f"{name} broke\ndetails")
+        return name
+
+    stages = [Stage("train", lambda: work("train", fail=True)), Stage("quant", lambda: work("quant"), ("train",)),
+              Stage("x", lambda: work("x")), Stage("y", lambda: work("y")), Stage("speed", lambda: work("speed"),
+                                                                                 alone=True)]
+    runner = StageRunner(tmp_path)
+    failed = runner.run_all(stages, workers=3)
+    assert failed == {"train": "RuntimeError: train broke", "quant": "not run: it needs stage train, which failed"}
+    assert ["speed"] in seen and not any("speed" in s and len(s) > 1 for s in seen)
+    assert set(runner.records) == {"x", "y", "speed"}
+
+
+def test_figures_are_drawn_for_the_repvgg_seed_with_the_largest_int8_drop(tmp_path):
+    demo = Demo(DemoOptions(out=tmp_path, tasks=["cls"], profile="tiny", seeds=[0, 1, 2]))
+    for seed, (fp32, int8) in enumerate([(98.0, 97.0), (99.0, 70.0), (97.0, 90.0)]):
+        demo.stages.records[f"cls_quant_repvgg_custom_s{seed}"] = _quant(fp32, int8)
+    assert demo.figure_seed() == (1, 29.0)
+    figures = {"seed": 1, "repvgg_int8_drop": 29.0, "figures": {"fig2_weights": str(tmp_path / "cls" / "f.png")}}
+    text = render_summary(tmp_path, {"cls_figures_s0-1-2": figures}, ["cls"], {}, _info())
+    assert "Fig. 2-4 for seed 1" in text and "lost most under INT8 (max): 29.0 points" in text
+    assert "![Fig. 2, seed 1](cls/f.png)" in text
+    stage = next(st for st in demo.cls_jobs() if st.name.startswith("cls_figures"))
+    assert stage.name == "cls_figures_s0-1-2"
+    assert {f"cls_quant_repvgg_custom_s{s}" for s in (0, 1, 2)} <= set(stage.after)
+
+
+def test_quick_profile_trains_the_two_models_of_the_story_at_the_full_recipe(tmp_path):
+    demo = Demo(DemoOptions(out=tmp_path, profile="quick"))
+    assert demo.opts.tasks == ["cls", "det"] and DemoOptions(out=tmp_path).tasks == ["cls", "det", "seg"]
+    names = [st.name for st in demo.cls_jobs() + demo.det_jobs()]
+    assert [n for n in names if "_train_" in n] == [
+        "cls_train_repvgg_custom_s2", "cls_train_qarepvgg_s2", "det_train_qarepvgg_s2", "det_train_repvgg_s2"]
+    assert demo.prof.cls_epochs == make_profile(DemoOptions(out=tmp_path)).cls_epochs  # not a shortened recipe
+
+
+def test_trainings_side_by_side_start_after_their_dataset_was_written_once(tmp_path):
+    demo = Demo(DemoOptions(out=tmp_path, tasks=["cls", "det", "seg"], profile="tiny"))
+    stages = demo.cls_jobs() + demo.det_jobs() + demo.seg_jobs()
+    for st in stages:
+        if "_train_" in st.name:  # two exports of one folder at once trip over each other
+            assert f"{st.name.split('_')[0]}_data" in st.after, st.name
+    from qarep_dense.demo.main_job import _prepare_cls_data
+
+    root = Path(_prepare_cls_data(str(ROOT / "configs" / "cls" / "digits_repvgg.toml"),
+                                  demo.cls_sets(0, tmp_path / "data" / "synthetic_cls"))["root"])
+    assert (root / "train").is_dir() and (root / "val").is_dir()
+
+
+def test_stage_span_is_the_wall_time_of_stages_run_side_by_side(tmp_path):
+    runner = StageRunner(tmp_path)
+    runner.mark("a", 1, 10.0, start=100.0)
+    runner.mark("b", 2, 10.0, start=104.0)
+    span = stage_span(tmp_path)
+    assert span is not None and span > 0
+    assert stage_span(tmp_path / "none") is None
+
+
+def test_side_by_side_figures_stack_and_fit_the_page_width(tmp_path):
+    import numpy as np
+    from matplotlib.image import imread, imsave
+
+    from qarep_dense.analysis.plots import plot_side_by_side
+
+    for name in ("a", "b"):
+        imsave(tmp_path / f"{name}.png", np.random.default_rng(0).random((300, 2000, 3)))
+    out = plot_side_by_side([tmp_path / "a.png", tmp_path / "b.png"], ["A", "B"], tmp_path / "ab.png", stack=True,
+                            title="t")
+    h, w = imread(str(out)).shape[:2]
+    assert w <= 1600 and h > 2 * 300 * 1600 / 2000  # two rows, scaled to the page width
+    wide = plot_side_by_side([tmp_path / "a.png", tmp_path / "b.png"], ["A", "B"], tmp_path / "wide.png")
+    assert imread(str(wide)).shape[1] <= 1600
+
+
+def test_default_profile_trains_the_story_and_optional_rows_come_back_on_request(tmp_path):
+    demo = Demo(DemoOptions(out=tmp_path))
+    trains = [st.name for st in demo.cls_jobs() + demo.det_jobs() if "_train_" in st.name]
+    assert len([n for n in trains if n.startswith("cls_")]) == 10 and "cls_train_repvgg_normal_s0" not in trains
+    assert sorted(n for n in trains if n.startswith("det_")) == ["det_train_qarepvgg_s0", "det_train_repvgg_s0"]
+    every = Demo(DemoOptions(out=tmp_path, cls_models=["repopt", "repvgg_normal", "qarepvgg", "repvgg_custom"],
+                             det_blocks=["qarepvgg", "repvgg", "repopt"]))
+    names = [st.name for st in every.cls_jobs() + every.det_jobs()]
+    assert "cls_train_repvgg_normal_s2" in names and "det_train_hs" in names and "det_train_repopt_s0" in names
+    assert every.prof.cls_models == ("repvgg_custom", "repvgg_normal", "qarepvgg", "repopt")  # table order
+
+
+@pytest.mark.slow
+def test_a_training_side_by_side_gives_the_same_weights_as_alone(tmp_path):
+    """The main job's determinism rule: one thread per stage, so a run's result does not depend on what runs
+    beside it (nor on --jobs)."""
+    import torch
+
+    from qarep_dense.demo.stages import Stage
+
+    demo = Demo(DemoOptions(out=tmp_path, tasks=["cls"], profile="tiny", jobs=2))
+    data = tmp_path / "data" / "synthetic_cls"
+    config = ROOT / "configs" / "cls" / "digits_qarepvgg.toml"
+
+    def train(name, seed):
+        return Stage(name, lambda: demo.train(name, "train_cls.py", config, tmp_path / name,
+                                              demo.cls_sets(seed, data)), ("data",))
+
+    data_stage = Stage("data", lambda: __import__("qarep_dense.demo.main_job", fromlist=["x"])._prepare_cls_data(
+        str(config), demo.cls_sets(0, data)))
+    assert demo.stages.run_all([data_stage, train("pair_a", 0), train("pair_b", 1)], workers=2) == {}
+    assert demo.stages.run_all([train("alone_a", 0)], workers=1) == {}
+
+    def weights(name):
+        return torch.load(tmp_path / name / "last.pt", map_location="cpu", weights_only=True)["model"]
+
+    side, alone = weights("pair_a"), weights("alone_a")
+    assert side.keys() == alone.keys() and all(torch.equal(side[k], alone[k]) for k in side)
+    assert not all(torch.equal(side[k], weights("pair_b")[k]) for k in side)  # the other seed differs

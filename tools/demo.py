@@ -1,20 +1,26 @@
 """The main job: the paper's story on the embedded data, three tasks, one results folder.
 
     python tools/demo.py                         # cls, det and seg; writes work_dirs/demo/summary.md
-    python tools/demo.py --tasks cls --quick     # one seed, fewer epochs: a short look (work_dirs/demo_quick)
+    python tools/demo.py --quick                 # one seed's story, cls and det (work_dirs/demo_quick)
     python tools/demo.py --out DIR --seeds 0 1 2 3 4
+    python tools/demo.py --cls-models repvgg_custom,repvgg_normal,qarepvgg,repopt \
+        --det-blocks qarepvgg,repvgg,repopt      # every model (about 39 minutes on 2 cores)
 
-Classification (the story): RepVGG with its authors' recipe (custom L2 + identity-gamma decay), RepVGG
-with normal L2, QARepVGG and RepOpt-VGG on scikit-learn's digits over seeds; FP32, INT8 (max and
-entropy calibration), weights-only and activations-only INT8, the mechanism figures per model
-(tools/analyze.py), the dead-channel repair, and the paper's Fig. 2-4 side by side. Detection: the
-three detectors over seeds, FP32 vs INT8 (and ONNX Runtime INT8) mAP. Segmentation: QARepVGG and RepVGG
-segmentors, FP32 vs INT8 mIoU. Speed: FP32 vs ORT INT8 latency. Pictures: tools/infer.py on a few
-validation images.
+Classification (the story): RepVGG with its authors' recipe (custom L2 + identity-gamma decay),
+QARepVGG and RepOpt-VGG (and, with --cls-models, RepVGG with normal L2) on scikit-learn's digits over
+seeds; FP32, INT8 (max and entropy calibration), weights-only and activations-only INT8, the mechanism
+figures per model (tools/analyze.py), the dead-channel repair, and the paper's Fig. 2-4 for the RepVGG
+seed with the largest INT8 drop above its QARepVGG twin. Detection: the QARepVGG and RepVGG detectors
+(and, with --det-blocks, RepOpt's) over seeds, FP32 vs INT8 (and ONNX Runtime INT8) mAP.
+Segmentation: QARepVGG and RepVGG segmentors, FP32 vs INT8 mIoU. Speed: FP32 vs ORT INT8 latency.
+Pictures: tools/infer.py on a few validation images.
 
-Every stage leaves a done-marker in OUT/.stages (written atomically after it succeeded): a rerun
-reuses finished stages and only redoes what is missing. The demo writes only inside OUT and deletes
-nothing. Sub-tools log to OUT/logs/<stage>.log. The work itself is qarep_dense/demo/main_job.py.
+Independent stages run side by side (--jobs, default 2), each on one thread, so a result does not
+depend on --jobs or on what ran beside it. Every stage leaves a done-marker in OUT/.stages (written
+atomically after it succeeded): a rerun reuses finished stages and only redoes what is missing. The
+demo writes only inside OUT, replaces no file it did not write (a summary.md of yours is refused up
+front) and deletes nothing. Sub-tools log to OUT/logs/<stage>.log. The work itself is
+qarep_dense/demo/main_job.py.
 """
 from __future__ import annotations
 
@@ -27,26 +33,40 @@ _ROOT = str(Path(__file__).resolve().parents[1])  # this checkout: `python tools
 if sys.path[:1] != [_ROOT]:
     sys.path.insert(0, _ROOT)
 
-from qarep_dense.demo.main_job import TASKS, Demo, DemoOptions  # noqa: E402
+from qarep_dense.demo.main_job import Demo, DemoOptions  # noqa: E402
+
+
+def _names(text: str | None) -> list[str] | None:
+    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
 
 
 def parse_args(argv: list[str] | None = None) -> DemoOptions:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of cls,det,seg")
-    p.add_argument("--quick", action="store_true", help="one seed, fewer epochs")
+    p.add_argument("--tasks", default=None, help="comma-separated subset of cls,det,seg (default all; --quick "
+                   "cls,det)")
+    p.add_argument("--quick", action="store_true", help="one seed's story: RepVGG (custom L2) and QARepVGG, "
+                   "two detectors, the segmentors")
     p.add_argument("--tiny", action="store_true", help="toy models and data (for tests; numbers are meaningless)")
-    p.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: 3 for cls, 2 for det)")
-    p.add_argument("--cls-epochs", type=int, help="classification epochs (default 40, --quick 20)")
-    p.add_argument("--det-epochs", type=int, help="detection epochs (default 10, --quick 5)")
+    p.add_argument("--seeds", type=int, nargs="+", help="training seeds, each once, for cls and det "
+                   "(default: 0 1 2 for cls, 0 for det; --quick 0)")
+    p.add_argument("--cls-epochs", type=int, help="classification epochs, at least 1 (default 40)")
+    p.add_argument("--det-epochs", type=int, help="detection epochs, at least 1 (default 10)")
     p.add_argument("--out", type=Path, default=None, help="results folder (default work_dirs/demo, --quick "
                    "work_dirs/demo_quick, --tiny work_dirs/demo_tiny); reused only under the same settings")
-    p.add_argument("--threads", type=int, default=2, help="torch/ORT threads")
+    p.add_argument("--cls-models", help="classifiers to train, from repvgg_custom,repvgg_normal,qarepvgg,repopt "
+                   "(default repvgg_custom,qarepvgg,repopt; --quick repvgg_custom,qarepvgg)")
+    p.add_argument("--det-blocks", help="detectors to train, from qarepvgg,repvgg,repopt (default qarepvgg,repvgg)")
+    p.add_argument("--jobs", type=int, default=2, help="stages run side by side, one thread each (default 2: "
+                   "one per core of a 2-core machine); the numbers do not depend on it")
+    p.add_argument("--threads", type=int, default=2, help="threads of the latency measurement (speed stages, "
+                   "which run alone)")
     args = p.parse_args(argv)
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    tasks = _names(args.tasks)
     profile = "tiny" if args.tiny else ("quick" if args.quick else "full")
     try:
         return DemoOptions(out=args.out, tasks=tasks, profile=profile, seeds=args.seeds, cls_epochs=args.cls_epochs,
-                           det_epochs=args.det_epochs, threads=args.threads)
+                           det_epochs=args.det_epochs, threads=args.threads, jobs=args.jobs,
+                           cls_models=_names(args.cls_models), det_blocks=_names(args.det_blocks))
     except ValueError as err:
         p.error(str(err))
 
@@ -54,9 +74,6 @@ def parse_args(argv: list[str] | None = None) -> DemoOptions:
 def main(argv: list[str] | None = None) -> Path:
     opts = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    import torch
-
-    torch.set_num_threads(opts.threads)
     demo = Demo(opts)
     path = demo.run()
     print(f"[demo] summary: {path}")
@@ -69,5 +86,5 @@ def main(argv: list[str] | None = None) -> Path:
 if __name__ == "__main__":
     try:
         main()
-    except (RuntimeError, FileNotFoundError, ValueError) as err:
+    except (RuntimeError, FileNotFoundError, FileExistsError, ValueError) as err:
         raise SystemExit(f"demo: error: {err}") from err

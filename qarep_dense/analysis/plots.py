@@ -14,6 +14,8 @@ from torch import nn
 from .weights import quantizable_layers
 
 MAX_POINTS = 20_000  # per violin: a KDE over millions of weights is slow and looks the same
+MAX_WIDTH_PX = 1600  # composed figures: readable at page width
+TICK_PT, NOTE_PT = 9, 8  # font sizes of layer names / tick labels and of the numbers written on a plot
 
 
 def _figure(width: float, height: float, rows: int = 1):
@@ -45,7 +47,7 @@ def _violins(ax, data: list[torch.Tensor], labels: list[str]) -> None:
     for i, d in enumerate(data):
         if i not in spread:
             ax.plot([positions[i]], [float(d.mean())], "o", color="C0")
-    ax.set_xticks(positions, labels, rotation=90, fontsize=7)
+    ax.set_xticks(positions, labels, rotation=90, fontsize=TICK_PT)
     ax.ticklabel_format(axis="y", useOffset=False)  # equal values would otherwise read "1e-6 + ..."
 
 
@@ -66,7 +68,7 @@ def _symlog_ticks(ax, linthresh: float, lo: float, hi: float) -> None:
             if lo - 0.3 <= sign * t <= hi + 0.3:
                 ticks.append(sign * t)
                 labels.append(f"{sign * raw:.2g}")
-    ax.set_yticks(ticks, labels, fontsize=7)
+    ax.set_yticks(ticks, labels, fontsize=TICK_PT)
 
 
 def plot_weight_violins(deploy_model: nn.Module, path: str | Path, title: str = "", log_scale: bool = True) -> Path:
@@ -84,7 +86,7 @@ def plot_weight_violins(deploy_model: nn.Module, path: str | Path, title: str = 
     fig, (ax,) = _figure(max(6.0, 0.45 * len(layers) + 2), 4.5)
     _violins(ax, data, [name for name, _ in layers])
     for pos, std in enumerate(stds, start=1):
-        ax.annotate(f"{std:.2g}", (pos, float(data[pos - 1].max())), ha="center", va="bottom", fontsize=6)
+        ax.annotate(f"{std:.2g}", (pos, float(data[pos - 1].max())), ha="center", va="bottom", fontsize=NOTE_PT)
     if log_scale and data:
         _symlog_ticks(ax, linthresh, min(float(d.min()) for d in data), max(float(d.max()) for d in data))
         ax.set_ylabel(f"fused weight value (symlog, linear within {linthresh:.2g})")
@@ -103,7 +105,7 @@ def plot_bn_scales(values: dict[str, dict[str, torch.Tensor]], path: str | Path)
         blocks = [b for b, v in values.items() if kind in v]
         data = [torch.log10(values[b][kind].abs().clamp_min(1e-12)) for b in blocks]
         _violins(ax, data, blocks)
-        ax.set_ylabel(f"{kind}: log10 |multiplier|", fontsize=8)
+        ax.set_ylabel(f"{kind}: log10 |multiplier|", fontsize=TICK_PT)
     axes[0].set_title("BN multipliers gamma/sqrt(var+eps) per block and branch")
     fig.savefig(path, dpi=110)
     return Path(path)
@@ -119,7 +121,7 @@ def plot_activation_ranges(summary: dict[str, dict], flagged: set[str], path: st
     for i, name in enumerate(names):
         if name in flagged:
             ax.axvspan(i - 0.4, i + 0.4, color="red", alpha=0.15)
-    ax.set_xticks(pos, names, rotation=90, fontsize=7)
+    ax.set_xticks(pos, names, rotation=90, fontsize=TICK_PT)
     ax.legend()
     ax.set_title("Input activations per conv/linear layer (red: C2 flag)")
     fig.savefig(path, dpi=110)
@@ -138,14 +140,17 @@ def plot_branch_histogram(values: dict[str, torch.Tensor], block: str, channel: 
     ax.set_yscale("log")
     ax.set_xlabel("value")
     ax.set_ylabel("count")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=NOTE_PT)
     ax.set_title(f"{block}, channel {channel}: branch outputs and their sum")
     fig.savefig(path, dpi=110)
     return Path(path)
 
 
-def plot_side_by_side(images: list[str | Path], titles: list[str], path: str | Path, title: str = "") -> Path:
-    """Put existing PNGs (e.g. the same figure of a RepVGG and a QARepVGG model) next to each other."""
+def plot_side_by_side(images: list[str | Path], titles: list[str], path: str | Path, title: str = "",
+                      stack: bool = False, max_width: int = MAX_WIDTH_PX) -> Path:
+    """Put existing PNGs (e.g. the same figure of a RepVGG and a QARepVGG model) next to each other, or one
+    above the other with ``stack`` (two wide per-layer figures side by side are too wide to read on a page).
+    The result is at most ``max_width`` pixels wide: larger inputs are scaled down, never up."""
     from matplotlib.image import imread
 
     if len(images) != len(titles) or not images:
@@ -155,16 +160,25 @@ def plot_side_by_side(images: list[str | Path], titles: list[str], path: str | P
         if not Path(image).is_file():
             raise FileNotFoundError(f"{image}: figure to place side by side not found")
         arrays.append(imread(str(image)))
-    height = max(a.shape[0] for a in arrays) / 110
+    dpi, title_px = 100, 34  # title rows are drawn at this height, whatever the scale
+    widths, heights = [a.shape[1] for a in arrays], [a.shape[0] for a in arrays]
+    width = max(widths) if stack else sum(widths)
+    scale = min(1.0, max_width / width)
+    if stack:
+        rows = [h * scale + title_px for h in heights]
+        size, grid = (width * scale, sum(rows)), dict(nrows=len(arrays), ncols=1, height_ratios=rows)
+    else:
+        size = (width * scale, max(heights) * scale + title_px)
+        grid = dict(nrows=1, ncols=len(arrays), width_ratios=widths)
     fig, _ = _figure(1, 1)
     fig.clear()
-    fig.set_size_inches(sum(a.shape[1] for a in arrays) / 110, height + 0.4)
-    axes = fig.subplots(1, len(arrays), squeeze=False)[0]
+    fig.set_size_inches(size[0] / dpi, (size[1] + (title_px if title else 0)) / dpi)
+    axes = fig.subplots(**grid, squeeze=False).flatten()
     for ax, array, name in zip(axes, arrays, titles):
-        ax.imshow(array)
-        ax.set_title(name, fontsize=10)
+        ax.imshow(array, interpolation="antialiased")
+        ax.set_title(name, fontsize=12)
         ax.axis("off")
     if title:
-        fig.suptitle(title)
-    fig.savefig(path, dpi=110)
+        fig.suptitle(title, fontsize=13, fontweight="bold")
+    fig.savefig(path, dpi=dpi)
     return Path(path)

@@ -43,8 +43,9 @@ def _cls_section(out: Path, records: dict, info: dict) -> list[str]:
     lines = [f"{info['cls_data']}, {info['cls_epochs']} epochs, "
              f"`{' '.join(info['cls_recipe'])}`, seeds {seeds}. Top-1 % as mean (min-max) over seeds. RepVGG "
              "custom = its authors' recipe (custom L2 on the branch kernels + weight decay on the identity-BN "
-             "gammas); the others use normal L2. RepOpt-VGG's scales come from one Hyper-Search run "
-             "(cls/hs). INT8 = W8A8 PTQ of the fused model (per-channel weights, per-tensor activations, every "
+             "gammas); the others use normal L2. "
+             + ("RepOpt-VGG's scales come from one Hyper-Search run (cls/hs). " if "repopt" in models else "")
+             + "INT8 = W8A8 PTQ of the fused model (per-channel weights, per-tensor activations, every "
              "conv and FC input), 256 calibration images; weights-only / activations-only switch the other "
              "side's quantizers off.", ""]
     rows = []
@@ -76,12 +77,18 @@ def _cls_section(out: Path, records: dict, info: dict) -> list[str]:
                 for m in models if m.startswith("repvgg") for s, r in _per_seed(records, "cls_quant_", m, seeds)]
     lines += _table(["model", "seed", "INT8 max before", "after repair", "input channels zeroed",
                      "dead on calibration, alive on held-out", "FP32 rel. change on held-out"], rep_rows)
-    figs = records.get("cls_figures", {})
-    lines += ["", "### The paper's Fig. 2-4, RepVGG (custom L2) left, QARepVGG right", ""]
+    fig = next((r for k, r in records.items() if k.startswith("cls_figures")), None)
+    if not fig:
+        return lines + ["", "### The paper's Fig. 2-4", "", "- no figures"]
+    lines += ["", f"### The paper's Fig. 2-4 for seed {fig['seed']}: RepVGG (custom L2) above, QARepVGG below", "",
+              f"Drawn for seed {fig['seed']}, the seed whose RepVGG (custom L2) lost most under INT8 (max): "
+              f"{fig['repvgg_int8_drop']:.1f} points; below it the QARepVGG model of the same seed.", ""]
     titles = {"fig2_weights": "Fig. 2/3: fused weights per layer (symlog axis)",
               "fig3_bn_scales": "Fig. 3: BN multipliers per branch", "fig4_branches": "Fig. 4: branch outputs",
               "activation_ranges": "input activation ranges (C2)"}
-    lines += [f"- {titles.get(k, k)}: [{_rel(p, out)}]({_rel(p, out)})" for k, p in figs.items()] or ["- no figures"]
+    lines += [f"- {titles.get(k, k)}: [{_rel(p, out)}]({_rel(p, out)})" for k, p in fig["figures"].items()]
+    if "fig2_weights" in fig["figures"]:  # the one that shows the outliers
+        lines += ["", f"![Fig. 2, seed {fig['seed']}]({_rel(fig['figures']['fig2_weights'], out)})"]
     return lines
 
 
@@ -155,15 +162,37 @@ def _pictures_section(out: Path, records: dict) -> list[str]:
     return lines or ["No pictures."]
 
 
-def stage_seconds(out: Path) -> float:
-    """Total seconds the finished stages took when they ran (from their markers)."""
-    total = 0.0
-    for marker in (out / ".stages").glob("*.json"):
+def _markers(out: Path) -> list[dict]:
+    found = []
+    for marker in sorted((out / ".stages").glob("*.json")):
         try:
-            total += float(json.loads(marker.read_text()).get("seconds", 0.0))
+            found.append(json.loads(marker.read_text()))
         except (OSError, ValueError):
             continue
-    return total
+    return found
+
+
+def stage_seconds(out: Path, prefix: str = "") -> float:
+    """Total seconds the finished stages (those named ``prefix``...) took when they ran (from their
+    markers); stages that ran side by side each count in full."""
+    return sum(float(m.get("seconds", 0.0)) for m in _markers(out) if str(m.get("stage", "")).startswith(prefix))
+
+
+def stage_span(out: Path) -> float | None:
+    """Seconds from the first stage's start to the last one's end (None if no marker records them): the
+    wall time of a run made in one go."""
+    marks = [m for m in _markers(out) if "start" in m and "end" in m]
+    return max(m["end"] for m in marks) - min(m["start"] for m in marks) if marks else None
+
+
+def _timing_line(out: Path, info: dict) -> str:
+    span = stage_span(out)
+    per_task = ", ".join(f"{p.rstrip('_')} {stage_seconds(out, p) / 60:.1f}"
+                         for p in ("cls_", "det_", "seg_", "speed_", "pictures_") if stage_seconds(out, p))
+    return (f"{info.get('jobs', 1)} stages side by side, one thread each (latency: {info['threads']} threads). "
+            + (f"Wall time from the first stage to the last: {span / 60:.1f} min; " if span is not None else "")
+            + f"stage time {stage_seconds(out) / 60:.1f} min in total ({per_task or 'none'}; "
+            f"{info['reused_stages']} stages reused from an earlier run).")
 
 
 def render_summary(out: Path, records: dict, tasks: list[str], skipped: dict[str, str], info: dict,
@@ -172,9 +201,8 @@ def render_summary(out: Path, records: dict, tasks: list[str], skipped: dict[str
     ``failed`` a stage name to its error (listed first: the tables then lack those rows)."""
     out = Path(out)
     lines = ["# qarep-dense main job: RepVGG vs QARepVGG under INT8", "",
-             f"Profile {info['profile']}, tasks {', '.join(tasks)}, {info['threads']} threads. Stage time "
-             f"{stage_seconds(out) / 60:.1f} min in total ({info['reused_stages']} stages reused from an earlier "
-             "run). Stage records: `.stages/`, tool logs: `logs/`."]
+             f"Profile {info['profile']}, tasks {', '.join(tasks)}. {_timing_line(out, info)} Stage records: "
+             "`.stages/`, tool logs: `logs/`."]
     if failed:
         lines += ["", f"**{len(failed)} stage(s) failed** (their rows are missing below; rerun to retry):", ""]
         lines += [f"- `{name}`: {why} (log: `logs/{name}.log`)" for name, why in failed.items()]
