@@ -422,3 +422,18 @@ def test_a_training_side_by_side_gives_the_same_weights_as_alone(tmp_path):
     side, alone = weights("pair_a"), weights("alone_a")
     assert side.keys() == alone.keys() and all(torch.equal(side[k], alone[k]) for k in side)
     assert not all(torch.equal(side[k], weights("pair_b")[k]) for k in side)  # the other seed differs
+
+
+def test_the_quantize_pipeline_runs_on_the_story_pair_and_is_shown_next_to_plain_ptq(tmp_path):
+    demo = Demo(DemoOptions(out=tmp_path))
+    stages = {st.name: st for st in demo.cls_jobs()}
+    for seed in (0, 1, 2):
+        for model in ("repvgg_custom", "qarepvgg"):
+            assert stages[f"cls_pipeline_{model}_s{seed}"].after == (f"cls_train_{model}_s{seed}",)
+        assert f"cls_pipeline_repopt_s{seed}" not in stages
+    records = {"cls_pipeline_repvgg_custom_s1": {"fp32": 99.17, "int8": 98.61, "int8_ort": 98.89, "drop": 0.56,
+                                                 "budget_met": True, "candidate": "percentile+repair_cle",
+                                                 "report": str(tmp_path / "cls" / "r.md")}}
+    text = render_summary(tmp_path, records, ["cls"], {}, _info())
+    row = next(line for line in text.splitlines() if line.startswith("| repvgg_custom | 1 | 99.17 | - |"))
+    assert "percentile+repair_cle | 98.61 | 98.9 | 0.56 | yes | [report](cls/r.md)" in row

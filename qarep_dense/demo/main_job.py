@@ -53,6 +53,7 @@ STAGE_THREADS = 1  # every stage's torch/OpenMP threads (the speed stage runs al
 # train at this rate); RepVGG's custom L2 also decays the identity-BN gammas, as its authors' code does.
 CLS_IMAGE_SIZE = 24
 CLS_RECIPE = ["optim.lr=0.4", "optim.weight_decay=5e-4", "optim.warmup_epochs=0", f"data.image_size={CLS_IMAGE_SIZE}"]
+PIPELINE_MODELS = ("repvgg_custom", "qarepvgg")  # tools/quantize.py runs on these (the story's pair)
 CLS_MODELS = {  # name -> (config, extra overrides); the RepOpt scales come from one Hyper-Search run
     "repvgg_custom": ("digits_repvgg.toml", ["optim.l2=custom"]),
     "repvgg_normal": ("digits_repvgg.toml", ["optim.l2=normal"]),
@@ -306,6 +307,9 @@ class Demo:
                     Stage(f"cls_quant_{tag}", lambda w=work: self.quant(w / "deploy.pt", data), (f"cls_train_{tag}",)),
                     Stage(f"cls_analyze_{tag}", lambda w=work, t=tag: self.analyze(t, w, data), (f"cls_train_{tag}",)),
                 ]
+                if name in PIPELINE_MODELS:
+                    measures.append(Stage(f"cls_pipeline_{tag}", lambda w=work: self.pipeline(w, data),
+                                          (f"cls_train_{tag}",)))
         pair = [f"cls_{kind}_{m}_s{s}" for kind in ("quant", "analyze") for m in ("repvgg_custom", "qarepvgg")
                 for s in self.prof.cls_seeds]
         seeds = "-".join(map(str, self.prof.cls_seeds))  # the pick depends on the seeds run
@@ -317,6 +321,12 @@ class Demo:
         from qarep_dense.demo.cls_story import quant_variants
 
         return self.in_child(quant_variants, deploy, data)
+
+    def pipeline(self, work: Path, data: Path) -> dict:
+        """tools/quantize.py's search on a trained classifier, all INT8 (no float layer), 1-point budget."""
+        from qarep_dense.demo.cls_story import quantize_pipeline
+
+        return self.in_child(quantize_pipeline, work / "deploy.pt", data, work / "quantize")
 
     def analyze(self, tag: str, work: Path, data: Path) -> dict:
         from qarep_dense.demo.cls_story import mechanism

@@ -38,6 +38,20 @@ def _per_seed(records: dict, prefix: str, name: str, seeds: list[int]) -> list[t
     return [(s, records[f"{prefix}{name}_s{s}"]) for s in seeds if f"{prefix}{name}_s{s}" in records]
 
 
+def _pipeline_table(out: Path, records: dict, seeds: list[int]) -> list[str]:
+    """tools/quantize.py's all-INT8 choice next to plain max PTQ, per model and seed."""
+    rows = [[m, s, f"{r['fp32']:.2f}", f"{records[f'cls_quant_{m}_s{s}']['int8_max']:.2f}"
+             if f"cls_quant_{m}_s{s}" in records else "-", r["candidate"], f"{r['int8']:.2f}", _g(r["int8_ort"]),
+             f"{r['drop']:.2f}", "yes" if r["budget_met"] else "no", f"[report]({_rel(r['report'], out)})"]
+            for m in ("repvgg_custom", "qarepvgg") for s, r in _per_seed(records, "cls_pipeline_", m, seeds)]
+    if not rows:
+        return []
+    return ["", "### One command: `tools/quantize.py --int8-only --max-drop 1` (candidates scored on training "
+            "images, validation reported)", "",
+            *_table(["model", "seed", "FP32", "INT8 max (plain PTQ)", "pipeline's choice", "pipeline INT8",
+                     "ORT INT8", "drop", "within 1 point", "report"], rows)]
+
+
 def _cls_section(out: Path, records: dict, info: dict) -> list[str]:
     seeds, models = info["cls_seeds"], info["cls_models"]
     lines = [f"{info['cls_data']}, {info['cls_epochs']} epochs, "
@@ -77,6 +91,7 @@ def _cls_section(out: Path, records: dict, info: dict) -> list[str]:
                 for m in models if m.startswith("repvgg") for s, r in _per_seed(records, "cls_quant_", m, seeds)]
     lines += _table(["model", "seed", "INT8 max before", "after repair", "input channels zeroed",
                      "dead on calibration, alive on held-out", "FP32 rel. change on held-out"], rep_rows)
+    lines += _pipeline_table(out, records, seeds)
     fig = next((r for k, r in records.items() if k.startswith("cls_figures")), None)
     if not fig:
         return lines + ["", "### The paper's Fig. 2-4", "", "- no figures"]
