@@ -200,6 +200,7 @@ def _prepare_det_data(config: str, sets: list[str]) -> dict:
 def _prepare_seg_data(config: str, data_root: str) -> dict:
     from qarep_dense.tasks.segmentation import configure, prepare_synthetic
 
+    Path(data_root).mkdir(parents=True, exist_ok=True)  # a given --data-root must exist; the demo owns this one
     prepare_synthetic(configure(config, data_root=data_root))
     return {"root": data_root}
 
@@ -434,7 +435,6 @@ class Demo:
         """One segmentor: the demo config with ``block`` in its backbone, seed 0."""
         if not (work / "results.json").is_file():
             resume = ["--resume"] if any(work.glob("iter_*.pth")) else []
-            self.seg_data().mkdir(parents=True, exist_ok=True)  # train_seg generates only into an existing --data-root
             self.tool(f"seg_train_{block}", "tools/train_seg.py", str(config), "--work-dir", str(work), *resume,
                       "--data-root", str(self.seg_data()), "--no-progress", "--cfg-options",
                       f"model.backbone.block={block}", f"randomness.seed={self.settings()['seg_seed']}")
