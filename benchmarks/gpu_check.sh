@@ -73,7 +73,7 @@ say() { echo "[gpu_check] $*"; }
 
 # --- Python packages ------------------------------------------------------------------------------------
 NEEDED="torch torchvision onnxruntime onnx cv2 numpy scipy sklearn matplotlib tqdm pycocotools mmengine mmcv \
-mmseg ftfy prettytable pytorch_quantization"
+mmseg ftfy prettytable pytorch_quantization qarep_mmcv_lite_ops"
 missing_modules() {
   "$PY" - $NEEDED <<'EOF'
 import importlib, sys
@@ -86,16 +86,19 @@ for name in sys.argv[1:]:
 print("; ".join(missing))
 EOF
 }
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+# The repo, and the project's mmcv-lite shim (its .pth, which registers it where pip installs it, would not be
+# processed from a PYTHONPATH folder: qarep_dense.integrations.mmseg imports it and registers it itself).
+SRC_PATH="$REPO:$REPO/shims/mmcv-lite-ops"
+export PYTHONPATH="$SRC_PATH${PYTHONPATH:+:$PYTHONPATH}"
 missing="$(missing_modules)"
 if [ -n "$missing" ] && compgen -G "$WHEELS/*.whl" >/dev/null; then
   say "installing $(ls "$WHEELS"/*.whl | wc -l) wheels from $WHEELS into $BASE/site (missing: ${missing%%;*} ...)"
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$BASE/site" \
     "$WHEELS"/*.whl
-  export PYTHONPATH="$REPO:$BASE/site${PYTHONPATH#"$REPO"}"
+  export PYTHONPATH="$SRC_PATH:$BASE/site${PYTHONPATH#"$SRC_PATH"}"
   missing="$(missing_modules)"
 elif [ -n "$missing" ] && [ -d "$BASE/site" ]; then
-  export PYTHONPATH="$REPO:$BASE/site${PYTHONPATH#"$REPO"}"  # installed by an earlier run
+  export PYTHONPATH="$SRC_PATH:$BASE/site${PYTHONPATH#"$SRC_PATH"}"  # installed by an earlier run
   missing="$(missing_modules)"
 fi
 if [ -n "$missing" ]; then
