@@ -37,7 +37,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 PY="${PYTHON:-python3}"
 WHEELS="${GPU_WHEELS:-$REPO/benchmarks/wheels}"
-BASE="$REPO/work_dirs/gpu_check"
+BASE="${GPU_CHECK_BASE:-$REPO/work_dirs/gpu_check}"  # run folders and the installed wheels (site/)
 MODE=gpu
 KEEP_GOING=0
 ONLY=""
@@ -69,6 +69,24 @@ RESULTS="${OUT:-$RUN}"
 mkdir -p "$RUN/logs" "$RESULTS"
 : >"$RUN/steps.tsv"
 FAILED=0
+FINISHED=0
+collect_logs() {
+  for f in "$RUN"/logs/*.log; do
+    [ -e "$f" ] && { echo "===== $(basename "$f" .log)"; cat "$f"; }
+  done >"$RESULTS/gpu_check.log"
+}
+# Stopped before the summary (the environment check failed, the summary itself failed, or a signal): still leave
+# the table of the steps that ran and their logs in the results folder, and say so.
+on_exit() {
+  local code=$?
+  [ "$FINISHED" -eq 0 ] || return 0
+  echo "[gpu_check] stopped before the summary (exit $code); partial results in $RESULTS" >&2
+  [ -s "$RUN/steps.tsv" ] && "$PY" benchmarks/_gpu_check.py summarize "$RUN" "$RESULTS" "$MODE" >&2 || true
+  collect_logs || true
+  return 0
+}
+trap on_exit EXIT
+trap 'exit 143' TERM INT
 say() { echo "[gpu_check] $*"; }
 
 # --- Python packages ------------------------------------------------------------------------------------
@@ -94,27 +112,29 @@ missing="$(missing_modules)"
 if [ -n "$missing" ] && compgen -G "$WHEELS/*.whl" >/dev/null; then
   say "installing $(ls "$WHEELS"/*.whl | wc -l) wheels from $WHEELS into $BASE/site (missing: ${missing%%;*} ...)"
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$BASE/site" \
-    "$WHEELS"/*.whl
+    "$WHEELS"/*.whl 2>&1 | tee -a "$RUN/logs/environment.log"
   export PYTHONPATH="$SRC_PATH:$BASE/site${PYTHONPATH#"$SRC_PATH"}"
   missing="$(missing_modules)"
 elif [ -n "$missing" ] && [ -d "$BASE/site" ]; then
   export PYTHONPATH="$SRC_PATH:$BASE/site${PYTHONPATH#"$SRC_PATH"}"  # installed by an earlier run
   missing="$(missing_modules)"
 fi
+# The environment's problems go to stderr and to logs/environment.log (so into gpu_check.log too).
+die() { echo "gpu_check: $*" | tee -a "$RUN/logs/environment.log" >&2; exit 1; }
 if [ -n "$missing" ]; then
-  echo "gpu_check: $PY cannot import: $missing" >&2
-  echo "gpu_check: run 'bash benchmarks/gpu_wheels.sh' on a machine with registry access and carry $WHEELS" \
-    "with the tree (wheels for Python $("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])'))" >&2
-  exit 1
+  die "$PY cannot import: $missing; run 'bash benchmarks/gpu_wheels.sh' on a machine with registry access and" \
+    "carry $WHEELS with the tree (wheels for Python $("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])'))"
 fi
 if [ "$MODE" = gpu ] && ! "$PY" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then
-  echo "gpu_check: no CUDA device visible to $PY (torch.cuda.is_available() is False); use --dry-run on a CPU" >&2
-  exit 1
+  die "no CUDA device visible to $PY (torch.cuda.is_available() is False); use --dry-run on a CPU"
 fi
 "$PY" - "$RUN/environment.json" "$MODE" <<'EOF'
 import json, platform, subprocess, sys, torch
 cuda = torch.cuda.is_available() and sys.argv[2] == "gpu"
-commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+try:  # a copied tree may have no .git, a machine no git
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+except OSError:
+    commit = ""
 env = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
        "device": torch.cuda.get_device_name(0) if cuda else "cpu", "commit": commit or None}
 open(sys.argv[1], "w").write(json.dumps(env, indent=2) + "\n")
@@ -123,10 +143,9 @@ EOF
 
 # --- steps ---------------------------------------------------------------------------------------------
 finish() {
+  FINISHED=1
   "$PY" benchmarks/_gpu_check.py summarize "$RUN" "$RESULTS" "$MODE"
-  for f in "$RUN"/logs/*.log; do
-    [ -e "$f" ] && { echo "===== $(basename "$f" .log)"; cat "$f"; }
-  done >"$RESULTS/gpu_check.log"
+  collect_logs
   say "results: $RESULTS/gpu_check.json, gpu_check.md, gpu_check.log; run folder $RUN"
   if [ "$FAILED" -gt 0 ]; then
     say "FAILED: $FAILED step(s); see the log excerpts above"

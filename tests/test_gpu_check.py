@@ -36,6 +36,21 @@ def test_bad_arguments_are_refused_before_anything_runs(tmp_path):
     assert proc.returncode == 0 and "--dry-run" in proc.stdout and "gpu_wheels.sh" in proc.stdout
 
 
+def test_an_environment_failure_still_leaves_its_reason_in_the_results(tmp_path):
+    """A package that cannot be imported (and no wheels to install it from) stops the run before any step; the
+    reason must reach $OUT/gpu_check.log, since on a GPU machine only $OUT comes back."""
+    broken = tmp_path / "broken"
+    (broken / "pycocotools").mkdir(parents=True)
+    (broken / "pycocotools" / "__init__.py").write_text('raise ImportError("planted: no pycocotools here")\n')
+    (tmp_path / "no_wheels").mkdir()
+    proc = run_check(tmp_path, "--only", "cls_amp", PYTHONPATH=str(broken), GPU_WHEELS=str(tmp_path / "no_wheels"),
+                     GPU_CHECK_BASE=str(tmp_path / "base"))
+    assert proc.returncode == 1 and "cannot import: pycocotools (ImportError: planted" in proc.stderr
+    log = (tmp_path / "out" / "gpu_check.log").read_text()
+    assert "cannot import: pycocotools (ImportError: planted" in log and "gpu_wheels.sh" in log
+    assert "stopped before the summary (exit 1)" in proc.stderr
+
+
 @pytest.fixture
 def failing_python(tmp_path):
     """The real interpreter, except that the classification benchmark dies with a message."""
