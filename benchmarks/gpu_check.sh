@@ -30,7 +30,9 @@
 # Python packages: the GPU machine's python3 has torch, torchvision, onnxruntime and opencv but no registry.
 # The other packages travel as wheels: run `bash benchmarks/gpu_wheels.sh` where pip can download, carry
 # benchmarks/wheels/ (git-ignored) with the tree, and this script installs them (pip --no-index) into
-# work_dirs/gpu_check/site when an import is missing. PYTHON=... picks the interpreter (default python3).
+# work_dirs/gpu_check/site when an import is missing. PYTHON=... picks the interpreter (default python3);
+# GPU_CHECK_BASE moves work_dirs/gpu_check (run folders and site/). The project's mmcv-lite shim
+# (shims/mmcv-lite-ops) is put on PYTHONPATH: pip's .pth that registers it elsewhere is not read from there.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
