@@ -131,7 +131,7 @@ if [ "$MODE" = gpu ] && ! "$PY" -c 'import torch, sys; sys.exit(not torch.cuda.i
   die "no CUDA device visible to $PY (torch.cuda.is_available() is False); use --dry-run on a CPU"
 fi
 "$PY" - "$RUN/environment.json" "$MODE" <<'EOF'
-import json, platform, subprocess, sys, torch
+import json, platform, shutil, subprocess, sys, torch
 cuda = torch.cuda.is_available() and sys.argv[2] == "gpu"
 try:  # a copied tree may have no .git, a machine no git
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -139,6 +139,10 @@ except OSError:
     commit = ""
 env = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
        "device": torch.cuda.get_device_name(0) if cuda else "cpu", "commit": commit or None}
+try:  # DataLoader workers pass batches through /dev/shm: a small one makes them die with a bus error
+    env["shm_free_gib"] = round(shutil.disk_usage("/dev/shm").free / 2 ** 30, 1)
+except OSError:
+    env["shm_free_gib"] = None
 open(sys.argv[1], "w").write(json.dumps(env, indent=2) + "\n")
 print("[gpu_check] " + ", ".join(f"{k} {v}" for k, v in env.items()))
 EOF
