@@ -54,20 +54,25 @@ def test_quantize_classifier_end_to_end(cls_setup, capsys):
     assert REPORT_KEYS <= set(report)
     for name in ("report.md", "model_int8.onnx", "model_fakequant.pt", "diagnosis/report.md"):
         assert (out / name).is_file(), name
-    assert len(report["candidates"]) == 10  # 2 calibrators x 5 float transforms
+    assert len(report["candidates"]) == 20  # 2 calibrators x 5 float transforms x bias correction off / on
     best = min(report["candidates"], key=lambda c: c["selection"]["score"])
     assert report["chosen"]["candidate"] == best["name"]
-    assert {"calibrator", "repair", "cle", "float_layers", "qat"} <= set(report["chosen"])
+    assert {"calibrator", "repair", "cle", "bias_correction", "float_layers", "qat"} <= set(report["chosen"])
     assert report["integer_convs"] == report["convs"] > 0
     assert report["drop"] == pytest.approx(report["fp32"] - report["int8"])
     assert report["budget_met"] == (report["drop"] <= 1.0)
     assert all(c["validation"] is not None for c in report["candidates"])
     assert "not used" in (out / "report.md").read_text()
     assert "top1: FP32" in capsys.readouterr().out
-    # A second run into the folder it wrote is allowed (it replaces its own files).
+    # A second run into the folder it wrote is allowed (it replaces its own files). With bias correction
+    # forced on, the chosen model is a corrected one, and the ORT check re-made it from its config alone.
     assert tool("quantize")([str(ckpt), "--data", str(root), "--out", str(out), "--calibrators", "max",
-                             *FAST]) in (0, 1)
-    assert len(json.loads((out / "report.json").read_text())["candidates"]) == 5
+                             "--bias-correction", "on", *FAST]) in (0, 1)
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["candidates"]) == 5 and all(c["name"].endswith("+bc") for c in report["candidates"])
+    assert report["chosen"]["bias_correction"] is True
+    assert report["ort"]["ort_vs_fakequant_argmax_agreement"] == 1.0
+    assert "bias correction on" in (out / "report.md").read_text()
 
 
 def test_refuses_a_non_empty_out_it_did_not_write(cls_setup, capsys):

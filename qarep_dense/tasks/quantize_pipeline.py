@@ -4,8 +4,8 @@
 
 1. Load (a foreign checkpoint is converted in memory), fuse, evaluate FP32 on the validation split.
 2. Diagnose (the C1/C2 analysis of :mod:`qarep_dense.analysis`): one line on why it will or will not quantize.
-3. Candidate search (:mod:`qarep_dense.quant.search`): calibrators x {repair, CLE, both in either order},
-   each timed, scored on a selection split of training images that calibration never saw.
+3. Candidate search (:mod:`qarep_dense.quant.search`): calibrators x {repair, CLE, both in either order}
+   x {with, without bias correction}, each timed, scored on a selection split of training images that calibration never saw.
 4. The budget. Candidates are chosen on the selection split only; ``max_drop`` is a promise about the
    validation metric, so it is checked there: once for the chosen all-INT8 candidate; if it misses and
    float layers are allowed, for each step of a ladder of 1, 2, 3, 4, 6, 8, ... layers kept in float
@@ -48,6 +48,7 @@ from .splits import request_for, task_data
 log = logging.getLogger(__name__)
 
 SOURCES = ("timm", "repvgg", "yolov6")
+BIAS_CORRECTION = {"auto": (False, True), "on": (True,), "off": (False,)}
 OUT_FILES = ("report.md", "report.json", "model_int8.onnx", "model_int8.pre.onnx", "model_int8.ort-optimized.onnx",
              "model_int8.pre.ort-optimized.onnx", "model_fp32.onnx", "model_fakequant.pt", "diagnosis")
 
@@ -62,6 +63,7 @@ class QuantizeOptions:
     int8_only: never keep a layer in float (the all-INT8 result is reported even if it misses the budget).
     allow_qat: fine-tune the best candidate with QAT if PTQ misses the budget (classifiers).
     selection_images: training images set aside to score candidates (after the calibration images).
+    bias_correction: "auto" (candidates with and without it compete), "on" (only corrected ones) or "off".
     """
 
     checkpoint: Path
@@ -75,6 +77,7 @@ class QuantizeOptions:
     ort_precision: str = "auto"
     calibrators: tuple[str, ...] = CALIBRATORS
     transforms: tuple[str, ...] = TRANSFORMS
+    bias_correction: str = "auto"
     calib_batches: int = 8
     batch_size: int = 32
     selection_images: int = 256
@@ -106,8 +109,13 @@ class QuantizeOptions:
         for name in ("calib_batches", "batch_size", "selection_images", "qat_epochs", "latency_repeats"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        candidate_specs(self.calibrators, self.transforms)  # names checked here, before any work
+        if self.bias_correction not in BIAS_CORRECTION:
+            raise ValueError(f"--bias-correction {self.bias_correction!r}: expected one of {list(BIAS_CORRECTION)}")
+        self.specs()  # names checked here, before any work
         return self
+
+    def specs(self) -> list:
+        return candidate_specs(self.calibrators, self.transforms, BIAS_CORRECTION[self.bias_correction])
 
 
 # --- the output folder ----------------------------------------------------------------------------
@@ -307,7 +315,7 @@ def quantize_checkpoint(opts: QuantizeOptions) -> dict:
     t = lap("diagnosis", t)
 
     base = QuantConfig(num_calib_batches=len(data.calib))
-    specs = candidate_specs(opts.calibrators, opts.transforms)
+    specs = opts.specs()
     results, qmodels, floats = run_search(fused, data, preprocess, specs, base, classification, opts.device,
                                           opts.progress)
     chosen = choose(results)
@@ -370,6 +378,7 @@ def _diagnose(model: nn.Module, data: SearchData, preprocess, opts: QuantizeOpti
 
 def _save_fakequant(model: nn.Module, meta: dict, chosen: CandidateResult, final: dict, path: Path) -> None:
     quant = {"calibrator": chosen.spec.calibrator, "transform": chosen.spec.transform,
+             "bias_correction": chosen.spec.bias_correction,
              "float_layers": final["float_layers"], "qat": final["qat"]}
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     save_checkpoint(path, state, {**meta, "fused": True, "fake_quant": quant})
@@ -388,7 +397,8 @@ def _report(opts, meta, metric_name, fp32, int8_all, final, chosen, results, par
         "drop": drop, "max_drop": opts.max_drop, "budget_met": bool(drop <= opts.max_drop),
         "how": final["how"],
         "chosen": {"candidate": chosen.spec.name, "calibrator": chosen.spec.calibrator, "repair": chosen.spec.repair,
-                   "cle": chosen.spec.cle, "float_layers": final["float_layers"], "qat": final["qat"]},
+                   "cle": chosen.spec.cle, "bias_correction": chosen.spec.bias_correction,
+                   "float_layers": final["float_layers"], "qat": final["qat"]},
         "candidates": [r.as_dict() for r in results],
         "selection": {"images": sum(int(b.shape[0]) for b in data.selection), "score": "kl" if meta["task"] == "cls"
                       else "rel_mse", "calib_images": sum(int(b.shape[0]) for b in data.calib),
