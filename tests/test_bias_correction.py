@@ -121,3 +121,22 @@ def test_search_shortcut_equals_quantize_ptq_with_bias_correction():
 def test_config_rejects_a_non_bool_bias_correction():
     with pytest.raises(ValueError, match="bias_correction"):
         QuantConfig(bias_correction="yes")
+
+
+def test_rebuild_fakequant_restores_the_calibrated_model_from_its_state_dict():
+    """Output-quantizer wrappers, corrected biases and calibrated ranges come back from the state dict alone;
+    a quantizer whose range is absent (one that saw no calibration data) is left off, as calibration leaves it."""
+    from qarep_dense.quant.ptq import rebuild_fakequant
+
+    model, calib = _model(), _batches(2, 0)
+    config = QuantConfig(calibrator="percentile", num_calib_batches=2, bias_correction=True)
+    qmodel, _ = quantize_ptq(model, calib, PRE, config, progress=False)
+    state = {k: v.clone() for k, v in qmodel.state_dict().items()}
+    example = torch.zeros(1, 3, 10, 10)
+    rebuilt = rebuild_fakequant(model, config, example, state)
+    x = PRE(_batches(1, 3)[0])
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), qmodel(x))
+        fresh = rebuild_fakequant(model, replace(config, bias_correction=False), example,
+                                  {k: v for k, v in state.items() if "c2.output_quantizer" not in k})
+    assert fresh.c2.output_quantizer._disabled and not qmodel.c2.output_quantizer._disabled

@@ -15,7 +15,8 @@ from support import tool  # noqa: E402
 from qarep_dense.data.imagefolder import make_cls_loader  # noqa: E402
 from qarep_dense.data.preprocess import IMAGENET  # noqa: E402
 from qarep_dense.data.synthetic.imagefolder import generate_imagefolder  # noqa: E402
-from qarep_dense.engine.checkpoint import save_checkpoint  # noqa: E402
+from qarep_dense.engine.checkpoint import CheckpointError, save_checkpoint  # noqa: E402
+from qarep_dense.evaluation import evaluate_classifier  # noqa: E402
 from qarep_dense.models import build_classifier  # noqa: E402
 from qarep_dense.tasks import quantize_pipeline  # noqa: E402
 from qarep_dense.tasks.quantize_pipeline import QuantizeOptions, quantize_checkpoint  # noqa: E402
@@ -64,6 +65,13 @@ def test_quantize_classifier_end_to_end(cls_setup, capsys):
     assert all(c["validation"] is not None for c in report["candidates"])
     assert "not used" in (out / "report.md").read_text()
     assert "top1: FP32" in capsys.readouterr().out
+    # The saved fake-quant model loads back without calibration data and gives the reported INT8 accuracy.
+    loaded, meta = quantize_pipeline.load_fakequant(out / "model_fakequant.pt")
+    assert meta["fake_quant"]["bias_correction"] == report["chosen"]["bias_correction"]
+    val = make_cls_loader(root, SIZE, 8, train=False)
+    assert evaluate_classifier(loaded, val, IMAGENET)["top1"] == report["int8"]
+    with pytest.raises(CheckpointError, match="not a fake-quant checkpoint"):
+        quantize_pipeline.load_fakequant(ckpt)
     # A second run into the folder it wrote is allowed (it replaces its own files). With bias correction
     # forced on, the chosen model is a corrected one, and the ORT check re-made it from its config alone.
     assert tool("quantize")([str(ckpt), "--data", str(root), "--out", str(out), "--calibrators", "max",

@@ -93,3 +93,21 @@ def quantize_ptq(fused_model: nn.Module, calib_loader: Iterable, preprocess: Pre
     report = PTQReport(config.as_dict(), quantized, amax, repair, seconds, sum(int(b.shape[0]) for b in batches),
                        outputs, corrected)
     return model.eval(), report
+
+
+def rebuild_fakequant(fused_model: nn.Module, config: QuantConfig, example_input: torch.Tensor, state: dict,
+                      device: str | torch.device = "cpu") -> nn.Module:
+    """The fake-quant model :func:`quantize_ptq` made from ``fused_model`` with ``config``, restored from its
+    state dict ``state`` (weights after any float transform, corrected biases, calibrated ranges) without
+    calibration data. ``example_input``: one preprocessed input of the model's size, traced (values
+    unused) to place the output quantizers exactly as ``quantize_ptq`` did. ``fused_model`` is not changed.
+    """
+    config = config.validate()
+    check_fused(fused_model, "rebuild_fakequant")
+    backend = get_backend(config.backend)
+    model = copy.deepcopy(fused_model).to(device).eval()
+    quantize_modules(model, backend, config)
+    if config.quantize_conv_outputs:
+        add_output_quantizers(model, backend, config, example_input.to(device))
+    backend.load_calibrated(model, {k: v.to(device) for k, v in state.items()})
+    return model.eval()

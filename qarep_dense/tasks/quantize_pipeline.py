@@ -31,18 +31,18 @@ import torch
 from torch import nn
 
 from ..data.export_guard import MANIFEST, begin_export, finish_export
-from ..engine.checkpoint import save_checkpoint
+from ..engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..fileio import write_json_atomic, write_text_atomic
 from ..quant.calibration import batch_images, flatten_outputs
 from ..quant.config import CALIBRATORS, QuantConfig
 from ..quant.export import check_ort_int8, export_qdq_onnx
-from ..quant.ptq import quantize_ptq
+from ..quant.ptq import quantize_ptq, rebuild_fakequant
 from ..quant.search import (TRANSFORMS, CandidateResult, SearchData, candidate_config, candidate_specs, choose,
                             run_search, spearman)
 from ..quant.sensitivity import rank_layers
 from .quant_check import CheckOptions, measure_latency, quantize_and_check
 from .quantize_report import diagnosis_line, render_report
-from .registry import fuse, load_fused, load_model
+from .registry import build_model_from_meta, fuse, load_fused, load_model
 from .splits import request_for, task_data
 
 log = logging.getLogger(__name__)
@@ -354,7 +354,9 @@ def quantize_checkpoint(opts: QuantizeOptions) -> dict:
         ort = check_ptq_in_ort(floats[chosen.spec.transform], data, preprocess, config, evaluator, fp32,
                                final["model"], opts)
     t = lap("onnx_runtime", t)
-    _save_fakequant(final["model"], meta, chosen, final, opts.out / "model_fakequant.pt")
+    config = replace(candidate_config(chosen.spec, base), skip_layers=tuple(final["float_layers"]))
+    _save_fakequant(final["model"], meta, chosen, final, config, [1, *data.calib[0].shape[1:]],
+                    opts.out / "model_fakequant.pt")
     timings["total"] = round(time.perf_counter() - start, 2)
     timings["total_cpu"] = round(time.process_time() - cpu_start, 2)  # this process's CPU time: load-independent
 
@@ -376,12 +378,37 @@ def _diagnose(model: nn.Module, data: SearchData, preprocess, opts: QuantizeOpti
             "report": "diagnosis/report.md", "plots": [f"diagnosis/{p}" for p in analysis["plots"]]}
 
 
-def _save_fakequant(model: nn.Module, meta: dict, chosen: CandidateResult, final: dict, path: Path) -> None:
+def _save_fakequant(model: nn.Module, meta: dict, chosen: CandidateResult, final: dict, config: QuantConfig,
+                    input_shape: list[int], path: Path) -> None:
+    """The chosen fake-quant model: its state dict, and in the metadata what :func:`load_fakequant` needs to
+    rebuild its structure (the PTQ config, the input shape its output quantizers were placed for)."""
     quant = {"calibrator": chosen.spec.calibrator, "transform": chosen.spec.transform,
              "bias_correction": chosen.spec.bias_correction,
-             "float_layers": final["float_layers"], "qat": final["qat"]}
+             "float_layers": final["float_layers"], "qat": final["qat"],
+             "config": config.as_dict(), "input_shape": list(input_shape)}
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     save_checkpoint(path, state, {**meta, "fused": True, "fake_quant": quant})
+
+
+def load_fakequant(path: str | os.PathLike, device: str = "cpu") -> tuple[nn.Module, dict]:
+    """The fake-quant model tools/quantize.py saved as ``model_fakequant.pt``, ready to evaluate, fine-tune
+    with QAT or export; returns (model in eval mode on ``device``, meta)."""
+    payload = load_checkpoint(path)
+    meta = payload["meta"]
+    quant = meta.get("fake_quant")
+    if not isinstance(quant, dict) or "config" not in quant or "input_shape" not in quant:
+        raise CheckpointError(f"{path}: not a fake-quant checkpoint of tools/quantize.py (no 'fake_quant' config in "
+                              "its metadata; files of versions before bias correction lack it: run tools/quantize.py "
+                              "again); a float checkpoint loads with tasks.registry.load_model")
+    config = QuantConfig(**{**quant["config"], "skip_layers": tuple(quant["config"]["skip_layers"])})
+    fused = build_model_from_meta(meta, str(path)).eval()
+    example = torch.zeros(quant["input_shape"])
+    try:
+        model = rebuild_fakequant(fused, config, example, payload["model"], device)
+    except RuntimeError as err:  # a state dict that does not fit the rebuilt structure
+        raise CheckpointError(f"{path}: the saved fake-quant state does not fit the model its metadata describes: "
+                              f"{str(err).splitlines()[0]}") from None
+    return model, meta
 
 
 def _report(opts, meta, metric_name, fp32, int8_all, final, chosen, results, partial, ort, diagnosis, data,
@@ -412,4 +439,4 @@ def _report(opts, meta, metric_name, fp32, int8_all, final, chosen, results, par
     }
 
 
-__all__ = ["QuantizeOptions", "quantize_checkpoint", "SOURCES"]
+__all__ = ["QuantizeOptions", "quantize_checkpoint", "load_fakequant", "SOURCES"]
