@@ -190,3 +190,24 @@ def test_allow_qat_fine_tunes_after_partial_quantization_misses(cls_setup, penal
     assert report["chosen"]["qat"] is True and report["chosen"]["float_layers"] == []
     assert "QAT" in report["how"] and (opts.out / "model_int8.onnx").is_file()
     assert report["integer_convs"] == report["convs"] > 0
+
+
+@pytest.mark.slow
+def test_allow_qat_fine_tunes_a_detector_with_its_training_loss(tmp_path, penalised):
+    work = tmp_path / "det"
+    assert tool("train_det")(["configs/det/synthetic_test.toml", "--work-dir", str(work), "--set",
+                              f"data.root={tmp_path / 'coco'}", "--set", "data.synthetic_train=24"]) == 0
+    opts = QuantizeOptions(work / "deploy.pt", None, tmp_path / "q", int8_only=True, allow_qat=True,
+                           calibrators=("max",), transforms=("none",), bias_correction="off", calib_batches=2,
+                           batch_size=4, selection_images=8, progress=False, latency_repeats=1, diagnose=False,
+                           qat_epochs=1)
+    report = quantize_checkpoint(opts)
+    assert report["task"] == "det" and report["chosen"]["qat"] is True and "QAT" in report["how"]
+    assert report["integer_convs"] == report["convs"] > 0 and (opts.out / "model_int8.onnx").is_file()
+    loaded, _ = quantize_pipeline.load_fakequant(opts.out / "model_fakequant.pt")
+    x = torch.rand(1, 3, 64, 64)
+    trained = torch.load(opts.out / "model_fakequant.pt", weights_only=False)["model"]
+    assert any(not torch.equal(trained[k], v) for k, v in torch.load(work / "deploy.pt", weights_only=False)["model"].items()
+               if k in trained and "weight" in k)  # QAT changed the weights
+    with torch.no_grad():
+        assert all(torch.isfinite(t).all() for t in loaded(x) if isinstance(t, torch.Tensor))

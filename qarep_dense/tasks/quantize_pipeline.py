@@ -10,7 +10,7 @@
    validation metric, so it is checked there: once for the chosen all-INT8 candidate; if it misses and
    float layers are allowed, for each step of a ladder of 1, 2, 3, 4, 6, 8, ... layers kept in float
    (the most sensitive first, ranked by output MSE on calibration images); then, with ``allow_qat`` (and a
-   classifier), after a short QAT fine-tune. The number of float layers is thus the one setting fitted to
+   classifier or detector), after a short QAT fine-tune. The number of float layers is thus the one setting fitted to
    the validation split, and the report says so. After the choice, every candidate is also evaluated on
    validation -- labelled as not used for the choice -- to show how well the selection score predicted it.
 5. Export QDQ ONNX, run it in ONNX Runtime with the INT8 kernels chosen for this CPU, count integer convs,
@@ -42,7 +42,7 @@ from ..quant.search import (TRANSFORMS, CandidateResult, SearchData, candidate_c
 from ..quant.sensitivity import rank_layers
 from .quant_check import CheckOptions, measure_latency, quantize_and_check
 from .quantize_report import diagnosis_line, render_report
-from .registry import build_model_from_meta, fuse, load_fused, load_model
+from .registry import build_model_from_meta, fuse, get_task, load_fused, load_model
 from .splits import request_for, task_data
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class QuantizeOptions:
     data: dataset root (classification: ImageFolder with train/ and val/; detection: COCO layout, default
         the checkpoint's training data). max_drop: the budget in validation-metric points.
     int8_only: never keep a layer in float (the all-INT8 result is reported even if it misses the budget).
-    allow_qat: fine-tune the best candidate with QAT if PTQ misses the budget (classifiers).
+    allow_qat: fine-tune the best candidate with QAT if PTQ misses the budget (classifiers and detectors).
     selection_images: training images set aside to score candidates (after the calibration images).
     bias_correction: "auto" (candidates with and without it compete), "on" (only corrected ones) or "off".
     """
@@ -217,13 +217,15 @@ def partial_ladder(float_model: nn.Module, qmodel: nn.Module, data: SearchData, 
             "metric": best[2]}
 
 
-def qat_step(qmodel: nn.Module, loader, preprocess, opts: QuantizeOptions) -> nn.Module:
-    """A short QAT fine-tune (classifiers: cross-entropy on the training split) of a copy of ``qmodel``."""
+def qat_step(qmodel: nn.Module, loader, meta: dict, preprocess, opts: QuantizeOptions) -> nn.Module:
+    """A short QAT fine-tune of a copy of ``qmodel`` on the training split with the task's own loss
+    (classifiers: cross-entropy; detectors: the training loss)."""
     from ..quant.qat import prepare_qat, qat_finetune
 
     model = prepare_qat(copy.deepcopy(qmodel))
-    qat_finetune(model, loader, preprocess, nn.functional.cross_entropy, epochs=opts.qat_epochs,
-                 warmup_epochs=0, lr=opts.qat_lr, device=opts.device, progress=opts.progress)
+    loss = get_task(meta["task"]).qat_loss(meta, model, preprocess, opts.device)
+    qat_finetune(model, loader, preprocess, None, epochs=opts.qat_epochs, warmup_epochs=0, lr=opts.qat_lr,
+                 device=opts.device, progress=opts.progress, batch_loss=loss)
     return model.eval()
 
 
@@ -333,12 +335,12 @@ def quantize_checkpoint(opts: QuantizeOptions) -> dict:
                      how=f"partial PTQ, {len(partial['float_layers'])} layers in float")
         t = lap("partial", t)
     if fp32 - final["metric"] > opts.max_drop and opts.allow_qat:
-        if classification:
-            qat_model = qat_step(final["model"], split.calibration, preprocess, opts)
+        if get_task(task).qat_loss is not None:
+            qat_model = qat_step(final["model"], split.calibration, meta, preprocess, opts)
             qat_metric = evaluate(qat_model)
             final.update(model=qat_model, metric=qat_metric, qat=True, how=final["how"] + " + QAT")
-        else:
-            log.warning("--allow-qat: QAT in this pipeline is for classifiers only; %s is left at PTQ", task)
+        else:  # a segmentor's loss lives in mmseg's model: train it with tools/train_seg.py instead
+            log.warning("--allow-qat: QAT in this pipeline is for classifiers and detectors; %s is left at PTQ", task)
         t = lap("qat", t)
 
     for r in results:  # after the choice; NOT used for it (report only)
