@@ -8,8 +8,9 @@
 study's ``s24_nowarm_e40``: A0h, 24x24 digits, lr 0.4 from step 1, wd 5e-4, 40 epochs; RepVGG with custom L2
 that also decays the identity-BN gammas, QARepVGG with normal L2). Per model, one pipeline run
 (``quantize_checkpoint``, default settings, all-INT8: ``--int8-only``) gives every column: the fixed recipes
-are its candidates with the max calibrator (plain, + repair, + CLE, CLE then repair), evaluated on validation
-AFTER the choice; "choice" is the candidate the selection split picked. A report already in WORK is reused.
+are its candidates with the max calibrator (plain, + repair, + CLE, CLE then repair, + bias correction, + repair
+and bias correction), evaluated on validation AFTER the choice; "choice" is the candidate the selection split
+picked, "choice_without_bc" the one it picks among the candidates without bias correction. A report already in WORK is reused.
 Prints the table and appends it to RESULTS.md and RESULTS.json (a list of runs).
 """
 from __future__ import annotations
@@ -29,7 +30,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from qarep_dense.tasks.quantize_pipeline import QuantizeOptions, quantize_checkpoint  # noqa: E402
 from _timing import append_report  # noqa: E402
 
-FIXED = {"max": "max", "repair": "max+repair", "cle": "max+cle", "cle+repair": "max+cle_repair"}
+FIXED = {"max": "max", "repair": "max+repair", "cle": "max+cle", "cle+repair": "max+cle_repair", "max+bc": "max+bc",
+         "repair+bc": "max+repair+bc"}
 
 
 def parse_args() -> argparse.Namespace:
@@ -63,6 +65,11 @@ def row(name: str, seed: int, report: dict, max_drop: float) -> dict:
            "integer_convs": f"{report['integer_convs']}/{report['convs']}",
            "spearman": report["selection"]["spearman_score_vs_validation"],
            "seconds": report["seconds"]["total"], "cpu_seconds": report["seconds"].get("total_cpu")}
+    # what the selection would have picked without the bias-corrected candidates (the earlier pipeline)
+    uncorrected = [c for c in report["candidates"] if not c["name"].endswith("+bc")]
+    if len(uncorrected) < len(report["candidates"]):
+        before = min(uncorrected, key=lambda c: c["selection"]["score"])
+        out["choice_without_bc"] = f"{before['name']} {before['validation']:.2f}"
     best = max(report["candidates"], key=lambda c: c["validation"])
     out["best_on_val"] = f"{best['name']} {best['validation']:.2f}"  # hindsight: NOT available to the pipeline
     return out
@@ -73,7 +80,8 @@ def _f(v) -> str:
 
 
 def table(rows: list[dict], max_drop: float) -> str:
-    cols = ["model", "seed", "fp32", *FIXED, "choice", "choice_int8", "int8_ort", "drop", "within", "float_layers",
+    cols = ["model", "seed", "fp32", *FIXED, "choice_without_bc", "choice", "choice_int8", "int8_ort", "drop", "within",
+            "float_layers",
             "integer_convs", "spearman", "best_on_val", "seconds", "cpu_seconds"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_f(r.get(c, "")) for c in cols) + " |" for r in rows]
@@ -82,7 +90,9 @@ def table(rows: list[dict], max_drop: float) -> str:
         hits = sum(r["within"] for r in mine)
         worst = max(r["drop"] for r in mine)
         lines.append(f"\n{name}: pipeline's all-INT8 choice within {max_drop:.1f} of FP32 in {hits} of {len(mine)} "
-                     f"seeds (worst drop {worst:.2f}); max calibration alone in "
+                     f"seeds (worst drop {worst:.2f}); the same models in ONNX Runtime in "
+                     f"{sum(r['fp32'] - r['int8_ort'] <= max_drop for r in mine)} of {len(mine)} (worst drop "
+                     f"{max(r['fp32'] - r['int8_ort'] for r in mine):.2f}); max calibration alone in "
                      f"{sum(r['fp32'] - r['max'] <= max_drop for r in mine)} of {len(mine)}.")
     return "\n".join(lines)
 

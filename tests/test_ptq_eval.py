@@ -85,6 +85,21 @@ def test_ptq_eval_writes_table_from_real_evaluation(setup):
     assert len(list((out / "onnx").glob("*_qdq.onnx"))) == 4
 
 
+def test_bias_correction_flag_is_applied_and_recorded(setup, tmp_path):
+    tmp, root, ckpts, models = setup
+    out = tmp_path / "bc"
+    assert ptq_eval.main(["--task", "cls", "--checkpoints", str(ckpts[0]), "--data", str(root), "--calib-batches", "2",
+                          "--batch-size", "8", "--bias-correction", "--out", str(out), "--no-progress"]) == 0
+    (row,) = json.loads((out / "ptq_table.json").read_text())["rows"]
+    fused = reparameterize(models["repvgg"])
+    calib = make_cls_loader(root, SIZE, 8, train=False, split="train", shuffle=True)
+    config = QuantConfig(num_calib_batches=2, bias_correction=True)
+    qmodel, _ = quantize_ptq(fused, calib, IMAGENET, config, progress=False)
+    assert row["int8"] == evaluate_classifier(qmodel, make_cls_loader(root, SIZE, 8, train=False), IMAGENET)["top1"]
+    (ptq,) = json.loads((out / "ptq_table.json").read_text())["ptq_reports"].values()
+    assert ptq["config"]["bias_correction"] is True and ptq["bias_correction"]["layers"] == len([n for n in ptq["quantized"] if "pool" not in n]) > 0
+
+
 def test_ptq_eval_refuses_mismatched_checkpoints(setup, capsys):
     tmp, root, ckpts, _ = setup
     other = save_checkpoint(tmp / "a0h.pt", build_classifier("A0h", "qarepvgg", 3, stem_stride=1).state_dict(),

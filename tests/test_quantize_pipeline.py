@@ -31,8 +31,13 @@ def test_choose_takes_the_lowest_selection_score_and_breaks_ties_by_cost():
 
 def test_candidate_specs_cover_calibrators_times_transforms():
     specs = candidate_specs()
-    assert len(specs) == 20 and len({s.name for s in specs}) == 20
+    assert len(specs) == 40 and len({s.name for s in specs}) == 40
     assert {s.cle for s in specs} == {"off", "on", "before_repair", "after_repair"}
+    assert sum(s.bias_correction for s in specs) == 20
+    corrected = CandidateSpec("mse", "repair_cle", bias_correction=True)
+    assert corrected.name == "mse+repair_cle+bc" and corrected.calibrated == CandidateSpec("mse", "repair_cle")
+    assert corrected.cost_rank() > CandidateSpec("entropy", "repair_cle").cost_rank()  # ties: uncorrected wins
+    assert len(candidate_specs(bias_correction=(False,))) == 20
     with pytest.raises(ValueError, match="calibrator"):
         CandidateSpec("minmax")
     with pytest.raises(ValueError, match="transform"):

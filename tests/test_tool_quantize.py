@@ -15,7 +15,8 @@ from support import tool  # noqa: E402
 from qarep_dense.data.imagefolder import make_cls_loader  # noqa: E402
 from qarep_dense.data.preprocess import IMAGENET  # noqa: E402
 from qarep_dense.data.synthetic.imagefolder import generate_imagefolder  # noqa: E402
-from qarep_dense.engine.checkpoint import save_checkpoint  # noqa: E402
+from qarep_dense.engine.checkpoint import CheckpointError, save_checkpoint  # noqa: E402
+from qarep_dense.evaluation import evaluate_classifier  # noqa: E402
 from qarep_dense.models import build_classifier  # noqa: E402
 from qarep_dense.tasks import quantize_pipeline  # noqa: E402
 from qarep_dense.tasks.quantize_pipeline import QuantizeOptions, quantize_checkpoint  # noqa: E402
@@ -54,20 +55,32 @@ def test_quantize_classifier_end_to_end(cls_setup, capsys):
     assert REPORT_KEYS <= set(report)
     for name in ("report.md", "model_int8.onnx", "model_fakequant.pt", "diagnosis/report.md"):
         assert (out / name).is_file(), name
-    assert len(report["candidates"]) == 10  # 2 calibrators x 5 float transforms
+    assert len(report["candidates"]) == 20  # 2 calibrators x 5 float transforms x bias correction off / on
     best = min(report["candidates"], key=lambda c: c["selection"]["score"])
     assert report["chosen"]["candidate"] == best["name"]
-    assert {"calibrator", "repair", "cle", "float_layers", "qat"} <= set(report["chosen"])
+    assert {"calibrator", "repair", "cle", "bias_correction", "float_layers", "qat"} <= set(report["chosen"])
     assert report["integer_convs"] == report["convs"] > 0
     assert report["drop"] == pytest.approx(report["fp32"] - report["int8"])
     assert report["budget_met"] == (report["drop"] <= 1.0)
     assert all(c["validation"] is not None for c in report["candidates"])
     assert "not used" in (out / "report.md").read_text()
     assert "top1: FP32" in capsys.readouterr().out
-    # A second run into the folder it wrote is allowed (it replaces its own files).
+    # The saved fake-quant model loads back without calibration data and gives the reported INT8 accuracy.
+    loaded, meta = quantize_pipeline.load_fakequant(out / "model_fakequant.pt")
+    assert meta["fake_quant"]["bias_correction"] == report["chosen"]["bias_correction"]
+    val = make_cls_loader(root, SIZE, 8, train=False)
+    assert evaluate_classifier(loaded, val, IMAGENET)["top1"] == report["int8"]
+    with pytest.raises(CheckpointError, match="not a fake-quant checkpoint"):
+        quantize_pipeline.load_fakequant(ckpt)
+    # A second run into the folder it wrote is allowed (it replaces its own files). With bias correction
+    # forced on, the chosen model is a corrected one, and the ORT check re-made it from its config alone.
     assert tool("quantize")([str(ckpt), "--data", str(root), "--out", str(out), "--calibrators", "max",
-                             *FAST]) in (0, 1)
-    assert len(json.loads((out / "report.json").read_text())["candidates"]) == 5
+                             "--bias-correction", "on", *FAST]) in (0, 1)
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["candidates"]) == 5 and all(c["name"].endswith("+bc") for c in report["candidates"])
+    assert report["chosen"]["bias_correction"] is True
+    assert report["ort"]["ort_vs_fakequant_argmax_agreement"] == 1.0
+    assert "bias correction on" in (out / "report.md").read_text()
 
 
 def test_refuses_a_non_empty_out_it_did_not_write(cls_setup, capsys):
@@ -177,3 +190,24 @@ def test_allow_qat_fine_tunes_after_partial_quantization_misses(cls_setup, penal
     assert report["chosen"]["qat"] is True and report["chosen"]["float_layers"] == []
     assert "QAT" in report["how"] and (opts.out / "model_int8.onnx").is_file()
     assert report["integer_convs"] == report["convs"] > 0
+
+
+@pytest.mark.slow
+def test_allow_qat_fine_tunes_a_detector_with_its_training_loss(tmp_path, penalised):
+    work = tmp_path / "det"
+    assert tool("train_det")(["configs/det/synthetic_test.toml", "--work-dir", str(work), "--set",
+                              f"data.root={tmp_path / 'coco'}", "--set", "data.synthetic_train=24"]) == 0
+    opts = QuantizeOptions(work / "deploy.pt", None, tmp_path / "q", int8_only=True, allow_qat=True,
+                           calibrators=("max",), transforms=("none",), bias_correction="off", calib_batches=2,
+                           batch_size=4, selection_images=8, progress=False, latency_repeats=1, diagnose=False,
+                           qat_epochs=1)
+    report = quantize_checkpoint(opts)
+    assert report["task"] == "det" and report["chosen"]["qat"] is True and "QAT" in report["how"]
+    assert report["integer_convs"] == report["convs"] > 0 and (opts.out / "model_int8.onnx").is_file()
+    loaded, _ = quantize_pipeline.load_fakequant(opts.out / "model_fakequant.pt")
+    x = torch.rand(1, 3, 64, 64)
+    trained = torch.load(opts.out / "model_fakequant.pt", weights_only=False)["model"]
+    assert any(not torch.equal(trained[k], v) for k, v in torch.load(work / "deploy.pt", weights_only=False)["model"].items()
+               if k in trained and "weight" in k)  # QAT changed the weights
+    with torch.no_grad():
+        assert all(torch.isfinite(t).all() for t in loaded(x) if isinstance(t, torch.Tensor))

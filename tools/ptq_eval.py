@@ -47,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repair", action="store_true",
                    help="before PTQ, zero the dead-input kernel slices that set an INT8 weight scale (checked on one "
                         "held-out calibration batch)")
+    p.add_argument("--bias-correction", action="store_true",
+                   help="after calibration, correct each quantized layer's bias by the mean shift quantization put on "
+                        "its output (measured on the calibration images)")
     p.add_argument("--ort", action="store_true", help="also evaluate the exported QDQ model in onnxruntime")
     p.add_argument("--ort-static", action="store_true",
                    help="also evaluate onnxruntime's own quantize_static model (max/percentile/entropy)")
@@ -67,7 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def study_of(args: argparse.Namespace) -> PtqStudy:
     base = QuantConfig(calibrator=args.calibrator[0], percentile=args.percentile,
                        num_calib_batches=args.calib_batches, weight_bits=args.weight_bits,
-                       act_bits=args.act_bits, repair_dead_channels=args.repair)
+                       act_bits=args.act_bits, repair_dead_channels=args.repair,
+                       bias_correction=args.bias_correction)
     return PtqStudy(args.task, list(args.checkpoints), args.out, args.data, list(args.calibrator), base,
                     args.batch_size, args.workers, args.image_size, args.ort, args.ort_static, args.ort_precision,
                     args.device, progress=not args.no_progress)

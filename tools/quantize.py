@@ -6,7 +6,7 @@
     python tools/quantize.py yolov6n.pt --from yolov6 --task det --data data/coco --int8-only --out work_dirs/q8_det
 
 Loads (converting a foreign checkpoint on the fly), fuses and evaluates FP32; diagnoses the model; tries
-the calibrators x dead-channel repair x cross-layer equalization, scored on training images set aside for
+the calibrators x dead-channel repair x cross-layer equalization x bias correction, scored on training images set aside for
 selection (never the validation split); if the best all-INT8 model misses --max-drop, keeps the fewest
 sensitive layers in float (not with --int8-only), then fine-tunes with QAT (--allow-qat); exports QDQ ONNX
 and checks it in ONNX Runtime. Writes OUT/report.md, OUT/report.json, OUT/model_int8.onnx and
@@ -39,11 +39,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--task", choices=["cls", "det", "seg"], default=None, help="expected task (default: from the file)")
     p.add_argument("--from", dest="source", choices=SOURCES, default=None, help="convert a foreign checkpoint first")
     p.add_argument("--int8-only", action="store_true", help="never keep a layer in float")
-    p.add_argument("--allow-qat", action="store_true", help="fine-tune with QAT if PTQ misses the budget (cls)")
+    p.add_argument("--allow-qat", action="store_true", help="fine-tune with QAT if PTQ misses the budget (cls, det)")
     p.add_argument("--ort-precision", choices=["auto", "default", "precise"], default="auto",
                    help="onnxruntime INT8 kernels (auto: chosen for this CPU, checked against fake quant)")
     p.add_argument("--calibrators", nargs="+", default=None,
                    help="calibrators to try (default: max percentile mse entropy)")
+    p.add_argument("--bias-correction", choices=["auto", "on", "off"], default="auto",
+                   help="bias correction after calibration: auto = candidates with and without it compete")
     p.add_argument("--calib-batches", type=int, default=8, help="calibration batches from the training split")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--selection-images", type=int, default=256, help="training images set aside to pick a candidate")
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                            args.int8_only, args.allow_qat, args.ort_precision, calib_batches=args.calib_batches,
                            batch_size=args.batch_size, selection_images=args.selection_images,
                            image_size=args.image_size, data_config=args.data_config, block=args.block,
-                           device=args.device,
+                           bias_correction=args.bias_correction, device=args.device,
                            progress=not args.no_progress)
     if args.calibrators:
         opts.calibrators = tuple(args.calibrators)
@@ -76,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{report['metric']}: FP32 {report['fp32']:.2f}, INT8 {report['int8']:.2f} (ORT {report['int8_ort']:.2f}), "
           f"drop {report['drop']:.2f} <= {report['max_drop']:.2f}: {'met' if report['budget_met'] else 'MISSED'}")
     print(f"chosen: {c['calibrator']}, repair {'on' if c['repair'] else 'off'}, CLE {c['cle']}, "
+          f"bias correction {'on' if c['bias_correction'] else 'off'}, "
           f"{len(c['float_layers'])} float layers, QAT {'yes' if c['qat'] else 'no'}; "
           f"integer convs {report['integer_convs']}/{report['convs']}; {report['seconds']['total']:.0f} s")
     print(f"report: {args.out / 'report.md'}")

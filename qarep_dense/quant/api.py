@@ -18,7 +18,8 @@ from ..deploy.ort import KernelChoice, choose_int8_kernels
 from .calibration import collect_batches
 from .config import CALIBRATORS, QuantConfig
 from .export import OrtModule, OrtReport, check_ort_int8, export_qdq_onnx
-from .ptq import PTQReport, check_fused, quantize_ptq
+from .bias_correction import BiasCorrectionReport, correct_bias
+from .ptq import PTQReport, check_fused, quantize_ptq, rebuild_fakequant
 from .qat import fold_after_qat, prepare_qat, qat_finetune
 from .repair import RepairEntry, RepairReport, find_dead_inputs, repair_dead_channels
 from .sensitivity import LayerSensitivity, quantize_partial, rank_layers, sensitivity
@@ -41,7 +42,8 @@ def ort_quantize_static(fused_model: nn.Module, calib_loader: Iterable, preproce
 
 
 __all__ = [
-    "CALIBRATORS", "QuantConfig", "PTQReport", "quantize_ptq", "check_fused",
+    "CALIBRATORS", "QuantConfig", "PTQReport", "quantize_ptq", "check_fused", "rebuild_fakequant",
+    "BiasCorrectionReport", "correct_bias",
     "prepare_qat", "qat_finetune", "fold_after_qat",
     "LayerSensitivity", "sensitivity", "rank_layers", "quantize_partial",
     "export_qdq_onnx", "check_ort_int8", "OrtReport", "OrtModule", "ort_quantize_static",

@@ -26,6 +26,8 @@ class QuantConfig:
         the calibration data *and* on a held-out batch, and only where such a slice sets its output
         channel's INT8 scale (the identity outliers); FP32 agreement on the held-out batch is reported
         (see :mod:`qarep_dense.quant.repair`).
+    bias_correction: after calibration, add to each quantized layer's bias the mean shift quantization
+        put on its output, measured on the calibration images (see :mod:`qarep_dense.quant.bias_correction`).
     quantize_pooling: also quantize the input of average pools, so the last conv's output is an
         integer tensor (ORT then runs that conv as an integer kernel too).
     quantize_conv_outputs: give every conv whose output is not read by exactly one quantizer an
@@ -44,6 +46,7 @@ class QuantConfig:
     act_bits: int = 8
     skip_layers: tuple[str, ...] = field(default_factory=tuple)
     repair_dead_channels: bool = False
+    bias_correction: bool = False
     quantize_pooling: bool = True
     quantize_conv_outputs: bool = True
     num_bins: int = 2048
@@ -68,7 +71,7 @@ class QuantConfig:
             bits = getattr(self, name)
             if not isinstance(bits, int) or not 2 <= bits <= 8:
                 raise ValueError(f"QuantConfig.{name} must be an integer in 2..8, got {bits!r}")
-        for name in ("repair_dead_channels", "quantize_pooling", "quantize_conv_outputs"):
+        for name in ("repair_dead_channels", "bias_correction", "quantize_pooling", "quantize_conv_outputs"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"QuantConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if self.num_bins < 16 or self.hist_start_bin < 1 or self.hist_stride < 1:

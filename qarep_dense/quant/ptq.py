@@ -12,6 +12,7 @@ from torch import nn
 from ..data.preprocess import Preprocess
 from ..deploy.equivalence import remaining_multi_branch
 from .backends import get_backend
+from .bias_correction import BiasCorrectionReport, correct_bias
 from .calibration import calibrate, collect_batches
 from .config import QuantConfig
 from .repair import RepairReport, repair_dead_channels
@@ -31,10 +32,12 @@ class PTQReport:
     calib_seconds: float = 0.0
     calib_images: int = 0
     output_quantized: list[str] = field(default_factory=list)  # modules given an output/input quantizer
+    bias_correction: BiasCorrectionReport | None = None  # None: not asked for
 
     def as_dict(self) -> dict:
         out = asdict(self)
         out["repair"] = self.repair.as_dict() if self.repair is not None else None
+        out["bias_correction"] = self.bias_correction.as_dict() if self.bias_correction is not None else None
         return out
 
 
@@ -59,6 +62,8 @@ def quantize_ptq(fused_model: nn.Module, calib_loader: Iterable, preprocess: Pre
     is the repair's held-out batch (see :mod:`~qarep_dense.quant.repair`).
     With ``config.quantize_conv_outputs`` the first image of the first batch is traced once to find
     the convs that need their own output quantizer (see :func:`~qarep_dense.quant.swap.add_output_quantizers`).
+    With ``config.bias_correction`` the calibrated model's biases are then corrected on the calibration
+    batches against the float model (after the repair, when there is one).
     Returns (quantized model in eval mode on ``device``, :class:`PTQReport`).
     """
     config = (config or QuantConfig()).validate()
@@ -72,6 +77,7 @@ def quantize_ptq(fused_model: nn.Module, calib_loader: Iterable, preprocess: Pre
     repair = None
     if config.repair_dead_channels:
         repair = repair_dead_channels(model, batches, preprocess, device, progress, heldout=heldout)
+    reference = copy.deepcopy(model) if config.bias_correction else None
     quantized = quantize_modules(model, backend, config)
     if not quantized:
         raise ValueError("quantize_ptq: nothing to quantize (no Conv2d/ConvTranspose2d/Linear outside skip_layers)")
@@ -79,8 +85,29 @@ def quantize_ptq(fused_model: nn.Module, calib_loader: Iterable, preprocess: Pre
     if config.quantize_conv_outputs:
         outputs = add_output_quantizers(model, backend, config, preprocess(batches[0][:1].to(device)))
     amax, seconds = calibrate(model, backend, batches, preprocess, config, device, progress)
+    corrected = None
+    if reference is not None:
+        corrected = correct_bias(model, reference, batches, preprocess, config.backend, device)
     log.info("PTQ %s, %s calibration on %d batches: %d modules quantized in %.1f s", config.scheme,
              config.calibrator, len(batches), len(quantized), seconds)
     report = PTQReport(config.as_dict(), quantized, amax, repair, seconds, sum(int(b.shape[0]) for b in batches),
-                       outputs)
+                       outputs, corrected)
     return model.eval(), report
+
+
+def rebuild_fakequant(fused_model: nn.Module, config: QuantConfig, example_input: torch.Tensor, state: dict,
+                      device: str | torch.device = "cpu") -> nn.Module:
+    """The fake-quant model :func:`quantize_ptq` made from ``fused_model`` with ``config``, restored from its
+    state dict ``state`` (weights after any float transform, corrected biases, calibrated ranges) without
+    calibration data. ``example_input``: one preprocessed input of the model's size, traced (values
+    unused) to place the output quantizers exactly as ``quantize_ptq`` did. ``fused_model`` is not changed.
+    """
+    config = config.validate()
+    check_fused(fused_model, "rebuild_fakequant")
+    backend = get_backend(config.backend)
+    model = copy.deepcopy(fused_model).to(device).eval()
+    quantize_modules(model, backend, config)
+    if config.quantize_conv_outputs:
+        add_output_quantizers(model, backend, config, example_input.to(device))
+    backend.load_calibrated(model, {k: v.to(device) for k, v in state.items()})
+    return model.eval()

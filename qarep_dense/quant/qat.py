@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -50,13 +50,16 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
 
 
 def qat_finetune(model: nn.Module, loader: Iterable, preprocess: Preprocess,
-                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], epochs: int = 10,
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None, epochs: int = 10,
                  warmup_epochs: int = 3, lr: float = 0.01, device: str | torch.device = "cpu",
                  momentum: float = 0.9, weight_decay: float = 1e-4, backend: str = "pytorch_quantization",
-                 progress: bool = True) -> list[float]:
+                 progress: bool = True, batch_loss: Callable[[nn.Module, Any], torch.Tensor] | None = None
+                 ) -> list[float]:
     """SGD fine-tuning of a :func:`prepare_qat` model; returns the mean training loss per epoch.
 
     loader yields (uint8 images (N, 3, H, W), targets); ``loss_fn(model(preprocess(images)), targets)``.
+    ``batch_loss(model, batch)`` replaces that for batches of another shape (a detector's (images,
+    targets, infos) and its assigner-based loss); ``loss_fn`` and ``preprocess`` are then unused.
     """
     if epochs < 1 or warmup_epochs < 0:
         raise ValueError(f"qat_finetune: epochs >= 1 and warmup_epochs >= 0 required, got {epochs}, {warmup_epochs}")
@@ -72,8 +75,12 @@ def qat_finetune(model: nn.Module, loader: Iterable, preprocess: Preprocess,
     history = []
     for epoch in range(epochs):
         running, seen = 0.0, 0
-        for images, targets in tqdm(loader, desc=f"qat {epoch + 1}/{epochs}", disable=not progress, leave=False):
-            loss = loss_fn(model(preprocess(images.to(device))), targets.to(device))
+        for batch in tqdm(loader, desc=f"qat {epoch + 1}/{epochs}", disable=not progress, leave=False):
+            images = batch[0]
+            if batch_loss is not None:
+                loss = batch_loss(model, batch)
+            else:
+                loss = loss_fn(model(preprocess(images.to(device))), batch[1].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -2,16 +2,19 @@
 
 A candidate is a calibrator (max, percentile, mse, entropy) applied after a float transform of the
 fused model: none, the dead-channel repair, CLE, or both in either order ("cle_repair" = CLE, then
-the repair on the equalized model; "repair_cle" = the reverse). Both transforms keep the FP32
-function (the repair up to channels that are dead on the data it saw, CLE exactly), so candidates
-differ only in how well their INT8 model follows the FP32 one.
+the repair on the equalized model; "repair_cle" = the reverse); each with and without bias
+correction after calibration ("+bc", :mod:`~qarep_dense.quant.bias_correction`). Both transforms keep
+the FP32 function (the repair up to channels that are dead on the data it saw, CLE exactly), so
+candidates differ only in how well their INT8 model follows the FP32 one. Bias correction usually
+helps and sometimes does not (a model that already quantizes well can lose a little), so both forms
+compete on the same score.
 
 Candidates are scored on a *selection* split (training images neither calibration nor the repair
 saw), never on the validation split that is reported. Top-1 on training images saturates (most
 candidates score 99.5-100%), so the score is the agreement of the INT8 outputs with the FP32
 outputs, which does not: for classifiers the mean KL divergence of the softmax (FP32 || INT8), for
 other tasks the relative MSE of all outputs. The lowest score wins; ties go to the cheaper
-candidate (fewer transforms, then the calibrator order of :data:`CALIBRATORS`).
+candidate (no bias correction, fewer transforms, then the calibrator order of :data:`CALIBRATORS`).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data.preprocess import Preprocess
+from .bias_correction import correct_bias
 from .calibration import flatten_outputs
 from .cle import equalize
 from .config import CALIBRATORS, QuantConfig
@@ -44,6 +48,7 @@ ENTROPY_STRIDE = 4  # see run_search
 class CandidateSpec:
     calibrator: str
     transform: str = "none"
+    bias_correction: bool = False
 
     def __post_init__(self) -> None:
         if self.calibrator not in CALIBRATORS:
@@ -53,7 +58,13 @@ class CandidateSpec:
 
     @property
     def name(self) -> str:
-        return self.calibrator if self.transform == "none" else f"{self.calibrator}+{self.transform}"
+        name = self.calibrator if self.transform == "none" else f"{self.calibrator}+{self.transform}"
+        return name + "+bc" if self.bias_correction else name
+
+    @property
+    def calibrated(self) -> "CandidateSpec":
+        """The same candidate before bias correction (the model bias correction starts from)."""
+        return replace(self, bias_correction=False)
 
     @property
     def repair(self) -> bool:
@@ -68,14 +79,15 @@ class CandidateSpec:
             return "on"
         return "before_repair" if self.transform == "cle_repair" else "after_repair"
 
-    def cost_rank(self) -> tuple[int, int]:
-        return TRANSFORMS.index(self.transform), CALIBRATORS.index(self.calibrator)
+    def cost_rank(self) -> tuple[int, int, int]:
+        return int(self.bias_correction), TRANSFORMS.index(self.transform), CALIBRATORS.index(self.calibrator)
 
 
-def candidate_specs(calibrators: Sequence[str] = CALIBRATORS,
-                    transforms: Sequence[str] = TRANSFORMS) -> list[CandidateSpec]:
-    """Every (transform, calibrator) pair, cheapest transform first."""
-    return [CandidateSpec(c, t) for t in transforms for c in calibrators]
+def candidate_specs(calibrators: Sequence[str] = CALIBRATORS, transforms: Sequence[str] = TRANSFORMS,
+                    bias_correction: Sequence[bool] = (False, True)) -> list[CandidateSpec]:
+    """Every (transform, calibrator, bias correction) triple, cheapest transform first; a corrected
+    candidate right after the one it starts from."""
+    return [CandidateSpec(c, t, bc) for t in transforms for c in calibrators for bc in bias_correction]
 
 
 @dataclass
@@ -219,7 +231,8 @@ def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
 def candidate_config(spec: CandidateSpec, base: QuantConfig, entropy_stride: int = ENTROPY_STRIDE) -> QuantConfig:
     """The PTQ settings of ``spec`` on top of ``base`` (the float transform is applied to the model instead)."""
     stride = entropy_stride if spec.calibrator == "entropy" else base.hist_stride
-    return replace(base, calibrator=spec.calibrator, hist_stride=stride, repair_dead_channels=False)
+    return replace(base, calibrator=spec.calibrator, hist_stride=stride, repair_dead_channels=False,
+                   bias_correction=spec.bias_correction)
 
 
 # --- the search -----------------------------------------------------------------------------------
@@ -241,7 +254,8 @@ def run_search(fused: nn.Module, data: SearchData, preprocess: Preprocess, specs
                ) -> tuple[list[CandidateResult], dict[str, nn.Module], dict[str, nn.Module]]:
     """Quantize and score every candidate. Returns (results in ``specs`` order, {name: fake-quant model},
     {transform: transformed float model}); each transform is computed once and shared by its calibrators,
-    its time charged to each of them.
+    its time charged to each of them. A bias-corrected candidate starts from a copy of its uncorrected
+    twin when that ran before it (the same calibration), and is charged the twin's cost plus its own.
 
     entropy_stride: the entropy calibrator tries every ``entropy_stride``-th histogram bin as its clipping
     point (``QuantConfig.hist_stride``): its KL search is ~1 s per quantizer on a busy CPU at stride 1, which
@@ -251,6 +265,7 @@ def run_search(fused: nn.Module, data: SearchData, preprocess: Preprocess, specs
     entropy_stride = ENTROPY_STRIDE if entropy_stride is None else entropy_stride
     reference = forward_selection(fused, data.selection, preprocess, device)
     floats: dict[str, tuple[nn.Module, dict, float]] = {}
+    calibrated: dict[CandidateSpec, tuple[nn.Module, float]] = {}  # uncorrected candidates: (model, seconds)
     results, models = [], {}
     for spec in tqdm(specs, desc="candidates", disable=not progress):
         if spec.transform not in floats:
@@ -259,9 +274,18 @@ def run_search(fused: nn.Module, data: SearchData, preprocess: Preprocess, specs
             floats[spec.transform] = (model, info, time.perf_counter() - start)
         model, info, t_seconds = floats[spec.transform]
         start = time.perf_counter()
-        config = candidate_config(spec, base, entropy_stride)
-        qmodel, _ = quantize_ptq(model, data.calib, preprocess, config, device, progress=False)
-        seconds = t_seconds + time.perf_counter() - start
+        uncorrected = calibrated.get(spec.calibrated)
+        if spec.bias_correction and uncorrected is not None:
+            # the same calibration as quantize_ptq would do again: start from it (cost charged in full)
+            qmodel = copy.deepcopy(uncorrected[0])
+            correct_bias(qmodel, model, data.calib, preprocess, base.backend, device)
+            seconds = uncorrected[1] + time.perf_counter() - start
+        else:
+            config = candidate_config(spec, base, entropy_stride)
+            qmodel, _ = quantize_ptq(model, data.calib, preprocess, config, device, progress=False)
+            seconds = t_seconds + time.perf_counter() - start
+        if not spec.bias_correction:
+            calibrated[spec] = (qmodel, seconds)
         outputs = forward_selection(qmodel, data.selection, preprocess, device)
         score = agreement(outputs, reference, data.selection_labels, classification)
         results.append(CandidateResult(spec, seconds, score, dict(info)))

@@ -314,5 +314,15 @@ def make_evaluator(request: EvalRequest) -> ClassificationEvaluator:
     return ClassificationEvaluator(val, calib, preprocess_of(meta), request.device, progress=request.progress)
 
 
+def qat_loss(meta: dict, model: nn.Module, preprocess: Preprocess, device: str):
+    """Cross-entropy of one (uint8 images, labels) batch: the QAT loss of a classifier."""
+
+    def loss(m: nn.Module, batch: Any) -> torch.Tensor:
+        images, labels = batch[0], batch[1]
+        return nn.functional.cross_entropy(m(preprocess(images.to(device))), labels.to(device))
+
+    return loss
+
+
 TASK = TaskRow("cls", "classification", "top1", build_model_from_meta, make_evaluator, converted_meta,
-               foreign_sources=("timm", "repvgg"))
+               foreign_sources=("timm", "repvgg"), qat_loss=qat_loss)

@@ -4,13 +4,13 @@
 
 1. Load (a foreign checkpoint is converted in memory), fuse, evaluate FP32 on the validation split.
 2. Diagnose (the C1/C2 analysis of :mod:`qarep_dense.analysis`): one line on why it will or will not quantize.
-3. Candidate search (:mod:`qarep_dense.quant.search`): calibrators x {repair, CLE, both in either order},
-   each timed, scored on a selection split of training images that calibration never saw.
+3. Candidate search (:mod:`qarep_dense.quant.search`): calibrators x {repair, CLE, both in either order}
+   x {with, without bias correction}, each timed, scored on a selection split of training images that calibration never saw.
 4. The budget. Candidates are chosen on the selection split only; ``max_drop`` is a promise about the
    validation metric, so it is checked there: once for the chosen all-INT8 candidate; if it misses and
    float layers are allowed, for each step of a ladder of 1, 2, 3, 4, 6, 8, ... layers kept in float
    (the most sensitive first, ranked by output MSE on calibration images); then, with ``allow_qat`` (and a
-   classifier), after a short QAT fine-tune. The number of float layers is thus the one setting fitted to
+   classifier or detector), after a short QAT fine-tune. The number of float layers is thus the one setting fitted to
    the validation split, and the report says so. After the choice, every candidate is also evaluated on
    validation -- labelled as not used for the choice -- to show how well the selection score predicted it.
 5. Export QDQ ONNX, run it in ONNX Runtime with the INT8 kernels chosen for this CPU, count integer convs,
@@ -31,23 +31,24 @@ import torch
 from torch import nn
 
 from ..data.export_guard import MANIFEST, begin_export, finish_export
-from ..engine.checkpoint import save_checkpoint
+from ..engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..fileio import write_json_atomic, write_text_atomic
 from ..quant.calibration import batch_images, flatten_outputs
 from ..quant.config import CALIBRATORS, QuantConfig
 from ..quant.export import check_ort_int8, export_qdq_onnx
-from ..quant.ptq import quantize_ptq
+from ..quant.ptq import quantize_ptq, rebuild_fakequant
 from ..quant.search import (TRANSFORMS, CandidateResult, SearchData, candidate_config, candidate_specs, choose,
                             run_search, spearman)
 from ..quant.sensitivity import rank_layers
 from .quant_check import CheckOptions, measure_latency, quantize_and_check
 from .quantize_report import diagnosis_line, render_report
-from .registry import fuse, load_fused, load_model
+from .registry import build_model_from_meta, fuse, get_task, load_fused, load_model
 from .splits import request_for, task_data
 
 log = logging.getLogger(__name__)
 
 SOURCES = ("timm", "repvgg", "yolov6")
+BIAS_CORRECTION = {"auto": (False, True), "on": (True,), "off": (False,)}
 OUT_FILES = ("report.md", "report.json", "model_int8.onnx", "model_int8.pre.onnx", "model_int8.ort-optimized.onnx",
              "model_int8.pre.ort-optimized.onnx", "model_fp32.onnx", "model_fakequant.pt", "diagnosis")
 
@@ -60,8 +61,9 @@ class QuantizeOptions:
     data: dataset root (classification: ImageFolder with train/ and val/; detection: COCO layout, default
         the checkpoint's training data). max_drop: the budget in validation-metric points.
     int8_only: never keep a layer in float (the all-INT8 result is reported even if it misses the budget).
-    allow_qat: fine-tune the best candidate with QAT if PTQ misses the budget (classifiers).
+    allow_qat: fine-tune the best candidate with QAT if PTQ misses the budget (classifiers and detectors).
     selection_images: training images set aside to score candidates (after the calibration images).
+    bias_correction: "auto" (candidates with and without it compete), "on" (only corrected ones) or "off".
     """
 
     checkpoint: Path
@@ -75,6 +77,7 @@ class QuantizeOptions:
     ort_precision: str = "auto"
     calibrators: tuple[str, ...] = CALIBRATORS
     transforms: tuple[str, ...] = TRANSFORMS
+    bias_correction: str = "auto"
     calib_batches: int = 8
     batch_size: int = 32
     selection_images: int = 256
@@ -106,8 +109,13 @@ class QuantizeOptions:
         for name in ("calib_batches", "batch_size", "selection_images", "qat_epochs", "latency_repeats"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        candidate_specs(self.calibrators, self.transforms)  # names checked here, before any work
+        if self.bias_correction not in BIAS_CORRECTION:
+            raise ValueError(f"--bias-correction {self.bias_correction!r}: expected one of {list(BIAS_CORRECTION)}")
+        self.specs()  # names checked here, before any work
         return self
+
+    def specs(self) -> list:
+        return candidate_specs(self.calibrators, self.transforms, BIAS_CORRECTION[self.bias_correction])
 
 
 # --- the output folder ----------------------------------------------------------------------------
@@ -209,13 +217,15 @@ def partial_ladder(float_model: nn.Module, qmodel: nn.Module, data: SearchData, 
             "metric": best[2]}
 
 
-def qat_step(qmodel: nn.Module, loader, preprocess, opts: QuantizeOptions) -> nn.Module:
-    """A short QAT fine-tune (classifiers: cross-entropy on the training split) of a copy of ``qmodel``."""
+def qat_step(qmodel: nn.Module, loader, meta: dict, preprocess, opts: QuantizeOptions) -> nn.Module:
+    """A short QAT fine-tune of a copy of ``qmodel`` on the training split with the task's own loss
+    (classifiers: cross-entropy; detectors: the training loss)."""
     from ..quant.qat import prepare_qat, qat_finetune
 
     model = prepare_qat(copy.deepcopy(qmodel))
-    qat_finetune(model, loader, preprocess, nn.functional.cross_entropy, epochs=opts.qat_epochs,
-                 warmup_epochs=0, lr=opts.qat_lr, device=opts.device, progress=opts.progress)
+    loss = get_task(meta["task"]).qat_loss(meta, model, preprocess, opts.device)
+    qat_finetune(model, loader, preprocess, None, epochs=opts.qat_epochs, warmup_epochs=0, lr=opts.qat_lr,
+                 device=opts.device, progress=opts.progress, batch_loss=loss)
     return model.eval()
 
 
@@ -307,7 +317,7 @@ def quantize_checkpoint(opts: QuantizeOptions) -> dict:
     t = lap("diagnosis", t)
 
     base = QuantConfig(num_calib_batches=len(data.calib))
-    specs = candidate_specs(opts.calibrators, opts.transforms)
+    specs = opts.specs()
     results, qmodels, floats = run_search(fused, data, preprocess, specs, base, classification, opts.device,
                                           opts.progress)
     chosen = choose(results)
@@ -325,12 +335,12 @@ def quantize_checkpoint(opts: QuantizeOptions) -> dict:
                      how=f"partial PTQ, {len(partial['float_layers'])} layers in float")
         t = lap("partial", t)
     if fp32 - final["metric"] > opts.max_drop and opts.allow_qat:
-        if classification:
-            qat_model = qat_step(final["model"], split.calibration, preprocess, opts)
+        if get_task(task).qat_loss is not None:
+            qat_model = qat_step(final["model"], split.calibration, meta, preprocess, opts)
             qat_metric = evaluate(qat_model)
             final.update(model=qat_model, metric=qat_metric, qat=True, how=final["how"] + " + QAT")
-        else:
-            log.warning("--allow-qat: QAT in this pipeline is for classifiers only; %s is left at PTQ", task)
+        else:  # a segmentor's loss lives in mmseg's model: train it with tools/train_seg.py instead
+            log.warning("--allow-qat: QAT in this pipeline is for classifiers and detectors; %s is left at PTQ", task)
         t = lap("qat", t)
 
     for r in results:  # after the choice; NOT used for it (report only)
@@ -346,7 +356,9 @@ def quantize_checkpoint(opts: QuantizeOptions) -> dict:
         ort = check_ptq_in_ort(floats[chosen.spec.transform], data, preprocess, config, evaluator, fp32,
                                final["model"], opts)
     t = lap("onnx_runtime", t)
-    _save_fakequant(final["model"], meta, chosen, final, opts.out / "model_fakequant.pt")
+    config = replace(candidate_config(chosen.spec, base), skip_layers=tuple(final["float_layers"]))
+    _save_fakequant(final["model"], meta, chosen, final, config, [1, *data.calib[0].shape[1:]],
+                    opts.out / "model_fakequant.pt")
     timings["total"] = round(time.perf_counter() - start, 2)
     timings["total_cpu"] = round(time.process_time() - cpu_start, 2)  # this process's CPU time: load-independent
 
@@ -368,11 +380,37 @@ def _diagnose(model: nn.Module, data: SearchData, preprocess, opts: QuantizeOpti
             "report": "diagnosis/report.md", "plots": [f"diagnosis/{p}" for p in analysis["plots"]]}
 
 
-def _save_fakequant(model: nn.Module, meta: dict, chosen: CandidateResult, final: dict, path: Path) -> None:
+def _save_fakequant(model: nn.Module, meta: dict, chosen: CandidateResult, final: dict, config: QuantConfig,
+                    input_shape: list[int], path: Path) -> None:
+    """The chosen fake-quant model: its state dict, and in the metadata what :func:`load_fakequant` needs to
+    rebuild its structure (the PTQ config, the input shape its output quantizers were placed for)."""
     quant = {"calibrator": chosen.spec.calibrator, "transform": chosen.spec.transform,
-             "float_layers": final["float_layers"], "qat": final["qat"]}
+             "bias_correction": chosen.spec.bias_correction,
+             "float_layers": final["float_layers"], "qat": final["qat"],
+             "config": config.as_dict(), "input_shape": list(input_shape)}
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     save_checkpoint(path, state, {**meta, "fused": True, "fake_quant": quant})
+
+
+def load_fakequant(path: str | os.PathLike, device: str = "cpu") -> tuple[nn.Module, dict]:
+    """The fake-quant model tools/quantize.py saved as ``model_fakequant.pt``, ready to evaluate, fine-tune
+    with QAT or export; returns (model in eval mode on ``device``, meta)."""
+    payload = load_checkpoint(path)
+    meta = payload["meta"]
+    quant = meta.get("fake_quant")
+    if not isinstance(quant, dict) or "config" not in quant or "input_shape" not in quant:
+        raise CheckpointError(f"{path}: not a fake-quant checkpoint of tools/quantize.py (no 'fake_quant' config in "
+                              "its metadata; files of versions before bias correction lack it: run tools/quantize.py "
+                              "again); a float checkpoint loads with tasks.registry.load_model")
+    config = QuantConfig(**{**quant["config"], "skip_layers": tuple(quant["config"]["skip_layers"])})
+    fused = build_model_from_meta(meta, str(path)).eval()
+    example = torch.zeros(quant["input_shape"])
+    try:
+        model = rebuild_fakequant(fused, config, example, payload["model"], device)
+    except RuntimeError as err:  # a state dict that does not fit the rebuilt structure
+        raise CheckpointError(f"{path}: the saved fake-quant state does not fit the model its metadata describes: "
+                              f"{str(err).splitlines()[0]}") from None
+    return model, meta
 
 
 def _report(opts, meta, metric_name, fp32, int8_all, final, chosen, results, partial, ort, diagnosis, data,
@@ -388,7 +426,8 @@ def _report(opts, meta, metric_name, fp32, int8_all, final, chosen, results, par
         "drop": drop, "max_drop": opts.max_drop, "budget_met": bool(drop <= opts.max_drop),
         "how": final["how"],
         "chosen": {"candidate": chosen.spec.name, "calibrator": chosen.spec.calibrator, "repair": chosen.spec.repair,
-                   "cle": chosen.spec.cle, "float_layers": final["float_layers"], "qat": final["qat"]},
+                   "cle": chosen.spec.cle, "bias_correction": chosen.spec.bias_correction,
+                   "float_layers": final["float_layers"], "qat": final["qat"]},
         "candidates": [r.as_dict() for r in results],
         "selection": {"images": sum(int(b.shape[0]) for b in data.selection), "score": "kl" if meta["task"] == "cls"
                       else "rel_mse", "calib_images": sum(int(b.shape[0]) for b in data.calib),
@@ -402,4 +441,4 @@ def _report(opts, meta, metric_name, fp32, int8_all, final, chosen, results, par
     }
 
 
-__all__ = ["QuantizeOptions", "quantize_checkpoint", "SOURCES"]
+__all__ = ["QuantizeOptions", "quantize_checkpoint", "load_fakequant", "SOURCES"]

@@ -61,7 +61,7 @@ def render_report(report: dict) -> str:
         f"| drop | {report['drop']:.2f} (budget {report['max_drop']:.2f}: **{verdict}**) |",
         "",
         f"Chosen: calibrator **{chosen['calibrator']}**, repair {'on' if chosen['repair'] else 'off'}, "
-        f"CLE {chosen['cle']}, float layers {len(chosen['float_layers'])}"
+        f"CLE {chosen['cle']}, bias correction {'on' if chosen.get('bias_correction') else 'off'}, float layers {len(chosen['float_layers'])}"
         + (f" ({', '.join(chosen['float_layers'])})" if chosen["float_layers"] else "")
         + f", QAT {'yes' if chosen['qat'] else 'no'}. "
         f"Integer convs in ORT: {report['integer_convs']}/{report['convs']}. Latency (batch 1, median): "
@@ -80,7 +80,7 @@ def render_report(report: dict) -> str:
         f"Scored on {sel['images']} training images that calibration ({sel['calib_images']} images) and the "
         f"repair's held-out batch never saw; the score is the {'mean KL divergence of the softmax' if sel['score'] == 'kl' else 'relative MSE of the outputs'} "
         "against the FP32 model (lower is better); ties go to the cheaper candidate. Time: the float transform "
-        "plus calibration. The last column was measured on the validation split AFTER the choice and was not "
+        "plus calibration (plus the bias correction of '+bc' candidates). The last column was measured on the validation split AFTER the choice and was not "
         "used for it.",
         "",
         *_candidate_rows(report),

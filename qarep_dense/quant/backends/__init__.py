@@ -54,6 +54,11 @@ class QuantBackend(Protocol):
         """Switch every activation quantizer to statistics collection (pass-through output)."""
         ...
 
+    def load_calibrated(self, model: nn.Module, state: dict) -> None:
+        """Load a calibrated model's state dict into an uncalibrated fake-quant model of the same
+        structure, quantizers in the mode calibration left them in."""
+        ...
+
     def end_calibration(self, model: nn.Module, calibrator: str, percentile: float, start_bin: int,
                         stride: int) -> dict[str, float]:
         """Compute and load every activation amax, set weight amax, switch quantization on.

@@ -176,6 +176,28 @@ class PytorchQuantizationBackend:
         self.refresh_weight_amax(model)
         return amaxes
 
+    def load_calibrated(self, model: nn.Module, state: dict) -> None:
+        """Load ``state`` (a calibrated model's state dict) into the uncalibrated fake-quant ``model`` of the
+        same structure, and put every quantizer in the mode calibration left it in: quantizing with the saved
+        amax, or off (float) where the state holds none (a quantizer that saw no calibration data)."""
+        weights = self._weight_quantizer_ids(model)
+        with _quiet_absl():
+            for name, q in model.named_modules():
+                if not isinstance(q, pq_nn.TensorQuantizer):
+                    continue
+                amax = state.get(f"{name}._amax")
+                q.disable_calib()
+                if amax is None and id(q) not in weights:
+                    q.disable()
+                    continue
+                if amax is not None:
+                    _set_amax(q, amax)  # the buffer must exist before loading (pytorch-quantization's own
+                    # fallback moves it to CUDA)
+                q.enable()
+                q.enable_quant()
+            model.load_state_dict(state, strict=True)
+        self.refresh_weight_amax(model)
+
     @staticmethod
     def _compute_amax(q: pq_nn.TensorQuantizer, calibrator: str, percentile: float, start_bin: int,
                       stride: int) -> torch.Tensor | None:
