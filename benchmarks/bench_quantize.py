@@ -4,7 +4,8 @@
         --work /work/runs/pipeline_models/bench --results benchmarks/results/quantize_pipeline
     python benchmarks/bench_quantize.py --foreign --work DIR --results ...   # converted timm RepVGG and YOLOv6
 
---models holds ``<name>_s<seed>/deploy.pt`` trained with the main job's classification recipe (the recipe
+--models holds ``<name>_s<seed>/deploy.pt`` (``--train`` trains the missing ones first, one after the other,
+with tools/train_cls.py and the arguments of :data:`RECIPE`) trained with the main job's classification recipe (the recipe
 study's ``s24_nowarm_e40``: A0h, 24x24 digits, lr 0.4 from step 1, wd 5e-4, 40 epochs; RepVGG with custom L2
 that also decays the identity-BN gammas, QARepVGG with normal L2). Per model, one pipeline run
 (``quantize_checkpoint``, default settings, all-INT8: ``--int8-only``) gives every column: the fixed recipes
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -30,6 +32,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from qarep_dense.tasks.quantize_pipeline import QuantizeOptions, quantize_checkpoint  # noqa: E402
 from _timing import append_report  # noqa: E402
 
+# The main job's classification recipe as train_cls.py arguments (the recipe study's s24_nowarm_e40).
+RECIPE = ["--set", "optim.lr=0.4", "--set", "optim.weight_decay=5e-4", "--set", "optim.warmup_epochs=0",
+          "--set", "data.image_size=24", "--set", "optim.epochs=40", "--set", "train.progress=false",
+          "--set", "train.deterministic=true"]
+CONFIGS = {"repvgg_custom": ("configs/cls/digits_repvgg.toml", ["--set", "optim.l2=custom"]),
+           "qarepvgg": ("configs/cls/digits_qarepvgg.toml", [])}
 FIXED = {"max": "max", "repair": "max+repair", "cle": "max+cle", "cle+repair": "max+cle_repair", "max+bc": "max+bc",
          "repair+bc": "max+repair+bc"}
 
@@ -38,12 +46,13 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", type=Path, default=Path("/work/runs/pipeline_models"))
     p.add_argument("--data", type=Path, default=None, help="digits root (default: MODELS/data/digits24)")
-    p.add_argument("--names", nargs="+", default=["repvgg_custom", "qarepvgg"])
+    p.add_argument("--names", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--work", type=Path, required=True, help="pipeline output folders go here (one per model)")
     p.add_argument("--results", type=Path, default=None, help="append to RESULTS.md / RESULTS.json")
     p.add_argument("--max-drop", type=float, default=1.0)
     p.add_argument("--selection-images", type=int, default=256, help="the pipeline's selection split size")
+    p.add_argument("--train", action="store_true", help="train the missing models first (about 4 min each, 1 thread)")
     p.add_argument("--foreign", action="store_true", help="run a converted timm RepVGG and a converted YOLOv6 instead")
     return p.parse_args()
 
@@ -97,8 +106,26 @@ def table(rows: list[dict], max_drop: float) -> str:
     return "\n".join(lines)
 
 
+def train_missing(models: Path, data: Path, names: list[str], seeds: list[int]) -> None:
+    """Train every missing ``<name>_s<seed>`` with the main job's recipe (the digits are exported to ``data``)."""
+    import subprocess
+
+    for seed in seeds:
+        for name in names:
+            work = models / f"{name}_s{seed}"
+            if (work / "deploy.pt").is_file():
+                continue
+            config, extra = CONFIGS[name]
+            cmd = [sys.executable, str(ROOT / "tools" / "train_cls.py"), str(ROOT / config), "--work-dir", str(work),
+                   *RECIPE, *extra, "--set", f"data.root={data}", "--set", f"train.seed={seed}"]
+            print(f"train {work.name}", flush=True)
+            subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
 def digits(args: argparse.Namespace) -> list[dict]:
     data = args.data or args.models / "data" / "digits24"
+    if args.train:
+        train_missing(args.models, data, args.names, args.seeds)
     rows = []
     for seed in args.seeds:
         for name in args.names:
