@@ -57,23 +57,24 @@ def _float_name(model: nn.Module, name: str) -> str:
     return ".".join(kept)
 
 
-def _channel_mean(out: torch.Tensor) -> torch.Tensor:
-    """Per-channel sum and count over every dimension but 1 (N, C[, H, W])."""
+def _channel_sum(out: torch.Tensor) -> torch.Tensor:
+    """Per-channel sum over every dimension but 1 (N, C[, H, W]), in float64."""
     dims = [d for d in range(out.dim()) if d != 1]
     return out.detach().double().sum(dims)
 
 
 def _execution_order(model: nn.Module, names: Sequence[str], example: torch.Tensor) -> list[str]:
-    order: list[str] = []
-    handles = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: order.append(n) if n not in order
-                                                             else None) for n in names]
+    """``names`` in the order one forward pass first runs them; modules it never runs come last (their
+    correction is then zero: they see no data)."""
+    ran: list[str] = []
+    handles = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: ran.append(n)) for n in names]
     try:
         with torch.no_grad():
             model(example)
     finally:
         for h in handles:
             h.remove()
-    return order + [n for n in names if n not in order]  # never run: corrected last, harmlessly (mean 0 error)
+    return list(dict.fromkeys([*ran, *names]))
 
 
 @torch.no_grad()
@@ -84,8 +85,7 @@ def _output_means(model: nn.Module, names: Sequence[str], batches: Sequence[torc
     counts: dict[str, int] = {}
 
     def hook(module, inputs, out, name):
-        s = _channel_mean(out)
-        sums[name] = sums.get(name, 0) + s
+        sums[name] = sums.get(name, 0) + _channel_sum(out)
         counts[name] = counts.get(name, 0) + out.numel() // out.shape[1]
         if name == stop_after:
             raise _Stop

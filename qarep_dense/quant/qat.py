@@ -41,6 +41,16 @@ def prepare_qat(qmodel: nn.Module, backend: str = "pytorch_quantization") -> nn.
     return qmodel.train()
 
 
+def supervised_loss(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], preprocess: Preprocess,
+                    device: str | torch.device = "cpu") -> Callable[[nn.Module, Any], torch.Tensor]:
+    """``batch_loss(model, (uint8 images, targets, ...)) = loss_fn(model(preprocess(images)), targets)``."""
+
+    def batch_loss(model: nn.Module, batch: Any) -> torch.Tensor:
+        return loss_fn(model(preprocess(batch[0].to(device))), batch[1].to(device))
+
+    return batch_loss
+
+
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
     """lr multiplier: linear 1/warmup -> 1 over ``warmup`` steps, then cosine 1 -> 0."""
     if step < warmup:
@@ -61,6 +71,8 @@ def qat_finetune(model: nn.Module, loader: Iterable, preprocess: Preprocess,
     ``batch_loss(model, batch)`` replaces that for batches of another shape (a detector's (images,
     targets, infos) and its assigner-based loss); ``loss_fn`` and ``preprocess`` are then unused.
     """
+    if batch_loss is None:
+        batch_loss = supervised_loss(loss_fn, preprocess, device)
     if epochs < 1 or warmup_epochs < 0:
         raise ValueError(f"qat_finetune: epochs >= 1 and warmup_epochs >= 0 required, got {epochs}, {warmup_epochs}")
     b = get_backend(backend)
@@ -77,10 +89,7 @@ def qat_finetune(model: nn.Module, loader: Iterable, preprocess: Preprocess,
         running, seen = 0.0, 0
         for batch in tqdm(loader, desc=f"qat {epoch + 1}/{epochs}", disable=not progress, leave=False):
             images = batch[0]
-            if batch_loss is not None:
-                loss = batch_loss(model, batch)
-            else:
-                loss = loss_fn(model(preprocess(images.to(device))), batch[1].to(device))
+            loss = batch_loss(model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -13,6 +13,7 @@ from typing import Callable
 
 from torch import nn
 
+from ..data.preprocess import Preprocess
 from ..engine.checkpoint import CheckpointError
 from ..evaluation.evaluators import EvalRequest, Evaluator
 
@@ -33,7 +34,7 @@ class TaskRow:
         completed with what the tools read (input size, preprocessing, a training config whose data
         section the evaluator uses); None: the task has no foreign checkpoints.
     foreign_sources: the ``convert`` sources this task's checkpoints can come from.
-    qat_loss(meta, model, device) -> ``loss(model, batch)``, the training loss of one batch of the task's
+    qat_loss(meta, model, preprocess, device) -> ``loss(model, batch)``, the training loss of one batch of the task's
         calibration loader (training images), for QAT; None: no QAT for this task.
     """
 
@@ -44,7 +45,7 @@ class TaskRow:
     make_evaluator: Callable[[EvalRequest], Evaluator]
     converted_meta: Callable[..., dict] | None = None
     foreign_sources: tuple[str, ...] = ()
-    qat_loss: Callable[[dict, nn.Module, str], Callable] | None = None
+    qat_loss: Callable[[dict, nn.Module, Preprocess, str], Callable] | None = None
 
 
 def require_meta(meta: dict, keys: tuple[str, ...], source: str) -> None:

@@ -316,12 +316,9 @@ def make_evaluator(request: EvalRequest) -> ClassificationEvaluator:
 
 def qat_loss(meta: dict, model: nn.Module, preprocess: Preprocess, device: str):
     """Cross-entropy of one (uint8 images, labels) batch: the QAT loss of a classifier."""
+    from ..quant.qat import supervised_loss
 
-    def loss(m: nn.Module, batch: Any) -> torch.Tensor:
-        images, labels = batch[0], batch[1]
-        return nn.functional.cross_entropy(m(preprocess(images.to(device))), labels.to(device))
-
-    return loss
+    return supervised_loss(nn.functional.cross_entropy, preprocess, device)
 
 
 TASK = TaskRow("cls", "classification", "top1", build_model_from_meta, make_evaluator, converted_meta,

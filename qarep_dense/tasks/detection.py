@@ -395,17 +395,12 @@ def qat_loss(meta: dict, model: nn.Module, preprocess: Preprocess, device: str):
     ends with) of one (uint8 images, targets, infos) batch: the QAT loss of a detector."""
     from ..config import config_from_dict
 
-    cfg = config_from_dict(require_config(meta), DetConfig, source="checkpoint metadata (training config)")
+    require_meta(meta, ("config",), "checkpoint")  # its loss settings
+    cfg = config_from_dict(meta["config"], DetConfig, source="checkpoint metadata (training config)")
     loss_fn = build_loss(cfg, model)
     loss_fn.set_assigner("tal")
     step = make_det_step(model, loss_fn, torch.device(device))
     return lambda m, batch: step(m, batch)[0]
-
-
-def require_config(meta: dict) -> dict:
-    if "config" not in meta:
-        raise ConfigError("the detector checkpoint has no training config in its metadata (needed for its loss)")
-    return meta["config"]
 
 
 TASK = TaskRow("det", "detection", "AP", build_model_from_meta, make_evaluator, converted_meta,

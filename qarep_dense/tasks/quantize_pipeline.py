@@ -348,15 +348,14 @@ def quantize_checkpoint(opts: QuantizeOptions) -> dict:
             r.validation = evaluate(qmodels[r.spec.name])
     t = lap("validation_of_all_candidates", t)
 
+    config = replace(candidate_config(chosen.spec, base), skip_layers=tuple(final["float_layers"]))
     if final["qat"]:
         example = preprocess(data.calib[0][:8].to(opts.device))
         ort = check_qat_in_ort(final["model"], fused, example, evaluator, opts)
     else:
-        config = replace(candidate_config(chosen.spec, base), skip_layers=tuple(final["float_layers"]))
         ort = check_ptq_in_ort(floats[chosen.spec.transform], data, preprocess, config, evaluator, fp32,
                                final["model"], opts)
     t = lap("onnx_runtime", t)
-    config = replace(candidate_config(chosen.spec, base), skip_layers=tuple(final["float_layers"]))
     _save_fakequant(final["model"], meta, chosen, final, config, [1, *data.calib[0].shape[1:]],
                     opts.out / "model_fakequant.pt")
     timings["total"] = round(time.perf_counter() - start, 2)
