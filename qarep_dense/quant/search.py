@@ -25,12 +25,13 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Sequence
 
 import torch
+from scipy.stats import spearmanr
 from torch import nn
 from tqdm import tqdm
 
 from ..data.preprocess import Preprocess
 from .bias_correction import correct_bias
-from .calibration import flatten_outputs
+from .calibration import flatten_outputs, forward_batches
 from .cle import equalize
 from .config import CALIBRATORS, QuantConfig
 from .ptq import quantize_ptq
@@ -152,21 +153,10 @@ def transform_float(fused: nn.Module, transform: str, batches: Sequence[torch.Te
 
 # --- scoring --------------------------------------------------------------------------------------
 
-@torch.no_grad()
 def forward_selection(model: nn.Module, batches: Sequence[torch.Tensor], preprocess: Preprocess,
                       device: str | torch.device = "cpu") -> list:
-    model.eval()
-    return [_detach(model(preprocess(images.to(device)))) for images in batches]
-
-
-def _detach(out):
-    if isinstance(out, torch.Tensor):
-        return out.detach().cpu()
-    if isinstance(out, (list, tuple)):
-        return type(out)(_detach(o) for o in out)
-    if isinstance(out, dict):
-        return {k: _detach(v) for k, v in out.items()}
-    return out
+    """The model's outputs (on the CPU) for every selection batch, in eval mode."""
+    return forward_batches(model.eval(), batches, preprocess, device, progress=False, keep_outputs=True)
 
 
 def agreement(outputs: Sequence, reference: Sequence, labels: Sequence[torch.Tensor] | None = None,
@@ -205,27 +195,9 @@ def choose(results: Sequence[CandidateResult]) -> CandidateResult:
 
 def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     """Spearman rank correlation (average ranks for ties); None for fewer than 3 pairs or a constant side."""
-    if len(xs) != len(ys) or len(xs) < 3:
+    if len(xs) != len(ys) or len(xs) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
         return None
-
-    def ranks(v: Sequence[float]) -> list[float]:
-        order = sorted(range(len(v)), key=lambda i: v[i])
-        out = [0.0] * len(v)
-        i = 0
-        while i < len(v):
-            j = i
-            while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                out[order[k]] = (i + j) / 2.0
-            i = j + 1
-        return out
-
-    rx, ry = ranks(list(xs)), ranks(list(ys))
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    vx, vy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
-    return cov / (vx * vy) ** 0.5 if vx > 0 and vy > 0 else None
+    return float(spearmanr(xs, ys).statistic)
 
 
 def candidate_config(spec: CandidateSpec, base: QuantConfig, entropy_stride: int = ENTROPY_STRIDE) -> QuantConfig:
