@@ -1,4 +1,4 @@
-"""The mmengine path (tools/train_seg.py, tools/test_seg.py): nothing lost, nothing silent, errors that name
+"""The mmengine path (tools/train_seg.py, tools/eval_seg.py): nothing lost, nothing silent, errors that name
 the file and the problem. Most cases fail before any training; one 2-iteration run supplies checkpoints."""
 from __future__ import annotations
 
@@ -58,17 +58,17 @@ def test_resume_in_a_folder_without_checkpoints_is_refused(tmp_path, capsys):
 
 
 def test_save_deploy_never_overwrites_and_refuses_a_folder_before_evaluating(tmp_path, capsys):
-    test_seg = tool_module("test_seg")
+    eval_seg = tool_module("eval_seg")
     existing = tmp_path / "mine.pt"
     existing.write_bytes(b"user data")
     missing_ckpt = str(tmp_path / "no_such.pt")  # the output check comes first: no evaluation is attempted
-    assert test_seg.main([missing_ckpt, "--save-deploy", str(existing)]) == 2
+    assert eval_seg.main([missing_ckpt, "--save-deploy", str(existing)]) == 2
     assert f"--save-deploy {existing}: file exists" in capsys.readouterr().err
     assert existing.read_bytes() == b"user data"
-    assert test_seg.main([missing_ckpt, "--save-deploy", str(tmp_path)]) == 2
+    assert eval_seg.main([missing_ckpt, "--save-deploy", str(tmp_path)]) == 2
     assert f"--save-deploy {tmp_path}: is a folder" in capsys.readouterr().err
     with pytest.raises(FileExistsError, match="does not overwrite"):
-        test_seg.check_save_deploy(existing)
+        eval_seg.check_save_deploy(existing)
 
 
 # --- silent wrong results -------------------------------------------------------------------------

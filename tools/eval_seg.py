@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """mIoU of a segmentation checkpoint, in train form and fused, side by side (mmseg's IoU metric).
 
-    python tools/test_seg.py work_dirs/seg/demo_qarepvgg/last.pt
-    python tools/test_seg.py work_dirs/seg/deeplab_qarep/last.pt --data data/cityscapes --save-deploy deploy.pt
+    python tools/eval_seg.py work_dirs/seg/demo_qarepvgg/last.pt
+    python tools/eval_seg.py work_dirs/seg/deeplab_qarep/last.pt --data data/cityscapes --save-deploy deploy.pt
 
 CHECKPOINT is a project checkpoint written by tools/train_seg.py (last.pt: train form; deploy.pt:
 fused). The validation split and pipeline come from the checkpoint's config; --data swaps the root.
