@@ -25,7 +25,7 @@ from ..engine.checkpoint import save_checkpoint
 from ..evaluation.evaluators import EvalRequest
 from ..evaluation.segmentation import SegmentationEvaluator
 from ..layers.rep import reparameterize
-from ..fileio import write_json_atomic
+from ..fileio import sealed, write_json_atomic
 from .base import TaskRow, require_meta
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def _rank() -> int:
 
 def prepare_synthetic(cfg: Any, timeout_s: float = 900.0) -> None:
     """Write the synthetic scenes ``cfg.synthetic_cityscapes`` asks for into ``cfg.data_root`` (rank 0;
-    other torchrun ranks wait for its manifest)."""
+    other torchrun ranks wait until it is sealed)."""
     spec = cfg.get("synthetic_cityscapes")
     if not spec:
         return
@@ -60,8 +60,7 @@ def prepare_synthetic(cfg: Any, timeout_s: float = 900.0) -> None:
         generate_cityscapes(root, **args)
         return
     deadline = time.monotonic() + timeout_s
-    while not (root / "manifest.json").is_file() or \
-            '"complete"' not in (root / "manifest.json").read_text():  # rank 0 is writing
+    while sealed(root, "synthetic-cityscapes", verify=False) is None:  # rank 0 is writing
         if time.monotonic() > deadline:
             raise TimeoutError(f"{root}: rank 0 did not finish the synthetic export in {timeout_s:.0f} s")
         time.sleep(1.0)
