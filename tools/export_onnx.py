@@ -55,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     size = args.image_size[0] if args.image_size and len(args.image_size) == 1 else args.image_size
     try:
-        report, meta = export_checkpoint_onnx(args.checkpoint, args.out, size, args.batch, args.opset, args.rtol)
-    except CheckpointError as err:
+        report, meta = export_checkpoint_onnx(args.checkpoint, args.out, size, args.batch, args.opset, args.rtol,
+                                              args.overwrite)
+    except (CheckpointError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:

@@ -259,9 +259,11 @@ def claim(root: str | os.PathLike, owner: str, spec: Any = None, *, writes: Iter
         raise
 
 
-def claim_file(path: str | os.PathLike, owner: str, spec: Any = None, *, label: str = "") -> Claim:
-    """Claim one output file: refused if it exists and no claim of ours wrote it, or if it is a folder.
-    The writer replaces it atomically; nothing is removed beforehand."""
+def claim_file(path: str | os.PathLike, owner: str, spec: Any = None, *, label: str = "",
+               overwrite: bool = False) -> Claim:
+    """Claim one output file: refused if it is a folder, or if it exists and no claim of ours wrote it
+    (``overwrite``: the user asked to replace it). The writer replaces it atomically; nothing is removed
+    beforehand."""
     path = Path(path)
     where = _where(label, path)
     if path.is_dir():
@@ -270,7 +272,7 @@ def claim_file(path: str | os.PathLike, owner: str, spec: Any = None, *, label: 
     lock = path.parent / f".{path.name}.written.lock"
     fd = _lock(lock, where)
     try:
-        return _take(path.parent, path.name, owner, spec, fd, where, [path.name], True, ())
+        return _take(path.parent, path.name, owner, spec, fd, where, [path.name], True, (), overwrite)
     except BaseException:
         _release_fd(lock, fd)
         raise
@@ -282,12 +284,14 @@ def _release_fd(lock: Path, fd: int) -> None:
 
 
 def _take(root: Path, only: str | None, owner: str, spec: Any, fd: int, where: str, writes: list[str] | None,
-          keep: bool, unhashed: tuple[str, ...]) -> Claim:
+          keep: bool, unhashed: tuple[str, ...], overwrite: bool = False) -> Claim:
     record_path = root / (RECORD if only is None else f".{only}.written.json")
     record = _read_record(record_path, where) or (_legacy_record(root, where) if only is None else None)
     present = _files(root, only)
-    if record is None:
-        mine: set[str] = set()
+    if record is None and overwrite:
+        mine = set(present)
+    elif record is None:
+        mine = set()
         theirs = sorted(present if writes is None else {f for f in present if _inside(f, writes)})
         if theirs:
             what = "exists" if only is not None else f"holds files this project did not write ({_first(theirs)})"
