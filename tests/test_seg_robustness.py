@@ -63,12 +63,22 @@ def test_save_deploy_never_overwrites_and_refuses_a_folder_before_evaluating(tmp
     existing.write_bytes(b"user data")
     missing_ckpt = str(tmp_path / "no_such.pt")  # the output check comes first: no evaluation is attempted
     assert eval_seg.main([missing_ckpt, "--save-deploy", str(existing)]) == 2
-    assert f"--save-deploy {existing}: file exists" in capsys.readouterr().err
+    assert f"--save-deploy {existing}: exists; choose another path" in capsys.readouterr().err
     assert existing.read_bytes() == b"user data"
     assert eval_seg.main([missing_ckpt, "--save-deploy", str(tmp_path)]) == 2
     assert f"--save-deploy {tmp_path}: is a folder" in capsys.readouterr().err
-    with pytest.raises(FileExistsError, match="does not overwrite"):
-        eval_seg.check_save_deploy(existing)
+    # a parent that is a file, or a place nobody may write: named with the option, before any evaluation
+    for bad in (existing / "deploy.pt", Path("/sys/qarep_dense_test/deploy.pt")):
+        assert eval_seg.main([missing_ckpt, "--save-deploy", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --save-deploy {bad}: ") and "no_such.pt" not in err
+    assert existing.read_bytes() == b"user data"
+
+
+def test_zero_iterations_are_refused_not_saved_as_a_trained_model(tmp_path, capsys):
+    code, err = _train(["--work-dir", str(tmp_path / "w"), "--cfg-options", "train_cfg.max_iters=0"], capsys)
+    assert code == 2 and "train_cfg.max_iters=0: must be an integer of at least 1" in err
+    assert not (tmp_path / "w").exists() or not any((tmp_path / "w").glob("*.pt"))
 
 
 # --- silent wrong results -------------------------------------------------------------------------

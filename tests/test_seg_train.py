@@ -73,4 +73,4 @@ def test_training_tool_names_the_bad_input(trained, tmp_path, capsys):
     assert "nope.py: config file not found" in capsys.readouterr().err
     work, data, _, _ = trained
     assert train.main([str(CONFIG), "--work-dir", str(work), "--data-root", str(data)]) == 2  # no --resume
-    assert "holds an earlier run's checkpoints" in capsys.readouterr().err
+    assert "already holds iter_" in (err := capsys.readouterr().err) and "of an earlier run" in err

@@ -35,20 +35,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def check_save_deploy(path: Path | None) -> None:
-    """Refuse an output path before the evaluation, not after it: never overwrite a file, never a folder."""
-    if path is None:
-        return
-    if path.is_dir():
-        raise ValueError(f"--save-deploy {path}: is a folder; give a file path, e.g. {path / 'deploy.pt'}")
-    if path.exists():
-        raise FileExistsError(f"--save-deploy {path}: file exists; this tool does not overwrite it (give a new path)")
-
-
 def run(args: argparse.Namespace) -> dict:
+    from qarep_dense.tasks.segmentation import claim_deploy_file
+
+    if args.save_deploy is None:
+        return evaluate(args)
+    with claim_deploy_file(args.save_deploy) as claimed:  # before the evaluation: a bad path fails first
+        rows = evaluate(args)
+        claimed.seal()
+    return rows
+
+
+def evaluate(args: argparse.Namespace) -> dict:
     from qarep_dense.tasks.segmentation import make_evaluator
 
-    check_save_deploy(args.save_deploy)
     model, meta = load_model(args.checkpoint, "seg")
     model = model.to(args.device)
     evaluator = make_evaluator(EvalRequest(args.checkpoint, meta, args.data, None, args.batch_size, args.workers,

@@ -169,6 +169,10 @@ def _matches(rel: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatch(PurePosixPath(rel).name, p) for p in patterns)
 
 
+def _adopted(present: set[str], patterns: tuple[str, ...]) -> set[str]:
+    return {f for f in present if any(fnmatch.fnmatch(f, p) for p in patterns)}
+
+
 def _inside(rel: str, writes: Iterable[str]) -> bool:
     return any(rel == w or rel.startswith(w.rstrip("/") + "/") for w in writes)
 
@@ -240,20 +244,21 @@ def _prepare(root: Path, where: str, want_dir: bool) -> None:
 
 
 def claim(root: str | os.PathLike, owner: str, spec: Any = None, *, writes: Iterable[str] | None = None,
-          keep: bool = False, label: str = "", unhashed: Iterable[str] = ()) -> Claim:
+          keep: bool = False, label: str = "", unhashed: Iterable[str] = (), adopt: Iterable[str] = ()) -> Claim:
     """Claim the folder ``root`` for ``owner`` (a tool or generator name; another owner's folder is refused).
 
     writes: the paths (relative, files or folders) the run writes; without it the whole folder is checked.
     keep: keep the files of the earlier run (a resumed training) instead of removing them.
     label: the option that named the path (``--out``), for messages. unhashed: name patterns of files
-    recorded without a hash (logs a run appends to).
+    recorded without a hash (logs a run appends to). adopt: relative-path patterns of files only this writer
+    makes (a training's checkpoints): they count as ours even when no record lists them (an earlier version).
     """
     root, where = Path(root), _where(label, Path(root))
     writes = None if writes is None else [PurePosixPath(w).as_posix() for w in writes]
     _prepare(root, where, want_dir=True)
     fd = _lock(root / LOCK, where)
     try:
-        return _take(root, None, owner, spec, fd, where, writes, keep, tuple(unhashed))
+        return _take(root, None, owner, spec, fd, where, writes, keep, tuple(unhashed), adopt=tuple(adopt))
     except BaseException:
         _release_fd(root / LOCK, fd)
         raise
@@ -284,15 +289,15 @@ def _release_fd(lock: Path, fd: int) -> None:
 
 
 def _take(root: Path, only: str | None, owner: str, spec: Any, fd: int, where: str, writes: list[str] | None,
-          keep: bool, unhashed: tuple[str, ...], overwrite: bool = False) -> Claim:
+          keep: bool, unhashed: tuple[str, ...], overwrite: bool = False, adopt: tuple[str, ...] = ()) -> Claim:
     record_path = root / (RECORD if only is None else f".{only}.written.json")
     record = _read_record(record_path, where) or (_legacy_record(root, where) if only is None else None)
     present = _files(root, only)
     if record is None and overwrite:
         mine = set(present)
     elif record is None:
-        mine = set()
-        theirs = sorted(present if writes is None else {f for f in present if _inside(f, writes)})
+        mine = _adopted(present, adopt)
+        theirs = sorted((present if writes is None else {f for f in present if _inside(f, writes)}) - mine)
         if theirs:
             what = "exists" if only is not None else f"holds files this project did not write ({_first(theirs)})"
             raise ClaimError(f"{where}: {what}; choose another path, or move them away (nothing was changed)")
@@ -300,7 +305,7 @@ def _take(root: Path, only: str | None, owner: str, spec: Any, fd: int, where: s
         if record.get("owner") not in (None, owner):
             raise ClaimError(f"{where}: holds the output of {record['owner']!r}, not of {owner!r}; choose another "
                              "path (nothing was changed)")
-        mine = _ours(record, present, root, where, unhashed)
+        mine = _ours(record, present, root, where, unhashed) | _adopted(present, adopt)
         clash = sorted(w for w in writes or () if w in present - mine)
         if clash:
             raise ClaimError(f"{where}: {_first(clash)} exists and was not written by this project; move it away "
