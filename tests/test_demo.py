@@ -260,7 +260,7 @@ def _no_stages(demo: Demo) -> Demo:
 
 def test_demo_never_replaces_a_summary_it_did_not_write(tmp_path):
     (tmp_path / "summary.md").write_text("my notes")
-    with pytest.raises(FileExistsError, match="summary.md: exists and was not written by the demo"):
+    with pytest.raises(FileExistsError, match=r"holds files this project did not write \(summary.md\)"):
         _no_stages(Demo(DemoOptions(out=tmp_path, tasks=["cls"], profile="tiny"))).run()
     assert (tmp_path / "summary.md").read_text() == "my notes"
     assert not (tmp_path / ".stages").exists()  # refused before any stage ran
@@ -272,7 +272,7 @@ def test_demo_replaces_its_own_summary_but_not_one_edited_since(tmp_path):
     assert path.read_text().startswith("# qarep-dense main job")
     _no_stages(Demo(DemoOptions(out=out, tasks=["cls"], profile="tiny"))).run()  # its own file: replaced
     path.write_text(path.read_text() + "\nmy addition\n")
-    with pytest.raises(FileExistsError, match="changed since"):
+    with pytest.raises(FileExistsError, match="summary.md was written by an earlier run and changed since"):
         _no_stages(Demo(DemoOptions(out=out, tasks=["cls"], profile="tiny"))).run()
     assert path.read_text().endswith("my addition\n")
 
@@ -408,7 +408,7 @@ def test_a_training_side_by_side_gives_the_same_weights_as_alone(tmp_path):
     config = ROOT / "configs" / "cls" / "digits_qarepvgg.toml"
 
     def train(name, seed):
-        return Stage(name, lambda: demo.train(name, "train_cls.py", config, tmp_path / name,
+        return Stage(name, lambda: demo.train(name, "cls", config, tmp_path / name,
                                               demo.cls_sets(seed, data)), ("data",))
 
     data_stage = Stage("data", lambda: __import__("qarep_dense.demo.main_job", fromlist=["x"])._prepare_cls_data(
