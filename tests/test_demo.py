@@ -98,9 +98,19 @@ def _info(**kw) -> dict:
     return {**info, **kw}
 
 
-def _quant(fp32: float, int8: float) -> dict:
+def _quant(fp32: float, int8: float, calib_images: int = 192) -> dict:
     return {"fp32": fp32, "int8_max": int8, "int8_hist": int8, "weights_only": int8, "acts_only": fp32,
-            "int8_max_repair": int8 + 1, "repaired_channels": 3, "repair": {"alive_on_heldout": 1}}
+            "int8_max_repair": int8 + 1, "repaired_channels": 3, "repair": {"alive_on_heldout": 1},
+            "calib_images": calib_images}
+
+
+def test_summary_states_the_calibration_images_the_stages_used(tmp_path):
+    """Taken from the records (it used to be a typed "256"), so a change of the stage's loader shows."""
+    one = {"cls_quant_qarepvgg_s0": _quant(97.0, 97.0, 192), "cls_quant_qarepvgg_s1": _quant(99.0, 98.0, 192)}
+    assert "every conv and FC input), 192 calibration images;" in render_summary(tmp_path, one, ["cls"], {}, _info())
+    two = {**one, "cls_quant_qarepvgg_s1": _quant(99.0, 98.0, 256)}
+    assert "192-256 calibration images;" in render_summary(tmp_path, two, ["cls"], {}, _info())
+    assert "256 calibration images" not in render_summary(tmp_path, {}, ["cls"], {}, _info())
 
 
 def test_summary_has_every_section_tables_from_records_and_skip_lines(tmp_path):

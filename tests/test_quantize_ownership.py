@@ -75,3 +75,22 @@ def test_an_out_that_cannot_be_created_is_a_one_line_error(done, capsys):
         err = capsys.readouterr().err
         assert err.startswith(f"error: --out {out}: ") and "Traceback" not in err
     assert blocker.read_text() == "x"
+
+
+@pytest.mark.slow
+def test_the_main_jobs_quantize_stage_keeps_a_users_file_in_diagnosis(tmp_path):
+    """The main job's stage (no diagnosis of its own) used to delete OUT/diagnosis/ whole on a rerun."""
+    from qarep_dense.demo.cls_story import quantize_pipeline
+
+    root = generate_imagefolder(tmp_path / "data", num_classes=3, per_class_train=100, per_class_val=4, size=SIZE)
+    meta = {"task": "cls", "arch": "test", "block": "repvgg", "num_classes": 3, "stem_stride": 1, "fused": False,
+            "fold_bn": True, "image_size": SIZE, "preprocess": IMAGENET.as_dict()}
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "cls.pt", build_classifier("test", "repvgg", 3, stem_stride=1).state_dict(), meta)
+    out = tmp_path / "cls" / "qarepvgg_s0" / "quantize"
+    quantize_pipeline(ckpt, root, out)
+    notes = out / "diagnosis" / "my_notes.md"
+    notes.parent.mkdir()
+    notes.write_text("mine")
+    quantize_pipeline(ckpt, root, out)
+    assert notes.read_text() == "mine" and sealed(out, "quantize") is not None

@@ -39,8 +39,9 @@ def quant_variants(deploy_path: str | os.PathLike, data_root: str | os.PathLike,
     """Top-1 (%) of a fused classifier checkpoint in FP32 and the INT8 variants of :data:`VARIANTS`.
 
     Calibration: ``calib_batches`` shuffled training batches with the evaluation preprocessing.
-    Also returns "repaired_channels" (input channels the repair zeroed) and "repair" (the repair's
-    summary: channels dead on calibration but alive on the held-out batch, FP32 agreement there).
+    Also returns "calib_images" (the images calibration used), "repaired_channels" (input channels the repair
+    zeroed) and "repair" (the repair's summary: channels dead on calibration but alive on the held-out batch,
+    FP32 agreement there).
     """
     from ..tasks.quant_check import CheckOptions, QuantConfig, quantize_and_check
     from ..tasks.registry import get_task, load_model
@@ -63,8 +64,8 @@ def quant_variants(deploy_path: str | os.PathLike, data_root: str | os.PathLike,
         return report.model, report.ptq
 
     out: dict = {"fp32": top1(model)}
-    q, _ = ptq("max")
-    out["int8_max"] = top1(q)
+    q, report = ptq("max")
+    out["int8_max"], out["calib_images"] = top1(q), int(report.calib_images)  # what calibration saw
     out["weights_only"] = top1(_only(q, "weight", QuantConfig().backend))
     q, _ = ptq("max")
     out["acts_only"] = top1(_only(q, "act", QuantConfig().backend))
