@@ -299,8 +299,9 @@ def _take(root: Path, only: str | None, owner: str, spec: Any, fd: int, where: s
         mine = _adopted(present, adopt)
         theirs = sorted((present if writes is None else {f for f in present if _inside(f, writes)}) - mine)
         if theirs:
-            what = "exists" if only is not None else f"holds files this project did not write ({_first(theirs)})"
-            raise ClaimError(f"{where}: {what}; choose another path, or move them away (nothing was changed)")
+            what = ("exists; choose another path, or move it away" if only is not None else
+                    f"holds files this project did not write ({_first(theirs)}); choose another path, or move them away")
+            raise ClaimError(f"{where}: {what} (nothing was changed)")
     else:
         if record.get("owner") not in (None, owner):
             raise ClaimError(f"{where}: holds the output of {record['owner']!r}, not of {owner!r}; choose another "

@@ -167,8 +167,8 @@ def generate_coco(root: str | os.PathLike, num_train: int, num_val: int, image_s
         image_size: side S, or (height, width) for non-square images.
         category_ids: COCO ids of the classes (default 1..num_classes); non-contiguous ids are allowed.
     Returns paths {"train_images", "train_ann", "val_images", "val_ann"}. Skips the work when
-    ``root/manifest.json`` records exactly these parameters and the files are there. Raises
-    ``FileExistsError`` naming the path when one of the paths it writes exists but is not its own.
+    ``root`` holds a sealed export of exactly these parameters with its files intact. Raises
+    ``FileExistsError`` naming the folder when one of the paths it writes holds files it did not record.
     """
     root = Path(root)
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(v) for v in image_size)
