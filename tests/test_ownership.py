@@ -102,7 +102,7 @@ def test_a_second_run_gets_in_use_by_pid_and_a_dead_holder_blocks_nothing(tmp_pa
 def test_an_interrupted_run_leaves_an_unsealed_folder_whose_files_the_next_run_replaces(tmp_path):
     out = tmp_path / "out"
     write(out / "sub" / "keep.txt", "user")
-    with claim(out, "tool", writes=["a.txt"]) as c:
+    with claim(out, "tool", writes=["a.txt"], shared=True) as c:  # a root that holds a user's files too
         c.seal()
     with claim(out, "tool"):
         write(out / "a.txt", "half")  # no seal: interrupted
@@ -143,3 +143,13 @@ def test_the_old_record_of_the_main_job_is_adopted(tmp_path):
         assert not summary.exists() and not (out / ".demo_written.json").exists()
         c.seal()
     assert (out / "notes.md").read_text() == "user"
+
+
+def test_without_a_record_a_whole_folder_must_be_empty_a_shared_one_only_where_we_write(tmp_path):
+    write(tmp_path / "out" / "notes.txt", "user")
+    with pytest.raises(ClaimError, match=r"holds files this project did not write \(notes.txt\)"):
+        claim(tmp_path / "out", "quantize", writes=["report.md"])
+    with claim(tmp_path / "out", "dataset", writes=["train"], shared=True) as c:  # a dataset root: allowed
+        write(tmp_path / "out" / "train" / "0.png", "x")
+        c.seal()
+    assert set(json.loads((tmp_path / "out" / RECORD).read_text())["files"]) == {"train/0.png"}

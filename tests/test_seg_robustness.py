@@ -75,6 +75,18 @@ def test_save_deploy_never_overwrites_and_refuses_a_folder_before_evaluating(tmp
     assert existing.read_bytes() == b"user data"
 
 
+def test_data_root_at_a_classification_dataset_is_refused_not_replaced(tmp_path, capsys):
+    """Street scenes used to be generated in place of a generated shapes dataset (its splits deleted)."""
+    from qarep_dense.data.synthetic.imagefolder import generate_imagefolder
+
+    data = generate_imagefolder(tmp_path / "synthetic_cls", num_classes=2, per_class_train=1, per_class_val=1,
+                                size=16)
+    before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
+    code, err = _train(["--work-dir", str(tmp_path / "w"), "--data-root", str(data)], capsys)
+    assert code == 2 and "holds the output of 'synthetic-shapes', not of 'synthetic-cityscapes'" in err
+    assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file()} == before
+
+
 def test_zero_iterations_are_refused_not_saved_as_a_trained_model(tmp_path, capsys):
     code, err = _train(["--work-dir", str(tmp_path / "w"), "--cfg-options", "train_cfg.max_iters=0"], capsys)
     assert code == 2 and "train_cfg.max_iters=0: must be an integer of at least 1" in err

@@ -46,7 +46,7 @@ def export_digits(out_dir: str | os.PathLike, size: int = 32, seed: int = 0) -> 
     images, labels = digits_images(size)
     index = np.arange(len(labels))
     train_idx, val_idx = train_test_split(index, test_size=0.2, stratify=labels, random_state=seed)
-    with claim(out_dir, "sklearn-digits", spec, writes=("train", "val")) as out:
+    with claim(out_dir, "sklearn-digits", spec, writes=("train", "val"), shared=True) as out:
         counts = {}
         for split, ids in (("train", train_idx), ("val", val_idx)):
             for label in range(10):

@@ -4,9 +4,9 @@ pipeline, the PTQ table, exports, the main job).
 
 *claim* (:func:`claim` for a folder, :func:`claim_file` for one output file) takes a path for writing:
 
-* a folder with no record of ours must hold none of the paths the run will write (the whole folder, unless
-  ``writes`` names them): otherwise :class:`ClaimError` names the path and its first foreign files and
-  nothing is changed. A record of another writer (``owner``) is refused the same way;
+* a folder with no record of ours must be empty (``shared``: a dataset root, where only the ``writes``
+  paths must be): otherwise :class:`ClaimError` names the path and its first foreign files and nothing is
+  changed. A record of another writer (``owner``) is refused the same way;
 * a lock (``fcntl.flock`` on ``.written.lock`` beside the record) keeps a second run out while the first
   holds the claim: it gets ``in use by pid N``. The kernel drops the lock when its process ends, however
   it ends, so a killed run never blocks the next one;
@@ -244,10 +244,13 @@ def _prepare(root: Path, where: str, want_dir: bool) -> None:
 
 
 def claim(root: str | os.PathLike, owner: str, spec: Any = None, *, writes: Iterable[str] | None = None,
-          keep: bool = False, label: str = "", unhashed: Iterable[str] = (), adopt: Iterable[str] = ()) -> Claim:
+          keep: bool = False, label: str = "", unhashed: Iterable[str] = (), adopt: Iterable[str] = (),
+          shared: bool = False) -> Claim:
     """Claim the folder ``root`` for ``owner`` (a tool or generator name; another owner's folder is refused).
 
-    writes: the paths (relative, files or folders) the run writes; without it the whole folder is checked.
+    writes: the paths (relative, files or folders) the run writes: a file of someone else's there is refused.
+    shared: the folder may hold other files (a dataset root beside a user's files): without a record only the
+    ``writes`` paths must be free of them.
     keep: keep the files of the earlier run (a resumed training) instead of removing them.
     label: the option that named the path (``--out``), for messages. unhashed: name patterns of files
     recorded without a hash (logs a run appends to). adopt: relative-path patterns of files only this writer
@@ -258,7 +261,8 @@ def claim(root: str | os.PathLike, owner: str, spec: Any = None, *, writes: Iter
     _prepare(root, where, want_dir=True)
     fd = _lock(root / LOCK, where)
     try:
-        return _take(root, None, owner, spec, fd, where, writes, keep, tuple(unhashed), adopt=tuple(adopt))
+        return _take(root, None, owner, spec, fd, where, writes, keep, tuple(unhashed), adopt=tuple(adopt),
+                     shared=shared)
     except BaseException:
         _release_fd(root / LOCK, fd)
         raise
@@ -289,7 +293,8 @@ def _release_fd(lock: Path, fd: int) -> None:
 
 
 def _take(root: Path, only: str | None, owner: str, spec: Any, fd: int, where: str, writes: list[str] | None,
-          keep: bool, unhashed: tuple[str, ...], overwrite: bool = False, adopt: tuple[str, ...] = ()) -> Claim:
+          keep: bool, unhashed: tuple[str, ...], overwrite: bool = False, adopt: tuple[str, ...] = (),
+          shared: bool = False) -> Claim:
     record_path = root / (RECORD if only is None else f".{only}.written.json")
     record = _read_record(record_path, where) or (_legacy_record(root, where) if only is None else None)
     present = _files(root, only)
@@ -297,7 +302,7 @@ def _take(root: Path, only: str | None, owner: str, spec: Any, fd: int, where: s
         mine = set(present)
     elif record is None:
         mine = _adopted(present, adopt)
-        theirs = sorted((present if writes is None else {f for f in present if _inside(f, writes)}) - mine)
+        theirs = sorted(({f for f in present if _inside(f, writes)} if shared else present) - mine)
         if theirs:
             what = ("exists; choose another path, or move it away" if only is not None else
                     f"holds files this project did not write ({_first(theirs)}); choose another path, or move them away")

@@ -257,7 +257,7 @@ def generate_cityscapes(out_dir: str | os.PathLike, num_train: int = 200, num_va
     if sealed(out_dir, "synthetic-cityscapes", spec):
         return out_dir
     log.info("generating %d + %d synthetic street scenes (%dx%d) in %s", num_train, num_val, height, width, out_dir)
-    with claim(out_dir, "synthetic-cityscapes", spec, writes=SPLITS) as out:
+    with claim(out_dir, "synthetic-cityscapes", spec, writes=SPLITS, shared=True) as out:
         for split_id, (split, count) in enumerate((("train", num_train), ("val", num_val))):
             for i in range(count):
                 image, label = street_scene(height, width, np.random.default_rng([seed, split_id, i]))

@@ -180,7 +180,7 @@ def generate_coco(root: str | os.PathLike, num_train: int, num_val: int, image_s
     if sealed(root, "synthetic-coco", params):
         logger.info("%s: synthetic COCO data already generated, reusing it", root)
         return out
-    with claim(root, "synthetic-coco", params, writes=owned_paths()) as claimed:  # refuses paths it did not write
+    with claim(root, "synthetic-coco", params, writes=owned_paths(), shared=True) as claimed:  # refuses a user's
         counts = {}
         for split_id, (split, count) in enumerate(zip(SPLITS, (num_train, num_val))):
             _write_split(root, split, split_id, count, size, seed, ids, ext, progress)

@@ -51,7 +51,7 @@ def generate_imagefolder(out_dir: str | os.PathLike, num_classes: int = 6, per_c
         return out_dir
     log.info("generating synthetic shape classes (%d x %d/%d images) in %s", num_classes, per_class_train,
              per_class_val, out_dir)
-    with claim(out_dir, "synthetic-shapes", spec, writes=tuple(_SPLITS)) as out:
+    with claim(out_dir, "synthetic-shapes", spec, writes=tuple(_SPLITS), shared=True) as out:
         counts = {}
         for split, per_class in (("train", per_class_train), ("val", per_class_val)):
             for c, shape in enumerate(SHAPES[:num_classes]):
