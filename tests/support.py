@@ -30,3 +30,18 @@ def uint8_batches(n_batches: int = 2, batch: int = 8, size: int = 16, seed: int 
     g = torch.Generator().manual_seed(seed)
     return [(torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=g), torch.zeros(batch))
             for _ in range(n_batches)]
+
+
+def cls_quant_record(fp32: float, int8: float, calib_images: int = 192) -> dict:
+    """A main job's cls_quant stage record (qarep_dense.demo.cls_story.quant_variants), top-1 in percent."""
+    return {"fp32": fp32, "int8_max": int8, "int8_hist": int8, "weights_only": int8, "acts_only": fp32,
+            "int8_max_repair": int8 + 1, "repaired_channels": 3, "repair": {"alive_on_heldout": 1},
+            "calib_images": calib_images}
+
+
+def no_stages(demo):
+    """``demo`` (a qarep_dense.demo.main_job.Demo) whose run() trains nothing and writes only its summary and
+    results.json: for the ownership tests."""
+    demo.cls_jobs = demo.det_jobs = demo.seg_jobs = lambda: []
+    demo.speed_jobs = demo.picture_jobs = lambda tasks: []
+    return demo

@@ -8,9 +8,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+from support import cls_quant_record, no_stages
 
 from qarep_dense.demo import Criteria, StageRunner, seed_range, verdict
 from qarep_dense.demo.main_job import Demo, DemoOptions, make_profile
+from qarep_dense.demo.results import load_results, task_table
 from qarep_dense.demo.stages import Stage
 from qarep_dense.demo.summary import SECTIONS, render_summary, stage_span
 from qarep_dense.demo.verdict import format_range
@@ -98,33 +100,33 @@ def _info(**kw) -> dict:
     return {**info, **kw}
 
 
-def _quant(fp32: float, int8: float, calib_images: int = 192) -> dict:
-    return {"fp32": fp32, "int8_max": int8, "int8_hist": int8, "weights_only": int8, "acts_only": fp32,
-            "int8_max_repair": int8 + 1, "repaired_channels": 3, "repair": {"alive_on_heldout": 1},
-            "calib_images": calib_images}
-
-
 def test_summary_states_the_calibration_images_the_stages_used(tmp_path):
     """Taken from the records (it used to be a typed "256"), so a change of the stage's loader shows."""
-    one = {"cls_quant_qarepvgg_s0": _quant(97.0, 97.0, 192), "cls_quant_qarepvgg_s1": _quant(99.0, 98.0, 192)}
-    assert "every conv and FC input), 192 calibration images;" in render_summary(tmp_path, one, ["cls"], {}, _info())
-    two = {**one, "cls_quant_qarepvgg_s1": _quant(99.0, 98.0, 256)}
-    assert "192-256 calibration images;" in render_summary(tmp_path, two, ["cls"], {}, _info())
+    one = {"cls_quant_qarepvgg_s0": cls_quant_record(97.0, 97.0, 192),
+           "cls_quant_qarepvgg_s1": cls_quant_record(99.0, 98.0, 192)}
+    text = render_summary(tmp_path, one, ["cls"], {}, _info())
+    assert "every conv and FC input), max calibration, 192 calibration images;" in text
+    two = {**one, "cls_quant_qarepvgg_s1": cls_quant_record(99.0, 98.0, 256)}
+    assert "max calibration, 192-256 calibration images;" in render_summary(tmp_path, two, ["cls"], {}, _info())
     assert "256 calibration images" not in render_summary(tmp_path, {}, ["cls"], {}, _info())
 
 
 def test_summary_has_every_section_tables_from_records_and_skip_lines(tmp_path):
-    records = {"cls_quant_repvgg_custom_s0": _quant(98.0, 20.0), "cls_quant_repvgg_custom_s1": _quant(96.0, 94.0),
-               "cls_quant_qarepvgg_s0": _quant(97.0, 97.0), "cls_quant_qarepvgg_s1": _quant(99.0, 98.0),
+    records = {"cls_quant_repvgg_custom_s0": cls_quant_record(98.0, 20.0),
+               "cls_quant_repvgg_custom_s1": cls_quant_record(96.0, 94.0),
+               "cls_quant_qarepvgg_s0": cls_quant_record(97.0, 97.0),
+               "cls_quant_qarepvgg_s1": cls_quant_record(99.0, 98.0),
                "det_ptq_s0": {"metric": "AP", "table": str(tmp_path / "det" / "t.md"), "rows": [
                    {"model": "repvgg_s0/deploy", "block": "repvgg", "fp32": 50.0, "int8": 45.0, "drop": 5.0,
                     "ort_int8": 44.0, "ort_integer_convs": "30/30"}]}}
     text = render_summary(tmp_path, records, ["cls", "det"], {"pictures": "tools/infer.py is missing"}, _info())
     for title in SECTIONS:
         assert f"## {title}" in text
-    assert "| repvgg_custom | 97.00 (96.00-98.00) | 57.00 (20.00-94.00) |" in text
+    # no training record names the block here: the row leaves it out
+    assert "| repvgg_custom | - | 2 | 97.00 (96.00-98.00) | 57.00 (20.00-94.00) | 40.00 (2.00-78.00) |" in text
     assert "collapsed (INT8 > 10 points below FP32) in 1 of 2 seeds" in text  # computed, not typed
-    assert "| repvgg | 1 | 50.00 | 45.00 | 5.00 | 44.00 | 30/30 |" in text
+    assert "| repvgg | repvgg | 1 | 50.00 | 45.00 | 5.00 | 44.00 |" in text and "ORT: repvgg 30/30" not in text
+    assert "Integer convs in ONNX Runtime: repvgg 30/30." in text
     assert "[seed 0](det/t.md)" in text
     assert "Segmentation\n\nNot run (not in --tasks cls,det)." in text
     assert "Pictures unavailable: tools/infer.py is missing." in text
@@ -174,6 +176,14 @@ def test_demo_tiny_end_to_end_writes_every_section_and_reuses_stages(tmp_path):
     assert "| repvgg_custom |" in text and "| qarepvgg |" in text and "| repopt |" in text
     assert (out / "cls" / "fig2_weights.png").is_file()
     assert "ORT INT8" in text and "| det_qarepvgg |" in text
+    results = load_results(out / "results.json")  # the same rows as the summary's main tables, in percent
+    for task, metric in (("cls", "top1"), ("det", "AP"), ("seg", "mIoU")):
+        assert results[task] and {r["metric"] for r in results[task]} == {metric}
+        assert "\n".join(task_table(results[task])) in text
+        assert all(0 <= r[k] <= 100 for r in results[task] for k in ("fp32", "int8", "int8_ort", "pipeline_int8")
+                   if k in r)
+    assert all("int8_ort" in r for r in results["det"]) and {r["model"] for r in results["det"]} >= {"repvgg"}
+    assert {r["model"] for r in results["cls"] if "pipeline_int8" in r} == {"repvgg_custom", "qarepvgg"}
     markers = sorted((out / ".stages").glob("*.json"))
     assert markers and all(json.loads(m.read_text())["stage"] == m.stem for m in markers)
     logs_before = {p: p.stat().st_size for p in (out / "logs").glob("*.log")}
@@ -261,29 +271,22 @@ def test_demo_command_line_refuses_bad_arguments_before_running(capsys):
     assert make_profile(demo_tool.parse_args(["--cls-epochs", "7", "--tiny"])).cls_epochs == 7
 
 
-def _no_stages(demo: Demo) -> Demo:
-    """A Demo whose run() writes only its summary (no training): for the ownership tests."""
-    demo.cls_jobs = demo.det_jobs = demo.seg_jobs = lambda: []
-    demo.speed_jobs = demo.picture_jobs = lambda tasks: []
-    return demo
-
-
 def test_demo_never_replaces_a_summary_it_did_not_write(tmp_path):
     (tmp_path / "summary.md").write_text("my notes")
     with pytest.raises(FileExistsError, match=r"holds files this project did not write \(summary.md\)"):
-        _no_stages(Demo(DemoOptions(out=tmp_path, tasks=["cls"], profile="tiny"))).run()
+        no_stages(Demo(DemoOptions(out=tmp_path, tasks=["cls"], profile="tiny"))).run()
     assert (tmp_path / "summary.md").read_text() == "my notes"
     assert not (tmp_path / ".stages").exists()  # refused before any stage ran
 
 
 def test_demo_replaces_its_own_summary_but_not_one_edited_since(tmp_path):
     out = tmp_path / "demo"
-    path = _no_stages(Demo(DemoOptions(out=out, tasks=["cls"], profile="tiny"))).run()
+    path = no_stages(Demo(DemoOptions(out=out, tasks=["cls"], profile="tiny"))).run()
     assert path.read_text().startswith("# qarep-dense main job")
-    _no_stages(Demo(DemoOptions(out=out, tasks=["cls"], profile="tiny"))).run()  # its own file: replaced
+    no_stages(Demo(DemoOptions(out=out, tasks=["cls"], profile="tiny"))).run()  # its own file: replaced
     path.write_text(path.read_text() + "\nmy addition\n")
     with pytest.raises(FileExistsError, match="summary.md was written by an earlier run and changed since"):
-        _no_stages(Demo(DemoOptions(out=out, tasks=["cls"], profile="tiny"))).run()
+        no_stages(Demo(DemoOptions(out=out, tasks=["cls"], profile="tiny"))).run()
     assert path.read_text().endswith("my addition\n")
 
 
@@ -335,7 +338,7 @@ def test_run_all_skips_stages_after_a_failed_one_and_runs_alone_stages_alone(tmp
 def test_figures_are_drawn_for_the_repvgg_seed_with_the_largest_int8_drop(tmp_path):
     demo = Demo(DemoOptions(out=tmp_path, tasks=["cls"], profile="tiny", seeds=[0, 1, 2]))
     for seed, (fp32, int8) in enumerate([(98.0, 97.0), (99.0, 70.0), (97.0, 90.0)]):
-        demo.stages.records[f"cls_quant_repvgg_custom_s{seed}"] = _quant(fp32, int8)
+        demo.stages.records[f"cls_quant_repvgg_custom_s{seed}"] = cls_quant_record(fp32, int8)
     assert demo.figure_seed() == (1, 29.0)
     figures = {"seed": 1, "repvgg_int8_drop": 29.0, "figures": {"fig2_weights": str(tmp_path / "cls" / "f.png")}}
     text = render_summary(tmp_path, {"cls_figures_s0-1-2": figures}, ["cls"], {}, _info())

@@ -33,6 +33,7 @@ from . import cls_story, stage_jobs
 from .processes import run_in_process, stop_on_signals
 from .speed import measure_speed
 from .stages import Stage, StageRunner
+from .results import RESULTS_FILE, write_results
 from .summary import render_summary
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: tools/ and configs/ live beside the package
@@ -471,7 +472,8 @@ class Demo:
         """Claim OUT (a folder of someone else's, or one another main job is writing, is refused), run the
         stages (Ctrl-C or SIGTERM ends them all: :class:`~.processes.Interrupted`), write the summary, seal."""
         tasks = self.opts.tasks
-        with claim(self.out, "demo", keep=True, label="--out") as claimed:
+        # writes: a file of someone else's where summary.md or results.json go is refused, not replaced
+        with claim(self.out, "demo", keep=True, label="--out", writes=["summary.md", RESULTS_FILE]) as claimed:
             self.check_settings()
             # Long stages first: the scheduler starts the ready ones in this order, one thread each.
             jobs = {"cls": self.cls_jobs, "det": self.det_jobs, "seg": self.seg_jobs}
@@ -482,8 +484,9 @@ class Demo:
                       + self.picture_jobs(tasks) + self.speed_jobs(tasks))
             with stop_on_signals():
                 self.run_stages(",".join(tasks), stages)
-            summary = render_summary(self.out, self.stages.records, tasks, self.skipped, vars_for_summary(self),
-                                     self.failed)
+            info = vars_for_summary(self)
+            summary = render_summary(self.out, self.stages.records, tasks, self.skipped, info, self.failed)
+            write_results(self.out, self.stages.records, tasks, info)  # the summary's rows, machine-readable
             path = self.out / "summary.md"
             write_text_atomic(path, summary)
             claimed.seal({"failed": sorted(self.failed)})

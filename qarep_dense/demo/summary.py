@@ -6,12 +6,15 @@ import json
 import os
 from pathlib import Path
 
+from .results import build_rows, int8_settings, markdown_table, task_table
 from .verdict import Criteria, format_range, seed_range, verdict
 
 SECTIONS = ("Classification", "Detection", "Segmentation", "Speed", "Pictures")
-CLS_COLUMNS = (("fp32", "FP32"), ("int8_max", "INT8 max"), ("int8_hist", "INT8 entropy"),
+# The variants beside the main table's FP32 and INT8 (max): those two come from the rows of results.json.
+CLS_COLUMNS = (("int8_hist", "INT8 entropy"),
                ("weights_only", "weights-only INT8"), ("acts_only", "activations-only INT8"),
                ("int8_max_repair", "INT8 max after repair"))
+STORY = {"repvgg_custom": "repvgg", "qarepvgg": "qarepvgg"}
 MECH_COLUMNS = (("near_dead_identity", "near-dead identity ch."), ("max_multiplier", "largest BN multiplier"),
                 ("max_fused_weight", "largest fused weight"), ("worst_int8_error", "worst-channel INT8 weight error"),
                 ("act_max", "largest input |x|"), ("act_max_over_std", "max |x| / std"), ("c1_flags", "C1 flags"),
@@ -23,11 +26,6 @@ def _rel(path: str | os.PathLike, out: Path) -> str:
         return str(Path(path).resolve().relative_to(out.resolve()))
     except ValueError:
         return str(path)
-
-
-def _table(header: list[str], rows: list[list]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *["| " + " | ".join(str(c) for c in row) + " |" for row in rows]]
 
 
 def _g(value) -> str:
@@ -48,20 +46,19 @@ def _pipeline_table(out: Path, records: dict, seeds: list[int]) -> list[str]:
         return []
     return ["", "### One command: `tools/quantize.py --int8-only --max-drop 1` (candidates scored on training "
             "images, validation reported)", "",
-            *_table(["model", "seed", "FP32", "INT8 max (plain PTQ)", "pipeline's choice", "pipeline INT8",
+            *markdown_table(["model", "seed", "FP32", "INT8 max (plain PTQ)", "pipeline's choice", "pipeline INT8",
                      "ORT INT8", "drop", "within 1 point", "report"], rows)]
 
 
-def _calib_images(records: dict) -> str:
-    """How many images the classification PTQ stages calibrated on, as they recorded it."""
-    counts = sorted({r["calib_images"] for name, r in records.items()
-                     if name.startswith("cls_quant_") and isinstance(r, dict) and "calib_images" in r})
-    if not counts:
-        return "calibration images not recorded (stages of an earlier version)"
-    return f"{counts[0]} calibration images" if len(counts) == 1 else f"{counts[0]}-{counts[-1]} calibration images"
+def _quant_text(how: dict) -> str:
+    """"max calibration, 256 calibration images": how a task's INT8 column was made, as the records say."""
+    counts = how.get("calib_images") or []
+    images = ("calibration images not recorded (stages of an earlier version)" if not counts else
+              f"{counts[0]} calibration images" if len(counts) == 1 else f"{counts[0]}-{counts[-1]} calibration images")
+    return f"{'/'.join(how.get('calibrator') or []) or 'unrecorded'} calibration, {images}"
 
 
-def _cls_section(out: Path, records: dict, info: dict) -> list[str]:
+def _cls_section(out: Path, records: dict, info: dict, rows: list[dict], how: dict) -> list[str]:
     seeds, models = info["cls_seeds"], info["cls_models"]
     lines = [f"{info['cls_data']}, {info['cls_epochs']} epochs, "
              f"`{' '.join(info['cls_recipe'])}`, seeds {seeds}. Top-1 % as mean (min-max) over seeds. RepVGG "
@@ -69,36 +66,34 @@ def _cls_section(out: Path, records: dict, info: dict) -> list[str]:
              "gammas); the others use normal L2. "
              + ("RepOpt-VGG's scales come from one Hyper-Search run (cls/hs). " if "repopt" in models else "")
              + "INT8 = W8A8 PTQ of the fused model (per-channel weights, per-tensor activations, every "
-             f"conv and FC input), {_calib_images(records)}; weights-only / activations-only switch the other "
-             "side's quantizers off.", ""]
-    rows = []
+             f"conv and FC input), {_quant_text(how)}; weights-only / activations-only switch the other "
+             "side's quantizers off. The first table is results.json's rows.", ""]
+    lines += task_table(rows)
+    variants = []
     for m in models:
         per = _per_seed(records, "cls_quant_", m, seeds)
         if per:
-            rows.append([m, *[format_range(seed_range(r[k] for _, r in per)) for k, _ in CLS_COLUMNS],
-                         format_range(seed_range(r["repaired_channels"] for _, r in per), 0)])
-    lines += _table(["model", *[h for _, h in CLS_COLUMNS], "channels zeroed by repair"], rows)
-    rows_v = [{"seed": s, "block": b, "fp32": r["fp32"], "int8": r["int8_max"]}
-              for b, m in (("repvgg", "repvgg_custom"), ("qarepvgg", "qarepvgg"))
-              for s, r in _per_seed(records, "cls_quant_", m, seeds)]
+            variants.append([m, *[format_range(seed_range(r[k] for _, r in per)) for k, _ in CLS_COLUMNS],
+                             format_range(seed_range(r["repaired_channels"] for _, r in per), 0)])
+    lines += ["", "Other INT8 variants of the same models:", ""]
+    lines += markdown_table(["model", *[h for _, h in CLS_COLUMNS], "channels zeroed by repair"], variants)
+    # the verdict's two sides: RepVGG with its authors' recipe against QARepVGG (repvgg_normal is also a "repvgg")
+    story = [{**r, "block": STORY[r["model"]]} for r in rows if r["model"] in STORY and "int8" in r]
     crit = Criteria(min_seeds=max(1, len(seeds)), min_collapsed=max(1, (4 * len(seeds) + 4) // 5))
-    v = verdict(rows_v, crit)
-    drops = {m: ", ".join(f"s{s}: {r['fp32'] - r['int8_max']:.1f}" for s, r in _per_seed(records, "cls_quant_", m,
-                                                                                         seeds)) for m in models}
-    lines += ["", f"**Verdict over these seeds** (RepVGG custom vs QARepVGG, max calibration): {v['summary']}.",
-              "", "INT8 (max) drop per seed: " + "; ".join(f"{m} [{d}]" for m, d in drops.items() if d), ""]
+    v = verdict(story, crit)
+    lines += ["", f"**Verdict over these seeds** (RepVGG custom vs QARepVGG, max calibration): {v['summary']}.", ""]
     lines += ["### Mechanism (tools/analyze.py on the trained model)", ""]
     mech_rows = []
     for m in models:
         for s, r in _per_seed(records, "cls_analyze_", m, seeds):
             link = f"[report]({_rel(r['report'], out)})"
             mech_rows.append([m, s, *[_g(r.get(k, "")) for k, _ in MECH_COLUMNS], link])
-    lines += _table(["model", "seed", *[h for _, h in MECH_COLUMNS], "report"], mech_rows)
+    lines += markdown_table(["model", "seed", *[h for _, h in MECH_COLUMNS], "report"], mech_rows)
     lines += ["", "### Dead-channel repair (RepVGG models)", ""]
     rep_rows = [[m, s, f"{r['int8_max']:.2f}", f"{r['int8_max_repair']:.2f}", r["repaired_channels"],
                  _g(r["repair"].get("alive_on_heldout", "-")), _g(r["repair"].get("heldout_rel_error", "-"))]
                 for m in models if m.startswith("repvgg") for s, r in _per_seed(records, "cls_quant_", m, seeds)]
-    lines += _table(["model", "seed", "INT8 max before", "after repair", "input channels zeroed",
+    lines += markdown_table(["model", "seed", "INT8 max before", "after repair", "input channels zeroed",
                      "dead on calibration, alive on held-out", "FP32 rel. change on held-out"], rep_rows)
     lines += _pipeline_table(out, records, seeds)
     fig = next((r for k, r in records.items() if k.startswith("cls_figures")), None)
@@ -116,34 +111,20 @@ def _cls_section(out: Path, records: dict, info: dict) -> list[str]:
     return lines
 
 
-def _ptq_rows(records: dict, prefix: str, seeds: list[int]) -> dict[str, list[dict]]:
-    by_block: dict[str, list[dict]] = {}
-    for s in seeds:
-        for row in records.get(f"{prefix}{s}", {}).get("rows", []):
-            by_block.setdefault(row.get("block") or row["model"], []).append(row)
-    return by_block
+def _ort_convs(records: dict, stages: list[str]) -> str:
+    """"repvgg 56/56, qarepvgg 56/56": the integer convs ONNX Runtime ran, per model of the first table."""
+    record = next((records[s] for s in stages if s in records), {})
+    return ", ".join(f"{r.get('block') or r['model']} {r['ort_integer_convs']}" for r in record.get("rows", [])
+                     if "ort_integer_convs" in r) or "not recorded"
 
 
-def _ptq_summary(rows_by_block: dict[str, list[dict]], metric: str) -> list[str]:
-    rows = []
-    for block, rows_b in rows_by_block.items():
-        ort = [r["ort_int8"] for r in rows_b if isinstance(r.get("ort_int8"), (int, float))]
-        rows.append([block, len(rows_b), format_range(seed_range(r["fp32"] for r in rows_b)),
-                     format_range(seed_range(r["int8"] for r in rows_b)),
-                     format_range(seed_range(r["drop"] for r in rows_b)),
-                     format_range(seed_range(ort)) if ort else "-", rows_b[0].get("ort_integer_convs", "-")])
-    return _table(["block", "seeds", f"FP32 {metric}", f"INT8 {metric}", "drop", "ORT INT8", "ORT integer convs"],
-                  rows)
-
-
-def _det_section(out: Path, records: dict, info: dict) -> list[str]:
+def _det_section(out: Path, records: dict, info: dict, rows: list[dict], how: dict) -> list[str]:
     seeds = info["det_seeds"]
-    by_block = _ptq_rows(records, "det_ptq_s", seeds)
-    metric = next((records[f"det_ptq_s{s}"]["metric"] for s in seeds if f"det_ptq_s{s}" in records), "AP")
+    stages = [f"det_ptq_s{s}" for s in seeds]
     lines = [f"Synthetic COCO-format shapes, YOLOv6-n style detectors, {info['det_epochs']} epochs, seeds {seeds}; "
-             "mean (min-max) over seeds; INT8 = W8A8 PTQ (max calibration), ORT INT8 = the QDQ export run by "
-             "ONNX Runtime.", ""]
-    lines += _ptq_summary(by_block, metric)
+             f"mean (min-max) over seeds; INT8 = W8A8 PTQ of the fused model ({_quant_text(how)}), ORT INT8 = the "
+             "QDQ export run by ONNX Runtime. The table is results.json's rows.", ""]
+    lines += [*task_table(rows), "", f"Integer convs in ONNX Runtime: {_ort_convs(records, stages)}."]
     lines += ["", "Per-seed tables: " + ", ".join(f"[seed {s}]({_rel(records[f'det_ptq_s{s}']['table'], out)})"
                                                     for s in seeds if f"det_ptq_s{s}" in records), "",
               "Reproducibility: every run uses `train.deterministic=true` and data.workers=0, so a rerun on the "
@@ -154,17 +135,14 @@ def _det_section(out: Path, records: dict, info: dict) -> list[str]:
     return lines
 
 
-def _seg_section(out: Path, records: dict, info: dict) -> list[str]:
+def _seg_section(out: Path, records: dict, info: dict, rows: list[dict], how: dict) -> list[str]:
     ptq = records.get("seg_ptq")
     if not ptq:
         return ["Segmentation did not run."]
-    by_block = {}
-    for row in ptq["rows"]:
-        by_block.setdefault(row.get("block") or row["model"], []).append(row)
-    seed = info["seg_seed"]
-    return [f"QARepVGG and RepVGG segmentors on the synthetic segmentation data, one seed ({seed}).", "",
-            *_ptq_summary(by_block, ptq.get("metric", "mIoU")), "", f"Table: [{_rel(ptq['table'], out)}]"
-            f"({_rel(ptq['table'], out)})"]
+    return [f"QARepVGG and RepVGG segmentors on the synthetic segmentation data, one seed ({info['seg_seed']}); "
+            f"INT8 = W8A8 PTQ of the fused model ({_quant_text(how)}). The table is results.json's rows.", "",
+            *task_table(rows), "", f"Integer convs in ONNX Runtime: {_ort_convs(records, ['seg_ptq'])}.", "",
+            f"Table: [{_rel(ptq['table'], out)}]({_rel(ptq['table'], out)})"]
 
 
 def _speed_section(records: dict) -> list[str]:
@@ -174,7 +152,7 @@ def _speed_section(records: dict) -> list[str]:
     if not rows:
         return ["No fused models to time."]
     return ["Fused models, ONNX Runtime on this CPU, median of interleaved runs (threads as given to the demo).", "",
-            *_table(["model", "batch", "FP32 ms", "INT8 ms", "speed-up", "integer convs", "INT8 kernels"], rows)]
+            *markdown_table(["model", "batch", "FP32 ms", "INT8 ms", "speed-up", "integer convs", "INT8 kernels"], rows)]
 
 
 def _pictures_section(out: Path, records: dict) -> list[str]:
@@ -232,9 +210,10 @@ def render_summary(out: Path, records: dict, tasks: list[str], skipped: dict[str
         lines += [f"- `{name}`: {why} (log: `logs/{name}.log`)" for name, why in failed.items()]
     if info["profile"] == "tiny":
         lines += ["", "**Tiny profile: toy models and data for testing the pipeline; the numbers mean nothing.**"]
-    parts = {"Classification": ("cls", lambda: _cls_section(out, records, info)),
-             "Detection": ("det", lambda: _det_section(out, records, info)),
-             "Segmentation": ("seg", lambda: _seg_section(out, records, info)),
+    rows, how = build_rows(records, tasks, info), int8_settings(records, tasks, info)  # results.json's rows
+    parts = {"Classification": ("cls", lambda: _cls_section(out, records, info, rows["cls"], how["cls"])),
+             "Detection": ("det", lambda: _det_section(out, records, info, rows["det"], how["det"])),
+             "Segmentation": ("seg", lambda: _seg_section(out, records, info, rows["seg"], how["seg"])),
              "Speed": ("speed", lambda: _speed_section(records)),
              "Pictures": ("pictures", lambda: _pictures_section(out, records))}
     for title in SECTIONS:
