@@ -119,7 +119,7 @@ def test_renderer_prints_each_task_of_a_results_file(tmp_path, capsys):
     assert printed == render_tables(load_results(path))
     assert "### Detection" in printed and "### Segmentation" in printed and "### Classification" not in printed
     assert "| repvgg | repvgg | 1 | 50.00 | 45.00 | 5.00 | 44.00 |" in printed
-    assert "calibrator max, 64 calibration images" in printed
+    assert "max calibration, 64 calibration images" in printed
 
 
 @pytest.mark.parametrize("content, message", [
@@ -128,7 +128,8 @@ def test_renderer_prints_each_task_of_a_results_file(tmp_path, capsys):
     ('{"units": "percent", "det": {"model": "x"}}', '"det" is dict, not a list'),
     ('{"units": "percent", "det": [{"model": "x", "seed": 0, "metric": "AP", "fp32": null}]}',
      r"row x/s0: not a finite number: \['fp32'\]"),
-    ('{"units": "percent", "cls": [{"model": "x", "seed": 0, "top1": 9}]}', r"missing \['metric'\]; unknown \['top1'\]"),
+    ('{"units": "percent", "cls": [{"model": "x", "seed": 0, "top1": 9}]}',
+     r"missing \['metric'\]; unknown \['top1'\]"),
 ])
 def test_renderer_refuses_a_malformed_file_naming_it(tmp_path, capsys, content, message):
     path = tmp_path / "bad.json"

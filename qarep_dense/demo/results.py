@@ -118,15 +118,21 @@ def int8_settings(records: dict, tasks: list[str], info: dict) -> dict:
     out = {}
     for task in TASK_TITLES:
         if task == "cls" and task in tasks:
-            images = {int(r["calib_images"]) for name, r in records.items()
-                      if name.startswith("cls_quant_") and isinstance(r, dict) and "calib_images" in r}
-            quantized = any(name.startswith("cls_quant_") for name in records)
-            # the "int8" column reads each record's int8_max: the max calibrator of cls_story.quant_variants
-            out[task] = {"scheme": ["W8A8"] if quantized else [], "calibrator": ["max"] if quantized else [],
-                         "calib_images": sorted(images)}
+            quants = [r for name, r in records.items() if name.startswith("cls_quant_") and isinstance(r, dict)]
+            # the "int8" column reads each record's int8_max: W8A8 with the max calibrator (cls_story.quant_variants)
+            out[task] = {"scheme": ["W8A8"] if quants else [], "calibrator": ["max"] if quants else [],
+                         "calib_images": sorted({int(r["calib_images"]) for r in quants if "calib_images" in r})}
         elif task in tasks:
             out[task] = _ptq_calibration(records, _ptq_stages(task, info))
     return out
+
+
+def calibration_text(how: dict) -> str:
+    """"max calibration, 256 calibration images": a task's entry of :func:`int8_settings`, in words."""
+    counts = how.get("calib_images") or []
+    images = ("calibration images not recorded (stages of an earlier version)" if not counts else
+              f"{counts[0]} calibration images" if len(counts) == 1 else f"{counts[0]}-{counts[-1]} calibration images")
+    return f"{'/'.join(how.get('calibrator') or []) or 'unrecorded'} calibration, {images}"
 
 
 def results_payload(records: dict, tasks: list[str], info: dict) -> dict:
@@ -228,10 +234,8 @@ def render_tables(data: dict) -> str:
     lines = []
     for task, title in TASK_TITLES.items():
         if task in data:
-            how = int8.get(task, {})
-            lines += [f"### {title}", "", f"Mean (min-max) over seeds, percent. INT8: {int8.get('what', 'W8A8 PTQ')}, "
-                      f"calibrator {', '.join(how.get('calibrator', [])) or 'not recorded'}, "
-                      f"{'/'.join(map(str, how.get('calib_images', []))) or 'unrecorded'} calibration images.", "",
+            lines += [f"### {title}", "", f"Mean (min-max) over seeds, percent. INT8: {int8.get('what', 'W8A8 PTQ')}; "
+                      f"{calibration_text(int8.get(task, {}))}.", "",
                       *task_table(data[task]), ""]
     return "\n".join(lines)
 

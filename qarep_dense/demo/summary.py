@@ -1,12 +1,13 @@
 """summary.md of the main job: every table from the stage records, every plot linked, one section per
-task, and a line saying why for anything that did not run."""
+task, and a line saying why for anything that did not run. Each task's main table is rendered from the rows of
+results.json (:mod:`.results`), so the page and the file agree."""
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
 
-from .results import build_rows, int8_settings, markdown_table, task_table
+from .results import build_rows, calibration_text, int8_settings, markdown_table, task_table
 from .verdict import Criteria, format_range, seed_range, verdict
 
 SECTIONS = ("Classification", "Detection", "Segmentation", "Speed", "Pictures")
@@ -47,15 +48,7 @@ def _pipeline_table(out: Path, records: dict, seeds: list[int]) -> list[str]:
     return ["", "### One command: `tools/quantize.py --int8-only --max-drop 1` (candidates scored on training "
             "images, validation reported)", "",
             *markdown_table(["model", "seed", "FP32", "INT8 max (plain PTQ)", "pipeline's choice", "pipeline INT8",
-                     "ORT INT8", "drop", "within 1 point", "report"], rows)]
-
-
-def _quant_text(how: dict) -> str:
-    """"max calibration, 256 calibration images": how a task's INT8 column was made, as the records say."""
-    counts = how.get("calib_images") or []
-    images = ("calibration images not recorded (stages of an earlier version)" if not counts else
-              f"{counts[0]} calibration images" if len(counts) == 1 else f"{counts[0]}-{counts[-1]} calibration images")
-    return f"{'/'.join(how.get('calibrator') or []) or 'unrecorded'} calibration, {images}"
+                             "ORT INT8", "drop", "within 1 point", "report"], rows)]
 
 
 def _cls_section(out: Path, records: dict, info: dict, rows: list[dict], how: dict) -> list[str]:
@@ -66,7 +59,7 @@ def _cls_section(out: Path, records: dict, info: dict, rows: list[dict], how: di
              "gammas); the others use normal L2. "
              + ("RepOpt-VGG's scales come from one Hyper-Search run (cls/hs). " if "repopt" in models else "")
              + "INT8 = W8A8 PTQ of the fused model (per-channel weights, per-tensor activations, every "
-             f"conv and FC input), {_quant_text(how)}; weights-only / activations-only switch the other "
+             f"conv and FC input), {calibration_text(how)}; weights-only / activations-only switch the other "
              "side's quantizers off. The first table is results.json's rows.", ""]
     lines += task_table(rows)
     variants = []
@@ -94,7 +87,7 @@ def _cls_section(out: Path, records: dict, info: dict, rows: list[dict], how: di
                  _g(r["repair"].get("alive_on_heldout", "-")), _g(r["repair"].get("heldout_rel_error", "-"))]
                 for m in models if m.startswith("repvgg") for s, r in _per_seed(records, "cls_quant_", m, seeds)]
     lines += markdown_table(["model", "seed", "INT8 max before", "after repair", "input channels zeroed",
-                     "dead on calibration, alive on held-out", "FP32 rel. change on held-out"], rep_rows)
+                             "dead on calibration, alive on held-out", "FP32 rel. change on held-out"], rep_rows)
     lines += _pipeline_table(out, records, seeds)
     fig = next((r for k, r in records.items() if k.startswith("cls_figures")), None)
     if not fig:
@@ -122,7 +115,7 @@ def _det_section(out: Path, records: dict, info: dict, rows: list[dict], how: di
     seeds = info["det_seeds"]
     stages = [f"det_ptq_s{s}" for s in seeds]
     lines = [f"Synthetic COCO-format shapes, YOLOv6-n style detectors, {info['det_epochs']} epochs, seeds {seeds}; "
-             f"mean (min-max) over seeds; INT8 = W8A8 PTQ of the fused model ({_quant_text(how)}), ORT INT8 = the "
+             f"mean (min-max) over seeds; INT8 = W8A8 PTQ of the fused model ({calibration_text(how)}), ORT INT8 = the "
              "QDQ export run by ONNX Runtime. The table is results.json's rows.", ""]
     lines += [*task_table(rows), "", f"Integer convs in ONNX Runtime: {_ort_convs(records, stages)}."]
     lines += ["", "Per-seed tables: " + ", ".join(f"[seed {s}]({_rel(records[f'det_ptq_s{s}']['table'], out)})"
@@ -140,7 +133,7 @@ def _seg_section(out: Path, records: dict, info: dict, rows: list[dict], how: di
     if not ptq:
         return ["Segmentation did not run."]
     return [f"QARepVGG and RepVGG segmentors on the synthetic segmentation data, one seed ({info['seg_seed']}); "
-            f"INT8 = W8A8 PTQ of the fused model ({_quant_text(how)}). The table is results.json's rows.", "",
+            f"INT8 = W8A8 PTQ of the fused model ({calibration_text(how)}). The table is results.json's rows.", "",
             *task_table(rows), "", f"Integer convs in ONNX Runtime: {_ort_convs(records, ['seg_ptq'])}.", "",
             f"Table: [{_rel(ptq['table'], out)}]({_rel(ptq['table'], out)})"]
 
@@ -152,7 +145,8 @@ def _speed_section(records: dict) -> list[str]:
     if not rows:
         return ["No fused models to time."]
     return ["Fused models, ONNX Runtime on this CPU, median of interleaved runs (threads as given to the demo).", "",
-            *markdown_table(["model", "batch", "FP32 ms", "INT8 ms", "speed-up", "integer convs", "INT8 kernels"], rows)]
+            *markdown_table(["model", "batch", "FP32 ms", "INT8 ms", "speed-up", "integer convs", "INT8 kernels"],
+                            rows)]
 
 
 def _pictures_section(out: Path, records: dict) -> list[str]:
