@@ -9,7 +9,8 @@ import pytest
 from support import cls_quant_record, no_stages
 
 from qarep_dense.demo.main_job import Demo, DemoOptions
-from qarep_dense.demo.results import build_rows, load_results, main, render_tables, task_table, write_results
+from qarep_dense.demo.results import (build_rows, load_results, main, model_name, render_tables, task_table,
+                                      write_results)
 from qarep_dense.demo.summary import render_summary
 from qarep_dense.fileio import RECORD
 
@@ -70,6 +71,12 @@ def test_rows_are_percent_from_the_measurement_stages_and_leave_out_what_was_not
     assert {r["metric"] for r in rows["seg"]} == {"mIoU"} and {r["seed"] for r in rows["seg"]} == {0}
     assert "null" not in json.dumps(rows)
     assert build_rows(_records(tmp_path), ["det"], INFO).keys() == {"det"}
+
+
+def test_a_ptq_row_is_named_after_its_work_folder_without_the_seed():
+    assert model_name("repvgg_scratch_s12/deploy", 12, "repvgg") == "repvgg_scratch"
+    assert model_name("seg/repvgg_s1/deploy", 0, "repvgg") == "repvgg_s1"  # another seed's suffix stays
+    assert model_name("best", 0, "qarepvgg") == "qarepvgg"  # a label without a folder: the block
 
 
 def test_results_json_holds_units_the_int8_setting_and_the_run_and_is_recorded(tmp_path):
