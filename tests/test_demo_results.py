@@ -52,7 +52,7 @@ def _records(tmp_path: Path) -> dict:
                         _ptq_row("qarepvgg_s0/deploy", "qarepvgg", 40.0, 39.5, 39.0),
                         _ptq_row("repvgg_s0/deploy", "repvgg", 50.0, 45.0, 44.0)], 64),
                     "seg_ptq": _ptq_stage(tmp_path, "seg_ptq", "mIoU", [
-                        _ptq_row("qarepvgg/deploy", "qarepvgg", 30.0, 29.0, None),
+                        _ptq_row("qarepvgg/deploy", "qarepvgg", 30.0, 29.0, float("nan")),
                         _ptq_row("repvgg/deploy", "repvgg", 31.0, 30.5, 30.25)], 96)})
     return records
 

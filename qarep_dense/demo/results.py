@@ -39,13 +39,15 @@ CLS_METRIC = "top1"  # cls_quant records hold top-1 (%) under their variants' na
 
 
 def _row(model: str, block: str | None, seed: int, metric: str, values: dict) -> dict:
-    """One row; a value that was not measured (None) is left out."""
+    """One row; a value that was not measured (None, or NaN from a run that gave no number) is left out."""
     row = {"model": model, "block": block, "seed": seed, "metric": metric,
-           **{k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}}
+           **{k: float(v) for k, v in values.items()
+              if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}}
     return {k: row[k] for k in ROW_FIELDS if k in row and row[k] is not None}
 
 
 def _pipeline_int8(records: dict, task: str, model: str, seed: int) -> float | None:
+    """The all-INT8 choice of the quantize-pipeline stage ``<task>_pipeline_<model>_s<seed>``, if it ran."""
     return (records.get(f"{task}_pipeline_{model}_s{seed}") or {}).get("int8")
 
 
