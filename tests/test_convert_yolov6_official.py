@@ -42,6 +42,10 @@ def _official_xyxy(decoded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([xy - wh / 2, xy + wh / 2], -1), decoded[..., 5:]
 
 
+# The same float32 network on two CPUs (see the first test): a margin of 5x over the largest difference seen.
+FLOAT32_ACROSS_CPUS = 1e-5
+
+
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max()).item()
 
@@ -64,12 +68,14 @@ def test_official_v2_files_convert_exactly(name, official, tmp_path):
     x = official["input"]
     with torch.no_grad():
         cls, reg = model(x)
-    # raw head outputs: the same convs on the same values (bit for bit on the machine that wrote the
-    # references, one thread; another CPU may round the last bits differently)
-    assert _rel(cls, _flat(ref["cls"])) < 1e-6 and _rel(reg, _flat(ref["reg"])) < 1e-6
+    # raw head outputs: the same convs on the same values. Bit for bit on the machine that wrote the
+    # references (one thread); another CPU's conv kernels accumulate float32 in another order, measured up to
+    # 2e-6 of the output's range on an AVX512 Xeon. A wrong key, branch or BN eps moves it by more than 1e-3.
+    assert _rel(cls, _flat(ref["cls"])) < FLOAT32_ACROSS_CPUS and _rel(reg, _flat(ref["reg"])) < FLOAT32_ACROSS_CPUS
     boxes, scores = _official_xyxy(ref["decoded"])
     ours_boxes, ours_scores = _decoded(model, x)
-    assert _rel(ours_boxes, boxes) < 1e-6 and _rel(ours_scores, scores) < 1e-6
+    # scores are sigmoids of logits of several hundred: a 2e-6 relative logit difference moves one by ~1e-5
+    assert _rel(ours_boxes, boxes) < FLOAT32_ACROSS_CPUS and (ours_scores - scores).abs().max() < 1e-4
     # our deploy form against YOLOv6's fuse_model + switch_to_deploy: both round differently while
     # fusing (YOLOv6's own deploy form differs from its train form by ~1e-5 here), a wrong fusion by >1e-2
     boxes, scores = _official_xyxy(ref["decoded_deploy"])
