@@ -36,6 +36,10 @@ class TaskRow:
     foreign_sources: the ``convert`` sources this task's checkpoints can come from.
     qat_loss(meta, model, preprocess, device) -> ``loss(model, batch)``, the training loss of one batch of the task's
         calibration loader (training images), for QAT; None: no QAT for this task.
+    selection_score: how quantization candidates are scored against the FP32 model on the selection images
+        ("kl": KL divergence of the softmax, for classifiers; "rel_mse": relative MSE of all outputs).
+    metric_counts_images: the metric is the percentage of validation images right (top-1), so one image is
+        worth 100 / N points; False for AP and mIoU.
     """
 
     name: str
@@ -46,6 +50,8 @@ class TaskRow:
     converted_meta: Callable[..., dict] | None = None
     foreign_sources: tuple[str, ...] = ()
     qat_loss: Callable[[dict, nn.Module, Preprocess, str], Callable] | None = None
+    selection_score: str = "rel_mse"
+    metric_counts_images: bool = False
 
 
 def require_meta(meta: dict, keys: tuple[str, ...], source: str) -> None:

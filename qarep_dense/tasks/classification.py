@@ -322,4 +322,4 @@ def qat_loss(meta: dict, model: nn.Module, preprocess: Preprocess, device: str):
 
 
 TASK = TaskRow("cls", "classification", "top1", build_model_from_meta, make_evaluator, converted_meta,
-               foreign_sources=("timm", "repvgg"), qat_loss=qat_loss)
+               foreign_sources=("timm", "repvgg"), qat_loss=qat_loss, selection_score="kl", metric_counts_images=True)
