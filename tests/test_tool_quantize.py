@@ -264,6 +264,35 @@ def test_report_says_overlap_resolution_and_the_file_ort_scored(cls_setup):
     json.loads((opts.out / "report.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
 
 
+@pytest.fixture(scope="module")
+def fakequant_file(cls_setup):
+    tmp, root, ckpt = cls_setup
+    opts = _fast(tmp / "fakequant", checkpoint=ckpt, data=root, int8_only=True)
+    quantize_checkpoint(opts)
+    return tmp, opts.out / "model_fakequant.pt"
+
+
+@pytest.mark.parametrize("edit", ["drop_amax", "extra_key", "config_key", "input_shape"])
+def test_load_fakequant_is_strict_and_names_the_file(fakequant_file, edit):
+    tmp, path = fakequant_file
+    payload = torch.load(path, weights_only=True)
+    state, meta = dict(payload["model"]), payload["meta"]
+    if edit == "drop_amax":
+        del state[next(k for k in state if k.endswith("input_quantizer._amax"))]
+    elif edit == "extra_key":
+        state["stages.0.0.conv.extra"] = torch.zeros(1)
+    elif edit == "config_key":
+        meta["fake_quant"]["config"]["calibratr"] = "max"
+    else:
+        del meta["fake_quant"]["config"]["skip_layers"]
+    edited = save_checkpoint(tmp / f"edited_{edit}.pt", state, meta)
+    with pytest.raises(CheckpointError, match=str(edited)) as err:
+        quantize_pipeline.load_fakequant(edited)
+    assert {"drop_amax": "_amax", "extra_key": "does not fit", "config_key": "calibratr",
+            "input_shape": "skip_layers"}[edit] in str(err.value)
+    quantize_pipeline.load_fakequant(path)  # the file as written loads
+
+
 @pytest.mark.parametrize("budget", ["inf", "nan"])
 def test_a_non_finite_budget_is_refused(cls_setup, capsys, budget):
     tmp, root, ckpt = cls_setup

@@ -36,7 +36,7 @@ from torch import nn
 from ..data.export_guard import MANIFEST, begin_export, finish_export
 from ..engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..fileio import write_json_atomic, write_text_atomic
-from ..quant.backends import get_backend
+from ..quant.backends import get_backend, iter_quantizers
 from ..quant.calibration import batch_images
 from ..quant.config import CALIBRATORS, QuantConfig
 from ..quant.ptq import quantize_ptq, rebuild_fakequant
@@ -353,17 +353,25 @@ def _save_fakequant(model: nn.Module, meta: dict, chosen: CandidateResult, final
                     input_shape: list[int], path: Path) -> None:
     """The chosen fake-quant model: its state dict, and in the metadata what :func:`load_fakequant` needs to
     rebuild its structure (the PTQ config, the input shape its output quantizers were placed for)."""
+    backend = get_backend(config.backend)
     quant = {"calibrator": chosen.spec.calibrator, "transform": chosen.spec.transform,
              "bias_correction": chosen.spec.bias_correction,
              "float_layers": final["float_layers"], "qat": final["qat"],
-             "config": config.as_dict(), "input_shape": list(input_shape)}
+             "config": config.as_dict(), "input_shape": list(input_shape),
+             # quantizers that saw no calibration data stay float by design; any other must have its range
+             "uncalibrated_quantizers": [n for n, q in iter_quantizers(model, backend) if backend.amax(q) is None]}
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     save_checkpoint(path, state, {**meta, "fused": True, "fake_quant": quant})
 
 
 def load_fakequant(path: str | os.PathLike, device: str = "cpu") -> tuple[nn.Module, dict]:
     """The fake-quant model tools/quantize.py saved as ``model_fakequant.pt``, ready to evaluate, fine-tune
-    with QAT or export; returns (model in eval mode on ``device``, meta)."""
+    with QAT or export; returns (model in eval mode on ``device``, meta).
+
+    Strict: every key must fit the rebuilt model, and every quantizer must have its calibrated range
+    (``_amax``) unless the file records it as never calibrated; otherwise a :class:`CheckpointError` names the
+    file (a quantizer without its range would silently run in float).
+    """
     payload = load_checkpoint(path)
     meta = payload["meta"]
     quant = meta.get("fake_quant")
@@ -371,14 +379,26 @@ def load_fakequant(path: str | os.PathLike, device: str = "cpu") -> tuple[nn.Mod
         raise CheckpointError(f"{path}: not a fake-quant checkpoint of tools/quantize.py (no 'fake_quant' config in "
                               "its metadata; files of versions before bias correction lack it: run tools/quantize.py "
                               "again); a float checkpoint loads with tasks.registry.load_model")
-    config = QuantConfig(**{**quant["config"], "skip_layers": tuple(quant["config"]["skip_layers"])})
+    try:
+        config = QuantConfig(**{**quant["config"], "skip_layers": tuple(quant["config"]["skip_layers"])}).validate()
+        example = torch.zeros(quant["input_shape"])
+    except (TypeError, KeyError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: its fake-quant metadata is not a valid configuration ({type(err).__name__}: "
+                              f"{err}); was it edited? run tools/quantize.py again") from None
     fused = build_model_from_meta(meta, str(path)).eval()
-    example = torch.zeros(quant["input_shape"])
     try:
         model = rebuild_fakequant(fused, config, example, payload["model"], device)
     except RuntimeError as err:  # a state dict that does not fit the rebuilt structure
         raise CheckpointError(f"{path}: the saved fake-quant state does not fit the model its metadata describes: "
                               f"{str(err).splitlines()[0]}") from None
+    backend = get_backend(config.backend)
+    uncalibrated = set(quant.get("uncalibrated_quantizers", ()))
+    missing = [n for n, _ in iter_quantizers(model, backend)
+               if n not in uncalibrated and f"{n}._amax" not in payload["model"]]
+    if missing:
+        raise CheckpointError(f"{path}: {len(missing)} quantizer(s) have no calibrated range (_amax) in the file "
+                              f"({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}); they would run in "
+                              "float: the file is incomplete or was edited, run tools/quantize.py again")
     return model, meta
 
 
