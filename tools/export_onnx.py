@@ -22,8 +22,8 @@ _ROOT = str(Path(__file__).resolve().parents[1])  # this checkout: `python tools
 if sys.path[:1] != [_ROOT]:
     sys.path.insert(0, _ROOT)
 
+from qarep_dense.tasks.cli import USER_ERRORS  # noqa: E402
 from qarep_dense.tasks.export import DEFAULT_RTOL, export_checkpoint_onnx  # noqa: E402
-from qarep_dense.tasks.registry import CheckpointError  # noqa: E402
 
 
 def _out_problem(out: Path, overwrite: bool) -> str | None:
@@ -56,11 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     size = args.image_size[0] if args.image_size and len(args.image_size) == 1 else args.image_size
     try:
         report, meta = export_checkpoint_onnx(args.checkpoint, args.out, size, args.batch, args.opset, args.rtol)
-    except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
+    except OSError as err:  # the checkpoint's own problems are CheckpointErrors: an OSError is writing --out
         print(f"error: --out {args.out}: cannot write the ONNX file ({type(err).__name__}: {err})", file=sys.stderr)
+        return 2
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps({**report.as_dict(), "preprocess": meta.get("preprocess")}, indent=2))
     if not report.ok:

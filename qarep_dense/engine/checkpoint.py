@@ -130,20 +130,45 @@ def _natural_key(name: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
+def read_torch_file(path: str | os.PathLike, role: str = "", map_location: str | torch.device = "cpu") -> object:
+    """``torch.load(path, weights_only=True)`` with one message per failure, naming the file (after ``role``,
+    e.g. "--resume", when given): a file that pickles Python objects (refused as unsafe, without torch's advice
+    to load it with ``weights_only=False``), a text or other non-torch file, a truncated or corrupt one.
+
+    The one torch reader of every checkpoint loader (ours, mmengine's, the converters')."""
+    path, prefix = Path(path), f"{role} " if role else ""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only load failed" in str(err).lower():
+            raise CheckpointError(prefix + _unsafe_message(path, err)) from None
+        raise CheckpointError(f"{prefix}{path}: cannot read checkpoint (truncated or corrupt file?): "
+                              f"{str(err).splitlines()[0]}") from None
+    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError) as err:
+        raise CheckpointError(f"{prefix}{path}: cannot read checkpoint (truncated or corrupt file?): {err}") from None
+    except Exception as err:  # noqa: BLE001 - torch's legacy reader fails on non-torch bytes with whatever they
+        # decode to (a text file: KeyError 101, the byte 'e'); the user needs to hear what the file is not
+        raise CheckpointError(f"{prefix}{path}: not a PyTorch checkpoint ({_what_it_is(path)}; torch: "
+                              f"{type(err).__name__} {err})") from None
+
+
+def _what_it_is(path: Path) -> str:
+    with open(path, "rb") as f:
+        head = f.read(512)
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "neither a torch zip archive nor a pickle"
+    return "it is a text file"
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint this project wrote; raise :class:`CheckpointError` naming the file and the problem."""
     path = Path(path)
     problem = checkpoint_path_problem(path)
     if problem:
         raise CheckpointError(problem)
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "weights only load failed" in str(err).lower():
-            raise CheckpointError(_unsafe_message(path, err)) from None  # not torch's "weights_only=False" advice
-        raise CheckpointError(f"{path}: cannot read checkpoint (truncated or corrupt file?): {err}") from err
-    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError) as err:
-        raise CheckpointError(f"{path}: cannot read checkpoint (truncated or corrupt file?): {err}") from err
+    payload = read_torch_file(path, map_location=map_location)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or "model" not in payload:
         raise CheckpointError(f"{path}: not a qarep-dense checkpoint (expected format {FORMAT!r} with a 'model' entry)")
     return payload

@@ -38,6 +38,8 @@ class TaskRow:
         calibration loader (training images), for QAT; None: no QAT for this task.
     selection_score: how quantization candidates are scored against the FP32 model on the selection images
         ("kl": KL divergence of the softmax, for classifiers; "rel_mse": relative MSE of all outputs).
+    free_size_export: the ONNX graph keeps height and width free (a segmentor's logits come back at the input
+        size); others are exported at one size, the batch axis free.
     metric_counts_images: the metric is the percentage of validation images right (top-1), so one image is
         worth 100 / N points; False for AP and mIoU.
     """
@@ -52,6 +54,7 @@ class TaskRow:
     qat_loss: Callable[[dict, nn.Module, Preprocess, str], Callable] | None = None
     selection_score: str = "rel_mse"
     metric_counts_images: bool = False
+    free_size_export: bool = False
 
 
 def require_meta(meta: dict, keys: tuple[str, ...], source: str) -> None:

@@ -34,7 +34,8 @@ import torch
 from torch import nn
 
 from ..data.export_guard import MANIFEST, begin_export, finish_export
-from ..engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..engine.checkpoint import CheckpointError, checkpoint_path_problem, load_checkpoint, save_checkpoint
+from ..engine.distributed import resolve_device
 from ..fileio import write_json_atomic, write_text_atomic
 from ..quant.backends import get_backend, iter_quantizers
 from ..quant.calibration import batch_images
@@ -98,8 +99,10 @@ class QuantizeOptions:
     def validate(self) -> "QuantizeOptions":
         self.checkpoint, self.out = Path(self.checkpoint), Path(self.out)
         self.data = Path(self.data) if self.data is not None else None
-        if not self.checkpoint.is_file():
-            raise FileNotFoundError(f"{self.checkpoint}: checkpoint not found")
+        problem = checkpoint_path_problem(self.checkpoint)  # a folder is called a folder, with what it holds
+        if problem:
+            raise CheckpointError(problem)
+        resolve_device(self.device)
         if self.data is not None and not self.data.is_dir():
             raise FileNotFoundError(f"--data {self.data}: folder not found")
         if not (0 <= self.max_drop < float("inf")):  # report.json is strict JSON: no Infinity or NaN in it

@@ -224,4 +224,4 @@ def image_pipeline(meta: dict):
     return prepare
 
 
-TASK = TaskRow("seg", "segmentation", "mIoU", build_model_from_meta, make_evaluator)
+TASK = TaskRow("seg", "segmentation", "mIoU", build_model_from_meta, make_evaluator, free_size_export=True)
