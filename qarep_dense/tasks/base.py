@@ -9,6 +9,7 @@ converted foreign checkpoint. The rows themselves live next to their task's code
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from torch import nn
@@ -38,6 +39,8 @@ class TaskRow:
         calibration loader (training images), for QAT; None: no QAT for this task.
     selection_score: how quantization candidates are scored against the FP32 model on the selection images
         ("kl": KL divergence of the softmax, for classifiers; "rel_mse": relative MSE of all outputs).
+    read_checkpoint(path) -> (state dict of the train-form model, metadata) of a checkpoint the task's training
+        framework wrote (segmentation: mmengine's ``iter_*.pth``); None: only the project's own files.
     free_size_export: the ONNX graph keeps height and width free (a segmentor's logits come back at the input
         size); others are exported at one size, the batch axis free.
     metric_counts_images: the metric is the percentage of validation images right (top-1), so one image is
@@ -55,6 +58,7 @@ class TaskRow:
     selection_score: str = "rel_mse"
     metric_counts_images: bool = False
     free_size_export: bool = False
+    read_checkpoint: Callable[[Path], tuple[dict, dict]] | None = None
 
 
 def require_meta(meta: dict, keys: tuple[str, ...], source: str) -> None:

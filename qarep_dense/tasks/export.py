@@ -28,8 +28,9 @@ def export_checkpoint_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike
     if any(s < 1 for s in sizes):
         raise ValueError(f"--image-size must be >= 1 pixels, got {' '.join(map(str, sizes))}")
     deploy, meta = load_fused(checkpoint, tuple(TASKS))
-    size = sizes or [meta.get("image_size") or 224]
-    height, width = (list(size) * 2)[:2]  # [S] or [H, W]
+    recorded = meta.get("image_size") or 224  # S, or [H, W] (a segmentor's crop)
+    size = sizes or ([recorded] if isinstance(recorded, int) else list(recorded))
+    height, width = (size * 2)[:2]  # [S] or [H, W]
     dynamic_hw = get_task(meta["task"]).free_size_export
     examples = example_inputs(batch, height, width, dynamic_hw)
     try:

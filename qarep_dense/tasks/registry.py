@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zipfile
 from pathlib import Path
 
 from torch import nn
@@ -51,12 +52,30 @@ def load_model(path: str | Path, task: str | tuple[str, ...] | None = None) -> t
 
     ``task``: the task(s) the caller can handle; another task's checkpoint is refused by name.
     """
-    payload = load_checkpoint(path)
-    meta = payload["meta"]
+    state, meta = read_checkpoint(path)
     check_task(meta, task, str(path))
     model = build_model_from_meta(meta, str(path))
-    load_model_state(model, payload["model"], source=str(path))
+    load_model_state(model, state, source=str(path))
     return model.eval(), meta
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
+    """(state dict, meta) of one of our checkpoints, or of one a task's training framework wrote (a row's
+    ``read_checkpoint``: mmengine's ``iter_*.pth`` of a segmentation run). A file no reader takes raises the
+    error of our own reader."""
+    try:
+        payload = load_checkpoint(path)
+        return payload["model"], payload["meta"]
+    except CheckpointError as ours:
+        if not zipfile.is_zipfile(path):  # every torch.save since torch 1.6 is a zip archive
+            raise
+        for row in TASKS.values():
+            if row.read_checkpoint is not None:
+                try:
+                    return row.read_checkpoint(Path(path))
+                except CheckpointError:
+                    continue
+        raise ours
 
 
 def fuse(model: nn.Module, meta: dict) -> nn.Module:

@@ -224,4 +224,10 @@ def image_pipeline(meta: dict):
     return prepare
 
 
-TASK = TaskRow("seg", "segmentation", "mIoU", build_model_from_meta, make_evaluator, free_size_export=True)
+def read_checkpoint(path: Path) -> tuple[dict, dict]:
+    """(state, meta) of an mmengine ``iter_*.pth`` of a segmentation run (its config travels in the file)."""
+    return _mm().read_mmengine_checkpoint(path)
+
+
+TASK = TaskRow("seg", "segmentation", "mIoU", build_model_from_meta, make_evaluator, free_size_export=True,
+               read_checkpoint=read_checkpoint)
