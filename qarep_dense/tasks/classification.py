@@ -284,9 +284,10 @@ def converted_meta(meta: dict, image_size: int | None = None, data_config: str |
 
 
 def preprocess_of(meta: dict) -> Preprocess:
-    """The checkpoint's uint8 -> float step (ImageNet mean/std when it records none)."""
+    """The checkpoint's uint8 -> float step; ImageNet mean/std when it records none, since every classifier of
+    this project is trained with it (``make_step_fn(cfg, IMAGENET, ...)``)."""
     given = meta.get("preprocess")
-    return Preprocess(mean=tuple(given["mean"]), std=tuple(given["std"])) if given else Preprocess()
+    return Preprocess(mean=tuple(given["mean"]), std=tuple(given["std"])) if given else IMAGENET
 
 
 def validation_loader(data: str | os.PathLike, image_size: int, batch_size: int, workers: int = 0):
