@@ -109,9 +109,10 @@ def test_every_tool_puts_its_checkout_first_before_importing_qarep_dense():
         text = (REPO / "tools" / name).read_text()
         first_import = min((i for i in (text.find("\nfrom qarep_dense"), text.find("\nimport qarep_dense")) if i >= 0),
                            default=len(text))
-        insert = text.find("sys.path.insert(0,")
+        insert = text.find("\nimport _bootstrap")
         assert 0 <= insert < first_import, (f"tools/{name}: put the checkout first on sys.path before importing "
-                                            "qarep_dense (see the preamble of tools/ptq_eval.py)")
+                                            "qarep_dense (`import _bootstrap`, as tools/ptq_eval.py does)")
+    assert "sys.path.insert(0, ROOT)" in (REPO / "tools" / "_bootstrap.py").read_text()
 
 
 # --- a folder where a checkpoint file is expected; --out that is a file ---------------------------------------

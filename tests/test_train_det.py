@@ -55,7 +55,8 @@ def test_eval_export_and_ptq_tools_run_on_the_trained_model(trained, tmp_path, c
     table = json.loads((tmp_path / "ptq" / "ptq_table.json").read_text())
     row = table["rows"][0]
     assert table["metric"] == "AP" and row["block"] == "qarepvgg"
-    assert row["fp32"] == pytest.approx(100 * results["deploy"]["AP"], abs=1e-6)  # the same evaluation, in percent
+    assert row["fp32"] == pytest.approx(results["deploy"]["AP"], abs=1e-6)  # the same evaluation, in percent
+    assert results["metrics_unit"] == metrics["metrics_unit"] == "percent" and table["metric"] == "AP"
     assert "| deploy | qarepvgg | max |" in (tmp_path / "ptq" / "ptq_table.md").read_text()
 
 

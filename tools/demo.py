@@ -29,9 +29,7 @@ import logging
 import sys
 from pathlib import Path
 
-_ROOT = str(Path(__file__).resolve().parents[1])  # this checkout: `python tools/x.py` runs without an install
-if sys.path[:1] != [_ROOT]:
-    sys.path.insert(0, _ROOT)
+import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
 from qarep_dense.demo.main_job import Demo, DemoOptions  # noqa: E402
 

@@ -15,9 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-_ROOT = str(Path(__file__).resolve().parents[1])  # this checkout: `python tools/x.py` runs without an install
-if sys.path[:1] != [_ROOT]:
-    sys.path.insert(0, _ROOT)
+import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
 from qarep_dense.tasks.cli import USER_ERRORS  # noqa: E402
 from qarep_dense.tasks.registry import EvalRequest, fuse, load_model, save_checkpoint  # noqa: E402

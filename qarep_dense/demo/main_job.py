@@ -206,9 +206,9 @@ def _prepare_seg_data(config: str, data_root: str) -> dict:
 
 
 def _task_modules() -> dict:
-    from qarep_dense.tasks.registry import TASK_MODULES
+    from qarep_dense.tasks.registry import TASKS
 
-    return TASK_MODULES
+    return TASKS
 
 
 def _sha256(path: Path) -> str:

@@ -8,6 +8,7 @@ Layout of a checkpoint file (a dict):
 """
 from __future__ import annotations
 
+import fnmatch
 import glob
 import logging
 import os
@@ -180,6 +181,63 @@ def _unsafe_message(path: Path, err: Exception) -> str:
     return (f"{path}: refused as unsafe: the file holds pickled Python objects (classes, functions) besides tensors "
             "and plain data, which this project never writes and never executes"
             + (f" ({detail})" if detail else "") + "; it is not a qarep-dense checkpoint")
+
+
+def load_hs_model(path: str | os.PathLike, task: str, role: str = "repopt.hs_checkpoint", **expected: str
+                  ) -> nn.Module:
+    """The trained Hyper-Search ('hs') model whose scales drive RepOptimizer training: the unfused classifier
+    (``task`` "cls") or detector ("det") at ``path``, in eval mode; ``expected``: its variant (``arch=...`` or
+    ``scale=...``, the model being trained). The one loader of the classification and detection recipes and
+    the mmseg RepOptimizer constructor; anything else is a :class:`CheckpointError` naming ``role`` and the file.
+    """
+    from ..models.from_meta import BUILDERS, REQUIRED_KEYS
+
+    payload = load_checkpoint(path)
+    meta = payload["meta"]
+    wanted = {"task": task, "block": "hs", **expected}
+    found = {k: meta.get(k) for k in wanted}
+    if found != wanted or meta.get("fused") or any(k not in meta for k in REQUIRED_KEYS[task]):
+        shown = ", ".join(f"{k} {v!r}" for k, v in found.items())
+        raise CheckpointError(f"{role} {path}: expected an unfused Hyper-Search model ("
+                              + ", ".join(f"{k} {v!r}" for k, v in wanted.items())
+                              + f"), got {shown}{', fused' if meta.get('fused') else ''}")
+    model = BUILDERS[task](meta)
+    load_model_state(model, payload["model"], source=str(path))
+    return model.eval()
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and data:
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: data}
+
+
+def check_resume_config(path: str | os.PathLike, saved: dict, current: dict, changeable: tuple[str, ...],
+                        only_recorded: bool = True) -> dict[str, tuple[Any, Any]]:
+    """The one resume check of every trainer (ours and mmengine's): compare the config a checkpoint recorded with
+    this run's, key by dotted key. Returns {key: (recorded, new)} of the changes a resume applies (keys matching a
+    ``changeable`` glob); raises :class:`CheckpointError` naming ``path`` and listing every other changed key, which
+    the resumed run would restore from the checkpoint (or which shape its state): recorded but not run.
+
+    only_recorded: compare only keys the checkpoint records (a typed config whose schema grew later); False
+    (a free-form mmengine config): a key added or removed is a change too.
+    """
+    old, new = _flatten(saved), _flatten(current)
+    keys = [k for k in new if k in old] if only_recorded else sorted(set(old) | set(new))
+    changed = {k: (old.get(k, "<absent>"), new.get(k, "<absent>")) for k in keys
+               if old.get(k, "<absent>") != new.get(k, "<absent>")}
+    refused = {k: v for k, v in changed.items() if not any(fnmatch.fnmatchcase(k, p) for p in changeable)}
+    if refused:
+        listed = ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in sorted(refused.items())[:8])
+        more = f" (+{len(refused) - 8} more)" if len(refused) > 8 else ""
+        raise CheckpointError(f"--resume {path}: this config changes {listed}{more}; a resumed run restores these "
+                              "from the checkpoint (or they shape its state), so the change would be recorded but "
+                              "not run. Resume with the recorded values, or start a new run (another --work-dir, "
+                              f"or --overwrite). Changeable on resume: {', '.join(changeable)}")
+    return {k: v for k, v in changed.items() if k not in refused}
 
 
 def load_model_state(model: nn.Module, state: dict, source: str = "checkpoint") -> None:

@@ -76,8 +76,8 @@ class ClassificationEvaluator:
 class DetectionEvaluator:
     """COCO mAP (percent, like the paper's tables) of a detector on a loader of (uint8 images, targets, infos).
 
-    The one place a detector is scored: training runs, ``tools/eval_det.py`` (fractions 0..1, as in the
-    checkpoints, through :meth:`evaluate_fractions`) and the INT8 tools (percent, :meth:`evaluate`).
+    The one place a detector is scored: training runs, ``tools/eval_det.py`` and the INT8 tools, all in percent
+    (:meth:`evaluate`); :meth:`evaluate_fractions` gives pycocotools' 0..1 numbers it is computed from.
     """
 
     metric_name = "AP"

@@ -16,15 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..config import ConfigError, config_to_dict, require
 from ..data.digits import export_digits
-from ..data.imagefolder import make_cls_loader
+from ..data.imagefolder import cls_transforms, make_cls_loader
 from ..data.preprocess import IMAGENET, Preprocess
 from ..data.synthetic.imagefolder import generate_imagefolder
 from ..deploy.equivalence import max_abs_diff
+from ..engine.checkpoint import load_hs_model
 from ..engine.distributed import DistInfo, barrier, unwrap_model
 from ..engine.hooks import CheckpointHook, EMAHook, EvalHook, LoggerHook, WarmupCosineLRHook
 from ..engine.logging import MetricLogger
@@ -34,8 +36,9 @@ from ..evaluation.evaluators import ClassificationEvaluator, EvalRequest
 from ..fileio import write_json_atomic
 from ..layers import BLOCK_TYPES
 from ..models.classifier import build_classifier
+from ..models.from_meta import REQUIRED_KEYS, classifier_from_meta
 from ..models.zoo import CLASSIFIER_ARCHS
-from .base import TaskRow, require_meta
+from .base import TaskRow, recorded_preprocess, require_meta, require_size
 from .common import RepOptConfig, TrainConfig, finalize_run, run_training
 from ..optim import build_repopt_sgd, custom_l2_penalty, param_groups
 
@@ -156,12 +159,7 @@ def build_optimizer(cfg: ClsConfig, model: nn.Module, reinit: bool = True) -> to
     """
     o = cfg.optim
     if cfg.repopt.hs_checkpoint:
-        from .registry import load_model  # the registry imports this module
-
-        hs_model, hs_meta = load_model(cfg.repopt.hs_checkpoint, "cls")
-        if hs_meta.get("block") != "hs" or hs_meta.get("fused") or hs_meta.get("arch") != cfg.model.arch:
-            raise ConfigError(f"repopt.hs_checkpoint {cfg.repopt.hs_checkpoint}: expected an unfused 'hs' model of "
-                              f"arch {cfg.model.arch!r}, got block {hs_meta.get('block')!r} arch {hs_meta.get('arch')!r}")
+        hs_model = load_hs_model(cfg.repopt.hs_checkpoint, "cls", arch=cfg.model.arch)
         device = next(model.parameters()).device
         return build_repopt_sgd(model, hs_model.to(device), o.lr, o.momentum, o.weight_decay, o.nesterov,
                                 reinit=reinit)
@@ -268,8 +266,8 @@ def train(cfg: ClsConfig, work_dir: str | os.PathLike, resume: bool = False,
 
 def build_model_from_meta(meta: dict, source: str = "checkpoint") -> nn.Module:
     """The train-form classifier a checkpoint's metadata describes."""
-    require_meta(meta, ("arch", "block", "num_classes"), source)
-    return build_classifier(meta["arch"], meta["block"], meta["num_classes"], stem_stride=meta.get("stem_stride", 2))
+    require_meta(meta, REQUIRED_KEYS["cls"], source)
+    return classifier_from_meta(meta)
 
 
 def converted_meta(meta: dict, image_size: int | None = None, data_config: str | os.PathLike | None = None) -> dict:
@@ -286,8 +284,21 @@ def converted_meta(meta: dict, image_size: int | None = None, data_config: str |
 def preprocess_of(meta: dict) -> Preprocess:
     """The checkpoint's uint8 -> float step; ImageNet mean/std when it records none, since every classifier of
     this project is trained with it (``make_step_fn(cfg, IMAGENET, ...)``)."""
-    given = meta.get("preprocess")
-    return Preprocess(mean=tuple(given["mean"]), std=tuple(given["std"])) if given else IMAGENET
+    return recorded_preprocess(meta, IMAGENET)
+
+
+def prepare_image(meta: dict, size: int | None, source: str = "checkpoint"):
+    """The evaluation's resize / centre crop of one RGB image (H, W, 3) -> uint8 (3, S, S), no geometry."""
+    transform = cls_transforms(require_size(size, source), train=False)
+    return lambda path, img: (transform(torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))), {})
+
+
+def class_names(meta: dict) -> list[str] | None:
+    """The class folders of the training data the checkpoint's config names, when they are still there."""
+    root = Path(meta.get("config", {}).get("data", {}).get("root", "")) / "train"
+    if not root.is_dir():
+        return meta.get("names") or meta.get("class_names")
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
 def validation_loader(data: str | os.PathLike, image_size: int, batch_size: int, workers: int = 0):
@@ -323,4 +334,5 @@ def qat_loss(meta: dict, model: nn.Module, preprocess: Preprocess, device: str):
 
 
 TASK = TaskRow("cls", "classification", "top1", build_model_from_meta, make_evaluator, converted_meta,
-               foreign_sources=("timm", "repvgg"), qat_loss=qat_loss, selection_score="kl", metric_counts_images=True)
+               foreign_sources=("timm", "repvgg"), qat_loss=qat_loss, selection_score="kl", metric_counts_images=True,
+               preprocess=preprocess_of, prepare_image=prepare_image, class_names=class_names, prediction="labels")

@@ -18,6 +18,12 @@ from ..engine.trainer import NonFiniteLossError
 USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError, FileExistsError, NotADirectoryError, ValueError)
 
 
+def user_error(err: BaseException, prog: str = "") -> int:
+    """A tool's answer to one of :data:`USER_ERRORS`: the message on one line of stderr, exit code 2."""
+    print(f"{prog + ': ' if prog else ''}error: {err}", file=sys.stderr)
+    return 2
+
+
 def build_parser(description: str, task: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", type=Path, help=f"TOML config, e.g. configs/{task}/<name>.toml")
@@ -54,8 +60,7 @@ def train_main(description: str, config_cls: type, train_fn: Callable[..., dict]
         print(f"error: {err}", file=sys.stderr)
         return 1
     except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return user_error(err)
     if results:  # rank 0 only
         print(json.dumps({k: results[k] for k in summary_keys if k in results}, indent=2))
     return 0

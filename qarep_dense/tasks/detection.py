@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -24,6 +25,8 @@ from ..data.coco import DetAugment
 from ..data.det_loader import make_det_loader
 from ..data.preprocess import DETECTION, Preprocess
 from ..data.synthetic.coco import generate_coco, synthetic_coco_paths
+from ..data.transforms import letterbox
+from ..engine.checkpoint import load_hs_model
 from ..engine.distributed import DistInfo, barrier
 from ..engine.hooks import CheckpointHook, EMAHook, EpochCallbackHook, EvalHook, LoggerHook, YoloV6LRHook
 from ..engine.logging import MetricLogger
@@ -33,9 +36,10 @@ from ..evaluation.evaluators import DetectionEvaluator, EvalRequest
 from ..layers import BLOCK_TYPES
 from ..losses import DetectionLoss
 from ..models.detector import TORCH_BN_EPS, TORCH_BN_MOMENTUM, Detector, build_detector
+from ..models.from_meta import REQUIRED_KEYS, detector_from_meta
 from ..models.zoo import DETECTOR_SCALES, detector_scale
 from ..ops import make_anchor_points
-from .base import TaskRow, require_meta
+from .base import TaskRow, recorded_preprocess, require_meta, require_size
 from .common import RepOptConfig, TrainConfig, finalize_run, run_training
 
 log = logging.getLogger(__name__)
@@ -210,13 +214,7 @@ def build_det_optimizer(cfg: DetConfig, model: nn.Module, accumulate: int, per_p
     # YOLOv6 scales decay with the effective batch so the recipe holds at any batch size.
     wd = o.weight_decay * per_process_batch * world_size * accumulate / o.nominal_batch
     if cfg.repopt.hs_checkpoint:
-        from .registry import load_model
-
-        hs_model, hs_meta = load_model(cfg.repopt.hs_checkpoint, "det")
-        if hs_meta.get("block") != "hs" or hs_meta.get("fused") or hs_meta.get("scale") != cfg.model.scale:
-            raise ConfigError(f"repopt.hs_checkpoint {cfg.repopt.hs_checkpoint}: expected an unfused 'hs' detector "
-                              f"of scale {cfg.model.scale!r}, got block {hs_meta.get('block')!r} "
-                              f"scale {hs_meta.get('scale')!r}")
+        hs_model = load_hs_model(cfg.repopt.hs_checkpoint, "det", scale=cfg.model.scale)
         device = next(model.parameters()).device
         return build_repopt_sgd(model, hs_model.to(device), base_lr(cfg), o.momentum, wd, o.nesterov, reinit=reinit)
     return torch.optim.SGD(param_groups(model, wd), lr=base_lr(cfg), momentum=o.momentum, nesterov=o.nesterov,
@@ -240,9 +238,9 @@ def make_det_step(model: Detector, loss_fn: DetectionLoss, device: torch.device)
 
 
 def make_det_evaluator(cfg: DetConfig, val_loader, strides: tuple[int, ...], reg_max: int, device: torch.device):
-    """The training run's ``evaluate(model) -> metrics`` (COCO fractions 0..1, the checkpoints' scale)."""
+    """The training run's ``evaluate(model) -> metrics`` (COCO AP in percent, as every file and table here)."""
     return DetectionEvaluator(val_loader, None, DETECTION, strides, reg_max, device, cfg.eval,
-                              progress=cfg.train.progress).evaluate_fractions
+                              progress=cfg.train.progress).evaluate
 
 
 def build_det_trainer(cfg: DetConfig, work_dir: Path, dist: DistInfo, device: torch.device, resume: bool):
@@ -285,7 +283,7 @@ def finalize(trainer: Trainer, evaluate, work_dir: Path) -> dict:
     _, train_form, results = finalize_run(trainer, evaluate, work_dir, "AP",
                                           {"task": "det", "scale": trainer.meta["scale"],
                                            "block": trainer.meta["block"]})
-    log.info("train-form AP50 %.3f AP %.3f | deploy AP50 %.3f AP %.3f -> %s", train_form["AP50"], train_form["AP"],
+    log.info("train-form AP50 %.2f AP %.2f | deploy AP50 %.2f AP %.2f -> %s", train_form["AP50"], train_form["AP"],
              results["deploy"]["AP50"], results["deploy"]["AP"], work_dir / "results.json")
     return results
 
@@ -341,16 +339,9 @@ def loaders_from_meta(meta: dict, source: str, data_root: str | os.PathLike | No
 
 
 def build_model_from_meta(meta: dict, source: str = "checkpoint") -> nn.Module:
-    """The train-form detector a checkpoint's metadata describes.
-
-    A checkpoint without ``bn_eps`` / ``bn_momentum`` was trained with PyTorch's BatchNorm defaults
-    (1e-5 / 0.1) and is rebuilt with them, so its outputs do not change.
-    """
-    require_meta(meta, ("scale", "block", "num_classes"), source)
-    return build_detector(meta["scale"], meta["block"], meta["num_classes"], use_dfl=meta.get("use_dfl", False),
-                          reg_max=meta.get("reg_max", 16), head_act=meta.get("head_act", "silu"),
-                          bn_eps=meta.get("bn_eps", TORCH_BN_EPS),
-                          bn_momentum=meta.get("bn_momentum", TORCH_BN_MOMENTUM))
+    """The train-form detector a checkpoint's metadata describes (:func:`~qarep_dense.models.from_meta.detector_from_meta`)."""
+    require_meta(meta, REQUIRED_KEYS["det"], source)
+    return detector_from_meta(meta)
 
 
 def make_evaluator(request: EvalRequest) -> DetectionEvaluator:
@@ -358,8 +349,7 @@ def make_evaluator(request: EvalRequest) -> DetectionEvaluator:
     cfg, val, calib = loaders_from_meta(request.meta, str(request.checkpoint), request.data, request.image_size,
                                         request.batch_size, request.workers)
     model = build_model_from_meta(request.meta, str(request.checkpoint))
-    return DetectionEvaluator(val, calib, DETECTION if not request.meta.get("preprocess")
-                              else Preprocess(**request.meta["preprocess"]), model.strides, model.reg_max,
+    return DetectionEvaluator(val, calib, preprocess_of(request.meta), model.strides, model.reg_max,
                               request.device, cfg.eval, progress=request.progress)
 
 
@@ -403,5 +393,22 @@ def qat_loss(meta: dict, model: nn.Module, preprocess: Preprocess, device: str):
     return lambda m, batch: step(m, batch)[0]
 
 
+def preprocess_of(meta: dict) -> Preprocess:
+    """The checkpoint's uint8 -> float step; YOLOv6's x / 255 when it records none."""
+    return recorded_preprocess(meta, DETECTION)
+
+
+def prepare_image(meta: dict, size: int | None, source: str = "checkpoint"):
+    """The evaluation's letterbox of one RGB image (H, W, 3) -> uint8 (3, S, S), with the ratio and padding that
+    map boxes back onto the image."""
+    size = require_size(size, source)
+
+    def prepare(path: Path, img: np.ndarray):
+        boxed, ratio, pad = letterbox(img, size)
+        return torch.from_numpy(np.ascontiguousarray(boxed.transpose(2, 0, 1))), {"ratio": ratio, "pad": pad}
+    return prepare
+
+
 TASK = TaskRow("det", "detection", "AP", build_model_from_meta, make_evaluator, converted_meta,
-               foreign_sources=("yolov6",), qat_loss=qat_loss)
+               foreign_sources=("yolov6",), qat_loss=qat_loss, preprocess=preprocess_of, prepare_image=prepare_image,
+               prediction="boxes")

@@ -47,7 +47,7 @@ from ..quant.sensitivity import rank_layers
 from ..quant.swap import quantized_convs
 from .quant_check import CheckOptions, Int8Check, check_batch, check_int8
 from .quantize_report import diagnosis_line, render_report
-from .registry import build_model_from_meta, fuse, get_task, load_fused, load_model
+from .registry import TASKS, build_model_from_meta, fuse, get_task, load_fused, load_model
 from .splits import request_for, task_data
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def load_manifest_spec(out: Path) -> dict:
 
 def load_for_quantization(opts: QuantizeOptions) -> tuple[nn.Module, nn.Module, dict]:
     """(the model as given -- train form when it is one, for the diagnosis --, its fused float model, meta)."""
-    task = opts.task or ("cls", "det", "seg")
+    task = opts.task or tuple(TASKS)
     if opts.source is not None:
         fused, meta = load_fused(opts.checkpoint, task, source_format=opts.source, device=opts.device,
                                  image_size=opts.image_size, data_config=opts.data_config, block=opts.block)

@@ -24,7 +24,6 @@ from . import classification, detection, segmentation
 from .base import TASK_NAMES, TaskRow, check_task, require_meta
 
 TASKS: dict[str, TaskRow] = {row.name: row for row in (classification.TASK, detection.TASK, segmentation.TASK)}
-TASK_MODULES = TASKS  # the former name (task -> module path); membership tests read the same
 
 __all__ = ["TASKS", "TASK_NAMES", "TaskRow", "CheckpointError", "get_task", "check_task", "require_meta",
            "build_model_from_meta", "load_model", "load_fused", "fuse", "foreign_meta", "reparameterize",
