@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import runpy
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
@@ -10,8 +9,6 @@ from typing import Callable
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO / "tools") not in sys.path:  # as for `python tools/x.py`: the tools' own folder holds _bootstrap
-    sys.path.append(str(REPO / "tools"))
 
 
 def tool(name: str, entry: str = "main") -> Callable:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from qarep_dense.config import load_config
-import qarep_dense.tasks.detection as det_task
+import qarep_dense.tasks.det_recipe as det_task
 from qarep_dense.engine.checkpoint import load_checkpoint
 from qarep_dense.engine.hooks import Hook
 from qarep_dense.tasks.detection import DetConfig, data_paths, train

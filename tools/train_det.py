@@ -14,16 +14,10 @@ import sys
 
 import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
-from qarep_dense.tasks.cli import build_parser, train_main  # noqa: E402
 from qarep_dense.tasks.detection import DetConfig, train  # noqa: E402
+from qarep_dense.tasks.cli import train_tool  # noqa: E402
 
-
-def parse_args(argv=None):
-    return build_parser(__doc__, "det").parse_args(argv)
-
-
-def main(argv=None) -> int:
-    return train_main(__doc__, DetConfig, train, "det", ("train_form", "deploy", "best"), argv)
+parse_args, main = train_tool(__doc__, DetConfig, train, "det", ("train_form", "deploy", "best"))
 
 
 if __name__ == "__main__":

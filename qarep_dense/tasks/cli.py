@@ -43,6 +43,19 @@ def build_parser(description: str, task: str) -> argparse.ArgumentParser:
     return parser
 
 
+def train_tool(description: str, config_cls: type, train_fn: Callable[..., dict], task: str,
+               summary_keys: tuple[str, ...]) -> tuple[Callable, Callable]:
+    """``(parse_args(argv), main(argv) -> exit code)`` of a training tool: its whole command line."""
+
+    def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+        return build_parser(description, task).parse_args(argv)
+
+    def main(argv: list[str] | None = None) -> int:
+        return train_main(description, config_cls, train_fn, task, summary_keys, argv)
+
+    return parse_args, main
+
+
 def train_main(description: str, config_cls: type, train_fn: Callable[..., dict], task: str,
                summary_keys: tuple[str, ...], argv: list[str] | None = None) -> int:
     """Parse arguments, load the typed config, run ``train_fn(cfg, work_dir, resume, device, overwrite)``,

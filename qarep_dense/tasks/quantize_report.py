@@ -120,15 +120,15 @@ def render_report(report: dict) -> str:
                   "layers (output MSE on calibration images) are kept in float, fewest first. The first step that "
                   "meets the budget ends the ladder; when none does, the best step is shipped (marked).", "",
                   f"| float layers | validation {m} | drop | shipped |", "|---|---|---|---|"]
-        lines += [f"| {len(s['float_layers'])} | {s['validation']:.2f} | {s['drop']:.2f} | {'**yes**' if i == shipped else ''} |"
-                  for i, s in enumerate(report["partial"]["steps"])]
+        lines += [f"| {len(s['float_layers'])} | {s['validation']:.2f} | {s['drop']:.2f} | "
+                  f"{'**yes**' if i == shipped else ''} |" for i, s in enumerate(report["partial"]["steps"])]
         lines.append("")
     if report.get("qat"):
         q = report["qat"]
-        lines += ["## QAT", "", f"A short QAT fine-tune of the best PTQ model gave validation {m} {q['validation']:.2f} "
-                  f"(drop {q['drop']:.2f}); " + ("it is shipped." if q["kept"] else
-                                                 f"the PTQ model ({report['int8']:.2f}) is better and is shipped "
-                                                 "instead."), ""]
+        verdict = "it is shipped." if q["kept"] else \
+            f"the PTQ model ({report['int8']:.2f}) is better and is shipped instead."
+        lines += ["## QAT", "", f"A short QAT fine-tune of the best PTQ model gave validation {m} "
+                  f"{q['validation']:.2f} (drop {q['drop']:.2f}); {verdict}", ""]
     elif not report["budget_met"] and report["int8_only"]:
         lines += ["--int8-only: no layer may stay in float, so the all-INT8 result above is final.", ""]
     lines += ["## Time", "", "| step | seconds |", "|---|---|"]
