@@ -46,6 +46,8 @@ def test_every_row_keeps_the_task_contract(name):
     assert (row.converted_meta is None) == (not row.foreign_sources)
     assert row.selection_score in ("kl", "rel_mse")
     assert isinstance(row.free_size_export, bool) and isinstance(row.metric_counts_images, bool)
+    assert row.prediction in ("labels", "boxes", "mask") and row.batch_size >= 1 and callable(row.preprocess)
+    assert row.prepare_image is None or callable(row.prepare_image)
     with pytest.raises(dataclasses.FrozenInstanceError):
         row.metric = "x"
     with pytest.raises(CheckpointError, match="checkpoint metadata has no"):

@@ -23,7 +23,7 @@ import torch  # noqa: E402
 
 from qarep_dense.analysis import Thresholds, analyze_model  # noqa: E402
 from qarep_dense.tasks.classification import preprocess_of, validation_loader  # noqa: E402
-from qarep_dense.tasks.cli import USER_ERRORS, user_error  # noqa: E402
+from qarep_dense.tasks.cli import BATCH_SIZE, USER_ERRORS, user_error  # noqa: E402
 from qarep_dense.tasks.registry import TASKS, load_model  # noqa: E402
 
 log = logging.getLogger("analyze")
@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, metavar="DIR",
                    help="dataset root holding val/ (ImageFolder); omitted: random inputs")
     p.add_argument("--num-batches", type=int, default=4, metavar="N", help="batches for the activation statistics")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     p.add_argument("--image-size", type=int, help="input size (default: the checkpoint's image_size)")
     p.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: CHECKPOINT's folder/analysis-STEM)")
     p.add_argument("--hist-block", help="block of the Fig. 4 histogram (default: first block with an identity)")

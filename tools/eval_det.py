@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=None,
                    help="dataset root, read as it is (default: the training config's, generated there if synthetic)")
     p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=get_task("det").batch_size)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--fuse", action="store_true", help="evaluate the fused deploy form of a train-form checkpoint")
     p.add_argument("--device", default="cpu")

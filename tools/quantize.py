@@ -22,7 +22,7 @@ from pathlib import Path
 
 import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
-from qarep_dense.tasks.cli import USER_ERRORS, user_error  # noqa: E402
+from qarep_dense.tasks.cli import BATCH_SIZE, USER_ERRORS, user_error  # noqa: E402
 from qarep_dense.tasks.quantize_pipeline import SOURCES, QuantizeOptions, quantize_checkpoint  # noqa: E402
 from qarep_dense.tasks.registry import TASKS  # noqa: E402
 
@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bias-correction", choices=["auto", "on", "off"], default="auto",
                    help="bias correction after calibration: auto = candidates with and without it compete")
     p.add_argument("--calib-batches", type=int, default=8, help="calibration batches from the training split")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     p.add_argument("--selection-images", type=int, default=256, help="training images set aside to pick a candidate")
     p.add_argument("--image-size", type=int, default=None, help="input size (a converted checkpoint's, or override)")
     p.add_argument("--data-config", type=Path, default=None,

@@ -17,6 +17,11 @@ from ..data.preprocess import Preprocess
 from ..evaluation.classification import evaluate_classifier
 
 
+# Images per batch of the INT8 tools (calibration batches, evaluation) unless --batch-size says otherwise; a
+# task's own evaluation tool uses its row's ``batch_size`` (a detector's or segmentor's images are larger).
+BATCH_SIZE = 32
+
+
 @dataclass(frozen=True)
 class EvalRequest:
     """What a tool knows when it asks a task for an evaluator.
@@ -29,7 +34,7 @@ class EvalRequest:
     meta: dict
     data: Path | None = None
     image_size: int | None = None
-    batch_size: int = 32
+    batch_size: int = BATCH_SIZE
     workers: int = 0
     device: str = "cpu"
     progress: bool = True

@@ -11,6 +11,7 @@ from typing import Callable
 from ..config import ConfigError, load_config
 from ..engine.checkpoint import CheckpointError
 from ..engine.trainer import NonFiniteLossError
+from ..evaluation.evaluators import BATCH_SIZE  # noqa: F401  (the INT8 tools' --batch-size default)
 
 # Errors that mean "fix the input", not "the program broke": one line on the console, exit 2.
 # (A stopped run's traceback is in WORK_DIR/train.log.) ConfigError, the data errors

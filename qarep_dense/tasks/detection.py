@@ -16,7 +16,7 @@ from ..config import ConfigError, config_to_dict
 from ..data.det_loader import make_det_loader
 from ..data.preprocess import DETECTION, Preprocess
 from ..data.transforms import letterbox
-from ..evaluation.evaluators import DetectionEvaluator, EvalRequest
+from ..evaluation.evaluators import BATCH_SIZE, DetectionEvaluator, EvalRequest
 from ..models.from_meta import REQUIRED_KEYS, detector_from_meta
 from .base import TaskRow, recorded_preprocess, require_meta, require_size
 from .det_config import (DetModelConfig, DetDataConfig, DetOptimConfig, DetLossConfig, DetTrainConfig,
@@ -29,7 +29,7 @@ from .det_recipe import (data_paths, build_det_loaders, build_loss, base_lr, bui
 
 
 def loaders_from_meta(meta: dict, source: str, data_root: str | os.PathLike | None = None,
-                      image_size: int | None = None, batch_size: int = 32, workers: int = 0):
+                      image_size: int | None = None, batch_size: int = BATCH_SIZE, workers: int = 0):
     """(config, val loader, calibration loader) for a detector checkpoint written by ``train``.
 
     The data layout comes from the checkpoint's training config (``data_root`` replaces its root);
@@ -127,4 +127,4 @@ def prepare_image(meta: dict, size: int | None, source: str = "checkpoint"):
 
 TASK = TaskRow("det", "detection", "AP", build_model_from_meta, make_evaluator, converted_meta,
                foreign_sources=("yolov6",), qat_loss=qat_loss, preprocess=preprocess_of, prepare_image=prepare_image,
-               prediction="boxes")
+               prediction="boxes", batch_size=16)

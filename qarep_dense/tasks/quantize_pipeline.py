@@ -36,6 +36,7 @@ from torch import nn
 from ..data.export_guard import MANIFEST, begin_export, finish_export
 from ..engine.checkpoint import CheckpointError, checkpoint_path_problem, load_checkpoint, save_checkpoint
 from ..engine.distributed import resolve_device
+from ..evaluation.evaluators import BATCH_SIZE
 from ..fileio import write_json_atomic, write_text_atomic
 from ..quant.backends import get_backend, iter_quantizers
 from ..quant.calibration import batch_images
@@ -84,7 +85,7 @@ class QuantizeOptions:
     transforms: tuple[str, ...] = TRANSFORMS
     bias_correction: str = "auto"
     calib_batches: int = 8
-    batch_size: int = 32
+    batch_size: int = BATCH_SIZE
     selection_images: int = 256
     image_size: int | None = None
     data_config: Path | None = None  # a converted detector: the detection TOML whose data section evaluation reads

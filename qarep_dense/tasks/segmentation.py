@@ -240,4 +240,4 @@ def class_names(meta: dict) -> list[str] | None:
 
 TASK = TaskRow("seg", "segmentation", "mIoU", build_model_from_meta, make_evaluator, free_size_export=True,
                read_checkpoint=read_checkpoint, prepare_image=prepare_image, class_names=class_names,
-               prediction="mask")
+               prediction="mask", batch_size=4)
