@@ -138,6 +138,11 @@ def read_torch_file(path: str | os.PathLike, role: str = "", map_location: str |
 
     The one torch reader of every checkpoint loader (ours, mmengine's, the converters')."""
     path, prefix = Path(path), f"{role} " if role else ""
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic[:1] != b"\x80" and magic != b"PK":  # torch writes a zip archive (before 1.6: a pickle); a truncated
+        # zip still starts with its first entry's "PK" and is reported as truncated below
+        raise CheckpointError(f"{prefix}{path}: not a PyTorch checkpoint ({_what_it_is(path)})")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -156,6 +161,8 @@ def read_torch_file(path: str | os.PathLike, role: str = "", map_location: str |
 def _what_it_is(path: Path) -> str:
     with open(path, "rb") as f:
         head = f.read(512)
+    if not head:
+        return "an empty file, 0 bytes"
     try:
         head.decode("utf-8")
     except UnicodeDecodeError:
