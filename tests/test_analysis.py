@@ -328,3 +328,19 @@ def test_weight_violins_symlog_and_side_by_side_write_figures(tmp_path):
         plot_side_by_side([a, tmp_path / "missing.png"], ["a", "b"], tmp_path / "x.png")
     with pytest.raises(ValueError, match="titles"):
         plot_side_by_side([a], [], tmp_path / "x.png")
+
+
+def test_analysis_out_is_claimed_a_rerun_keeps_a_users_file_and_a_foreign_folder_is_refused(tmp_path):
+    model = build_classifier("test", "repvgg", num_classes=3, stem_stride=1).eval()
+    batches = [torch.randn(2, 3, 16, 16)]
+    out = tmp_path / "analysis"
+    analyze_model(model, batches, out, progress=False)
+    notes = out / "my_notes.md"
+    notes.write_text("mine")
+    analyze_model(model, batches, out, progress=False)
+    assert notes.read_text() == "mine" and (out / "report.json").is_file()
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "report.md").write_text("someone's report")
+    with pytest.raises(FileExistsError, match=r"theirs: holds files this project did not write \(report.md\)"):
+        analyze_model(model, batches, tmp_path / "theirs", progress=False)
+    assert (tmp_path / "theirs" / "report.md").read_text() == "someone's report"

@@ -128,16 +128,16 @@ def test_digits_export_counts_classes_and_skip(tmp_path):
     assert not train_ids & {p.stem for p in (out / "val").glob("*/*.png")}  # disjoint splits
     image, _ = ImageFolderDataset(out / "val")[0]
     assert image.shape == (3, 32, 32) and torch.equal(image[0], image[1])  # grey replicated to RGB
-    manifest = out / "manifest.json"
-    stamp = manifest.stat().st_mtime_ns
+    record = out / ".written.json"
+    stamp = record.stat().st_mtime_ns
     export_digits(out, size=32, seed=0)
-    assert manifest.stat().st_mtime_ns == stamp  # skipped: same export already there
-    assert json.loads(manifest.read_text())["counts"] == {"train": 1437, "val": 360}
+    assert record.stat().st_mtime_ns == stamp  # skipped: same export already there
+    assert json.loads(record.read_text())["info"]["counts"] == {"train": 1437, "val": 360}
 
 
 def test_exporter_refuses_to_delete_foreign_data(tmp_path):
     solid(tmp_path / "mine" / "train" / "x" / "0.png", (0, 0, 0))
-    with pytest.raises(FileExistsError, match=r"mine/train exists but was not written by this exporter"):
+    with pytest.raises(FileExistsError, match=r"mine: holds files this project did not write \(train/x/0.png\)"):
         generate_imagefolder(tmp_path / "mine", per_class_train=1, per_class_val=1)
 
 

@@ -98,9 +98,19 @@ def _info(**kw) -> dict:
     return {**info, **kw}
 
 
-def _quant(fp32: float, int8: float) -> dict:
+def _quant(fp32: float, int8: float, calib_images: int = 192) -> dict:
     return {"fp32": fp32, "int8_max": int8, "int8_hist": int8, "weights_only": int8, "acts_only": fp32,
-            "int8_max_repair": int8 + 1, "repaired_channels": 3, "repair": {"alive_on_heldout": 1}}
+            "int8_max_repair": int8 + 1, "repaired_channels": 3, "repair": {"alive_on_heldout": 1},
+            "calib_images": calib_images}
+
+
+def test_summary_states_the_calibration_images_the_stages_used(tmp_path):
+    """Taken from the records (it used to be a typed "256"), so a change of the stage's loader shows."""
+    one = {"cls_quant_qarepvgg_s0": _quant(97.0, 97.0, 192), "cls_quant_qarepvgg_s1": _quant(99.0, 98.0, 192)}
+    assert "every conv and FC input), 192 calibration images;" in render_summary(tmp_path, one, ["cls"], {}, _info())
+    two = {**one, "cls_quant_qarepvgg_s1": _quant(99.0, 98.0, 256)}
+    assert "192-256 calibration images;" in render_summary(tmp_path, two, ["cls"], {}, _info())
+    assert "256 calibration images" not in render_summary(tmp_path, {}, ["cls"], {}, _info())
 
 
 def test_summary_has_every_section_tables_from_records_and_skip_lines(tmp_path):
@@ -260,7 +270,7 @@ def _no_stages(demo: Demo) -> Demo:
 
 def test_demo_never_replaces_a_summary_it_did_not_write(tmp_path):
     (tmp_path / "summary.md").write_text("my notes")
-    with pytest.raises(FileExistsError, match="summary.md: exists and was not written by the demo"):
+    with pytest.raises(FileExistsError, match=r"holds files this project did not write \(summary.md\)"):
         _no_stages(Demo(DemoOptions(out=tmp_path, tasks=["cls"], profile="tiny"))).run()
     assert (tmp_path / "summary.md").read_text() == "my notes"
     assert not (tmp_path / ".stages").exists()  # refused before any stage ran
@@ -272,7 +282,7 @@ def test_demo_replaces_its_own_summary_but_not_one_edited_since(tmp_path):
     assert path.read_text().startswith("# qarep-dense main job")
     _no_stages(Demo(DemoOptions(out=out, tasks=["cls"], profile="tiny"))).run()  # its own file: replaced
     path.write_text(path.read_text() + "\nmy addition\n")
-    with pytest.raises(FileExistsError, match="changed since"):
+    with pytest.raises(FileExistsError, match="summary.md was written by an earlier run and changed since"):
         _no_stages(Demo(DemoOptions(out=out, tasks=["cls"], profile="tiny"))).run()
     assert path.read_text().endswith("my addition\n")
 
@@ -408,7 +418,7 @@ def test_a_training_side_by_side_gives_the_same_weights_as_alone(tmp_path):
     config = ROOT / "configs" / "cls" / "digits_qarepvgg.toml"
 
     def train(name, seed):
-        return Stage(name, lambda: demo.train(name, "train_cls.py", config, tmp_path / name,
+        return Stage(name, lambda: demo.train(name, "cls", config, tmp_path / name,
                                               demo.cls_sets(seed, data)), ("data",))
 
     data_stage = Stage("data", lambda: __import__("qarep_dense.demo.main_job", fromlist=["x"])._prepare_cls_data(

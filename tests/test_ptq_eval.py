@@ -188,21 +188,14 @@ def test_reused_out_removes_only_its_own_onnx_files(setup, tmp_path):
     assert [r["calibrator"] for r in rows] == ["percentile"]
 
 
-def test_out_of_an_earlier_version_is_adopted_and_foreign_tables_refused(setup, tmp_path, capsys):
-    out = tmp_path / "old"
-    (out / "onnx").mkdir(parents=True)
-    (out / "onnx" / "repvgg_entropy_qdq.onnx").write_bytes(b"written by an earlier ptq_eval")
-    (out / "onnx" / "mine.onnx").write_bytes(b"a user's model")
-    (out / "ptq_table.json").write_text(json.dumps({"task": "cls", "metric": "top1", "checkpoints": ["x.pt"],
-                                                    "rows": [{"model": "repvgg", "calibrator": "entropy"}]}))
-    assert ptq_eval.main(_args(setup, out)) == 0
-    assert not (out / "onnx" / "repvgg_entropy_qdq.onnx").exists()
-    assert (out / "onnx" / "mine.onnx").read_bytes() == b"a user's model"
+def test_out_without_a_record_is_refused_naming_its_files(setup, tmp_path, capsys):
+    """A folder of an early version (no record) or a user's: nothing is replaced, the message says what to do."""
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "ptq_table.md").write_text("someone else's table")
     assert ptq_eval.main(_args(setup, foreign)) == 2
-    assert "ptq_table.md exists but was not written" in capsys.readouterr().err
+    assert "--out " in (err := capsys.readouterr().err) and "holds files this project did not write (ptq_table.md)" \
+        in err and "move them away" in err
     assert (foreign / "ptq_table.md").read_text() == "someone else's table"
 
 

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from qarep_dense.data.digits import export_digits
-from qarep_dense.data.export_guard import begin_export, export_is_current, finish_export
-from qarep_dense.data.imagefolder import begin_export as begin_export_compat
+from qarep_dense.fileio import RECORD, sealed
 from qarep_dense.data.synthetic.coco import generate_coco
 from qarep_dense.data.synthetic.imagefolder import generate_imagefolder
 
@@ -35,15 +34,15 @@ def unchanged(files: dict[Path, bytes]) -> bool:
 
 def test_synthetic_coco_refuses_a_users_folder(tmp_path):
     files = user_coco(tmp_path / "coco")
-    with pytest.raises(FileExistsError, match=r"coco/images/train exists but was not written by this exporter"):
+    with pytest.raises(FileExistsError, match=r"coco: holds files this project did not write \(annotations/"):
         generate_coco(tmp_path / "coco", 2, 2, 64, num_classes=2)
-    assert unchanged(files) and not (tmp_path / "coco" / "manifest.json").exists()
+    assert unchanged(files) and not (tmp_path / "coco" / RECORD).exists()
     # only the annotation file is there: still refused, by name
     ann = tmp_path / "c2" / "annotations" / "instances_val.json"
     ann.parent.mkdir(parents=True)
     ann.write_bytes(b"{}")
     only_ann = {ann: b"{}"}
-    with pytest.raises(FileExistsError, match=r"annotations/instances_val\.json exists but was not written"):
+    with pytest.raises(FileExistsError, match=r"did not write \(annotations/instances_val\.json\)"):
         generate_coco(tmp_path / "c2", 2, 2, 64, num_classes=2)
     assert unchanged(only_ann)
 
@@ -51,77 +50,77 @@ def test_synthetic_coco_refuses_a_users_folder(tmp_path):
 def test_regeneration_removes_only_what_the_generator_wrote(tmp_path):
     root = tmp_path / "syn"
     generate_coco(root, 3, 2, 64, seed=1, num_classes=2)
-    mine = {root / "images" / "train2017" / "keep.jpg": b"user", root / "annotations" / "notes.json": b"{}",
+    mine = {root / "images" / "train" / "keep.jpg": b"user", root / "annotations" / "notes.json": b"{}",
             root / "README.txt": b"user notes"}
     for path, data in mine.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     paths = generate_coco(root, 4, 2, 64, seed=2, num_classes=2)  # other settings: regenerate
     assert len(json.loads(paths["train_ann"].read_text())["images"]) == 4
-    assert len(list(paths["train_images"].iterdir())) == 4
-    assert unchanged(mine)
-    # a file planted inside a folder the generator owns goes with that folder (the folder is its own)
-    manifest = json.loads((root / "manifest.json").read_text())
-    assert manifest["owned"] == ["images/train", "annotations/instances_train.json", "images/val",
-                                 "annotations/instances_val.json"]
-    assert manifest["files"] == {"images/train": 4, "annotations/instances_train.json": 1, "images/val": 2,
-                                 "annotations/instances_val.json": 1}
+    assert sorted(p.name for p in paths["train_images"].iterdir()) == [*(f"{i:06d}.jpg" for i in range(1, 5)),
+                                                                      "keep.jpg"]
+    assert unchanged(mine)  # a file planted inside a folder the generator writes stays, and stays the user's
+    record = json.loads((root / RECORD).read_text())
+    assert "images/train/keep.jpg" not in record["files"] and "images/train/keep.jpg" in record["foreign"]
+    assert record["info"]["counts"] == {"train": 4, "val": 2}
 
 
-def test_a_deleted_owned_file_triggers_regeneration(tmp_path):
+def test_a_deleted_or_edited_file_triggers_regeneration(tmp_path):
     paths = generate_coco(tmp_path / "syn", 2, 2, 64, num_classes=2)
-    spec = json.loads((tmp_path / "syn" / "manifest.json").read_text())["spec"]
-    assert export_is_current(tmp_path / "syn", spec)
+    spec = json.loads((tmp_path / "syn" / RECORD).read_text())["spec"]
+    assert sealed(tmp_path / "syn", "synthetic-coco", spec)
     paths["val_ann"].unlink()
-    assert not export_is_current(tmp_path / "syn", spec)
+    assert not sealed(tmp_path / "syn", "synthetic-coco", spec)
     generate_coco(tmp_path / "syn", 2, 2, 64, num_classes=2)
-    assert paths["val_ann"].is_file()
+    assert paths["val_ann"].is_file() and sealed(tmp_path / "syn", "synthetic-coco", spec)
 
 
-def test_foreign_or_tampered_manifest_is_never_trusted(tmp_path):
+def test_foreign_record_is_never_trusted(tmp_path):
     (tmp_path / "a").mkdir()
-    (tmp_path / "a" / "manifest.json").write_text('{"their": "manifest"}')
-    with pytest.raises(FileExistsError, match=r"a/manifest\.json exists but was not written by this exporter"):
+    (tmp_path / "a" / RECORD).write_text('{"their": "record"}')
+    with pytest.raises(FileExistsError, match=r"a: \.written\.json exists but was not written by this project"):
         generate_imagefolder(tmp_path / "a", per_class_train=1, per_class_val=1)
-    assert (tmp_path / "a" / "manifest.json").read_text() == '{"their": "manifest"}'
-    victim = tmp_path / "victim.txt"
-    victim.write_text("keep me")
-    (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "manifest.json").write_text(json.dumps(
-        {"writer": "qarep-dense export", "version": 2, "spec": {}, "status": "complete", "owned": ["../victim.txt"]}))
-    with pytest.raises(ValueError, match=r"invalid owned path '\.\./victim\.txt'"):
-        begin_export(tmp_path / "b", {"x": 1}, ("train",))
-    assert victim.read_text() == "keep me"
+    assert (tmp_path / "a" / RECORD).read_text() == '{"their": "record"}'
 
 
-def test_guard_is_shared_and_keeps_its_old_names(tmp_path):
-    """The helpers importable from qarep_dense.data.imagefolder are the guard itself (other exporters use them)."""
-    assert begin_export_compat is begin_export
-    out = tmp_path / "city"
-    (out / "leftImg8bit").mkdir(parents=True)
-    (out / "leftImg8bit" / "theirs.png").write_bytes(b"x")
-    with pytest.raises(FileExistsError, match=r"city/leftImg8bit exists but was not written"):
-        begin_export_compat(out, {"v": 1}, ("leftImg8bit", "gtFine"))
-    (out / "leftImg8bit" / "theirs.png").unlink()
-    (out / "leftImg8bit").rmdir()
-    begin_export_compat(out, {"v": 1}, ("leftImg8bit", "gtFine"))
-    (out / "leftImg8bit" / "a").mkdir(parents=True)
-    (out / "leftImg8bit" / "a" / "1.png").write_bytes(b"x")
-    (out / "gtFine").mkdir()
-    finish_export(out, {"v": 1}, {"train": 1})
-    assert export_is_current(out, {"v": 1}) and not export_is_current(out, {"v": 2})
+def test_regenerating_with_other_settings_keeps_a_users_image_in_a_split(tmp_path):
+    """A user's image inside train/<class>/ of a generated dataset survives a regeneration (it used to go
+    with the whole split folder)."""
+    out = generate_imagefolder(tmp_path / "syn", num_classes=2, per_class_train=2, per_class_val=1, size=16)
+    photo = out / "train" / "circle" / "user_added_photo.png"
+    photo.write_bytes(b"user photo")
+    generate_imagefolder(out, num_classes=2, per_class_train=3, per_class_val=1, size=16)
+    assert photo.read_bytes() == b"user photo"
+    assert len(list((out / "train" / "circle").glob("0*.png"))) == 3
 
 
-def test_legacy_manifest_of_our_digits_export_is_recognised(tmp_path):
-    """An export made before manifests recorded their paths is still ours: redone once, not refused."""
+def test_another_generator_refuses_a_generated_dataset_of_another_kind(tmp_path):
+    """Street scenes are never generated into (and the split folders never removed from) a shapes dataset."""
+    out = generate_imagefolder(tmp_path / "syn", num_classes=2, per_class_train=1, per_class_val=1, size=16)
+    before = sorted(p for p in out.rglob("*"))
+    from qarep_dense.data.synthetic.cityscapes import generate_cityscapes
+
+    with pytest.raises(FileExistsError, match=r"syn: holds the output of 'synthetic-shapes', not of "
+                                              r"'synthetic-cityscapes'"):
+        generate_cityscapes(out, 1, 1, (32, 32))
+    assert sorted(p for p in out.rglob("*")) == before
+
+
+def test_legacy_manifest_of_our_digits_export_is_adopted_or_refused(tmp_path):
+    """An export of the earlier manifest format is ours when its files are exactly what it recorded."""
     out = tmp_path / "digits"
     (out / "train" / "0").mkdir(parents=True)
     (out / "train" / "0" / "old.png").write_bytes(b"old")
-    (out / "manifest.json").write_text(json.dumps({"spec": {"dataset": "sklearn-digits"}, "status": "complete",
-                                                   "counts": {"train": 1, "val": 0}}))
+    legacy = {"writer": "qarep-dense export", "version": 2, "spec": {"dataset": "sklearn-digits"},
+              "status": "complete", "owned": ["train", "val"], "files": {"train": 1, "val": 0}}
+    (out / "manifest.json").write_text(json.dumps(legacy))
     (out / "mine.txt").write_text("user file")
+    (out / "train" / "0" / "added.png").write_bytes(b"user")
+    with pytest.raises(FileExistsError, match=r"no longer holds exactly the 1 files it wrote there: move the files"):
+        export_digits(out, size=8, seed=0)
+    (out / "train" / "0" / "added.png").unlink()
     export_digits(out, size=8, seed=0)
-    assert not (out / "train" / "0" / "old.png").exists()
+    assert not (out / "train" / "0" / "old.png").exists() and not (out / "manifest.json").exists()
     assert len(list((out / "val").rglob("*.png"))) == 360 and (out / "mine.txt").read_text() == "user file"
 
 
@@ -130,7 +129,7 @@ def test_train_det_with_data_root_at_a_users_folder_refuses(tmp_path, capsys):
     code = tool("train_det")([str(DET_CONFIG), "--work-dir", str(tmp_path / "run"), "--device", "cpu",
                               "--set", f"data.root={tmp_path / 'coco'}"])
     assert code == 2
-    assert "coco/images/train exists but was not written by this exporter" in capsys.readouterr().err
+    assert "coco: holds files this project did not write" in capsys.readouterr().err
     assert unchanged(files)
 
 
@@ -159,7 +158,7 @@ def test_eval_det_never_generates_into_data_given_on_the_command_line(det_checkp
     del files[tmp_path / "coco" / "annotations" / "instances_val.json"]
     assert tool("eval_det")([str(det_checkpoint), "--data", str(tmp_path / "coco")]) == 2
     assert "instances_val.json" in capsys.readouterr().err  # names what is missing instead of generating it
-    assert unchanged(files) and not (tmp_path / "coco" / "manifest.json").exists()
+    assert unchanged(files) and not (tmp_path / "coco" / RECORD).exists()
 
 
 def test_ptq_eval_det_with_missing_data_fails(det_checkpoint, tmp_path, capsys):

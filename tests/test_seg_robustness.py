@@ -1,4 +1,4 @@
-"""The mmengine path (tools/train_seg.py, tools/test_seg.py): nothing lost, nothing silent, errors that name
+"""The mmengine path (tools/train_seg.py, tools/eval_seg.py): nothing lost, nothing silent, errors that name
 the file and the problem. Most cases fail before any training; one 2-iteration run supplies checkpoints."""
 from __future__ import annotations
 
@@ -58,17 +58,39 @@ def test_resume_in_a_folder_without_checkpoints_is_refused(tmp_path, capsys):
 
 
 def test_save_deploy_never_overwrites_and_refuses_a_folder_before_evaluating(tmp_path, capsys):
-    test_seg = tool_module("test_seg")
+    eval_seg = tool_module("eval_seg")
     existing = tmp_path / "mine.pt"
     existing.write_bytes(b"user data")
     missing_ckpt = str(tmp_path / "no_such.pt")  # the output check comes first: no evaluation is attempted
-    assert test_seg.main([missing_ckpt, "--save-deploy", str(existing)]) == 2
-    assert f"--save-deploy {existing}: file exists" in capsys.readouterr().err
+    assert eval_seg.main([missing_ckpt, "--save-deploy", str(existing)]) == 2
+    assert f"--save-deploy {existing}: exists; choose another path" in capsys.readouterr().err
     assert existing.read_bytes() == b"user data"
-    assert test_seg.main([missing_ckpt, "--save-deploy", str(tmp_path)]) == 2
+    assert eval_seg.main([missing_ckpt, "--save-deploy", str(tmp_path)]) == 2
     assert f"--save-deploy {tmp_path}: is a folder" in capsys.readouterr().err
-    with pytest.raises(FileExistsError, match="does not overwrite"):
-        test_seg.check_save_deploy(existing)
+    # a parent that is a file, or a place nobody may write: named with the option, before any evaluation
+    for bad in (existing / "deploy.pt", Path("/sys/qarep_dense_test/deploy.pt")):
+        assert eval_seg.main([missing_ckpt, "--save-deploy", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --save-deploy {bad}: ") and "no_such.pt" not in err
+    assert existing.read_bytes() == b"user data"
+
+
+def test_data_root_at_a_classification_dataset_is_refused_not_replaced(tmp_path, capsys):
+    """Street scenes used to be generated in place of a generated shapes dataset (its splits deleted)."""
+    from qarep_dense.data.synthetic.imagefolder import generate_imagefolder
+
+    data = generate_imagefolder(tmp_path / "synthetic_cls", num_classes=2, per_class_train=1, per_class_val=1,
+                                size=16)
+    before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
+    code, err = _train(["--work-dir", str(tmp_path / "w"), "--data-root", str(data)], capsys)
+    assert code == 2 and "holds the output of 'synthetic-shapes', not of 'synthetic-cityscapes'" in err
+    assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file()} == before
+
+
+def test_zero_iterations_are_refused_not_saved_as_a_trained_model(tmp_path, capsys):
+    code, err = _train(["--work-dir", str(tmp_path / "w"), "--cfg-options", "train_cfg.max_iters=0"], capsys)
+    assert code == 2 and "train_cfg.max_iters=0: must be an integer of at least 1" in err
+    assert not (tmp_path / "w").exists() or not any((tmp_path / "w").glob("*.pt"))
 
 
 # --- silent wrong results -------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""End to end on synthetic Cityscapes: tools/train_seg.py (2 iterations, then --resume to 3), tools/test_seg.py,
+"""End to end on synthetic Cityscapes: tools/train_seg.py (2 iterations, then --resume to 3), tools/eval_seg.py,
 tools/ptq_eval.py --task seg with --repair and --ort, and the bad-input errors of the training tool."""
 from __future__ import annotations
 
@@ -62,10 +62,10 @@ def test_our_miou_is_mmseg_miou_and_fusion_is_exact(trained):
 
 
 @pytest.mark.slow  # ~30 s of CPU: four PTQ rows, each exported and run in ONNX Runtime
-def test_test_seg_and_ptq_eval_through_the_registry(trained, tmp_path):
+def test_eval_seg_and_ptq_eval_through_the_registry(trained, tmp_path):
     work, data, _, results = trained
     deploy = tmp_path / "deploy.pt"
-    assert tool_module("test_seg").main([str(work / "last.pt"), "--no-progress", "--save-deploy", str(deploy)]) == 0
+    assert tool_module("eval_seg").main([str(work / "last.pt"), "--no-progress", "--save-deploy", str(deploy)]) == 0
     ptq_eval = tool_module("ptq_eval")
     rows, _ = ptq_study.run_study(ptq_eval.study_of(ptq_eval.parse_args([
         "--task", "seg", "--checkpoints", str(work / "last.pt"), str(deploy), "--calibrator", "max", "entropy",
@@ -87,4 +87,4 @@ def test_training_tool_names_the_bad_input(trained, tmp_path, capsys):
     assert "nope.py: config file not found" in capsys.readouterr().err
     work, data, _, _ = trained
     assert train.main([str(CONFIG), "--work-dir", str(work), "--data-root", str(data)]) == 2  # no --resume
-    assert "holds an earlier run's checkpoints" in capsys.readouterr().err
+    assert "already holds iter_" in (err := capsys.readouterr().err) and "of an earlier run" in err

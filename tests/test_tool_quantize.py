@@ -90,7 +90,7 @@ def test_refuses_a_non_empty_out_it_did_not_write(cls_setup, capsys):
     (out / "notes.txt").write_text("mine")
     assert tool("quantize")([str(ckpt), "--data", str(root), "--out", str(out), *FAST]) == 2
     err = capsys.readouterr().err
-    assert str(out) in err and "not empty" in err
+    assert str(out) in err and "did not write (notes.txt)" in err
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 

@@ -5,7 +5,8 @@
 Loads a training-form checkpoint (a fused one works too, without the per-branch parts), fuses a copy
 for the weight analysis and runs a few validation batches (DIR/val, an ImageFolder) through both
 forms for the activation analyses. Without --data it feeds random-normal inputs and says so in the
-report. Writes PNG plots, report.md and report.json into --out.
+report. Writes PNG plots, report.md and report.json into --out (a folder holding files it did not write is
+refused; a rerun replaces only what the last analysis there wrote).
 """
 from __future__ import annotations
 

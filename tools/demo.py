@@ -18,9 +18,9 @@ Pictures: tools/infer.py on a few validation images.
 Independent stages run side by side (--jobs, default 2), each on one thread, so a result does not
 depend on --jobs or on what ran beside it. Every stage leaves a done-marker in OUT/.stages (written
 atomically after it succeeded): a rerun reuses finished stages and only redoes what is missing. The
-demo writes only inside OUT, replaces no file it did not write (a summary.md of yours is refused up
-front) and deletes nothing. Sub-tools log to OUT/logs/<stage>.log. The work itself is
-qarep_dense/demo/main_job.py.
+demo writes only inside OUT and never deletes or replaces a file it did not write (a summary.md of yours
+is refused up front). Each stage runs in a process of its own, logged to OUT/logs/<stage>.log; Ctrl-C or
+a kill ends them all. The work itself is qarep_dense/demo/main_job.py.
 """
 from __future__ import annotations
 

@@ -53,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     size = args.image_size[0] if args.image_size and len(args.image_size) == 1 else args.image_size
     try:
-        report, meta = export_checkpoint_onnx(args.checkpoint, args.out, size, args.batch, args.opset, args.rtol)
+        report, meta = export_checkpoint_onnx(args.checkpoint, args.out, size, args.batch, args.opset, args.rtol,
+                                              args.overwrite)
+    except FileExistsError as err:  # --out refused by its claim: the message names it
+        return user_error(err)
     except OSError as err:  # the checkpoint's own problems are CheckpointErrors: an OSError is writing --out
         print(f"error: --out {args.out}: cannot write the ONNX file ({type(err).__name__}: {err})", file=sys.stderr)
         return 2

@@ -10,8 +10,8 @@ on the train split with the evaluation preprocessing) and evaluated again; ``--o
 the QDQ ONNX model and evaluates it in onnxruntime (integer kernels counted, not assumed).
 Writes OUT/ptq_table.{md,csv,json} (rewritten after every row, and each row printed as it is
 computed; until the last row is in, ptq_table.md starts with "partial: N of M rows" and ptq_table.json
-has "complete": false) and OUT/onnx/*.onnx. OUT/manifest.json records what was written there: a later
-run into the same OUT removes exactly those files (and refuses to overwrite any file it did not write).
+has "complete": false) and OUT/onnx/*.onnx. OUT/.written.json records what was written there: a later
+run into the same OUT replaces exactly those files (and refuses to overwrite any file it did not write).
 The study itself is qarep_dense.tasks.ptq_study; this file is its command line.
 """
 from __future__ import annotations

@@ -10,7 +10,8 @@ the calibrators x dead-channel repair x cross-layer equalization x bias correcti
 selection (never the validation split); if the best all-INT8 model misses --max-drop, keeps the fewest
 sensitive layers in float (not with --int8-only), then fine-tunes with QAT (--allow-qat); exports QDQ ONNX
 and checks it in ONNX Runtime. Writes OUT/report.md, OUT/report.json, OUT/model_int8.onnx and
-OUT/model_fakequant.pt, nothing outside OUT; refuses a non-empty OUT it did not write.
+OUT/model_fakequant.pt, nothing outside OUT; refuses an OUT holding files it did not write, or one another
+run is writing; a rerun replaces only the files the last run recorded.
 All logic lives in ``qarep_dense.tasks.quantize_pipeline``; this file only parses arguments.
 """
 from __future__ import annotations

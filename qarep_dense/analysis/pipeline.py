@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..fileio import claim
 from ..layers.rep import reparameterize
 from ..layers.rep_blocks import RepVGGBlock
 from . import plots
@@ -77,8 +78,6 @@ def analyze_model(model: nn.Module, batches: Iterable[torch.Tensor], out_dir: st
     if hist_block is not None:
         _check_hist_choice(model, hist_block, hist_channel)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
     deploy = reparameterize(model, fold_bn=True)
     acts, branches, n_batches, n_images = _record(model, deploy, batches, device, hist_block, hist_channel,
                                                    progress)
@@ -97,10 +96,13 @@ def analyze_model(model: nn.Module, batches: Iterable[torch.Tensor], out_dir: st
         "activations": act_summary,
         "branches": branches.summary(),
         "histogram": {"block": hist_block, "channel": hist_channel},
-        "plots": _write_plots(out_dir, deploy, model, act_summary, flags, branches, hist_block, hist_channel),
     }
-    write_json(report, out_dir / "report.json")
-    write_markdown(report, out_dir / "report.md")
+    # Claimed once the model has been measured: a rerun replaces only what the last analysis there wrote.
+    with claim(out_dir, "analyze", writes=[*PLOT_FILES.values(), "report.json", "report.md"]) as claimed:
+        report["plots"] = _write_plots(out_dir, deploy, model, act_summary, flags, branches, hist_block, hist_channel)
+        write_json(report, out_dir / "report.json")
+        write_markdown(report, out_dir / "report.md")
+        claimed.seal()
     log.info("analysis written to %s: %d C1 and %d C2 flags", out_dir, len(flags["C1"]), len(flags["C2"]))
     return report
 

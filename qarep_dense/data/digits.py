@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .export_guard import begin_export, export_is_current, finish_export
+from ..fileio import claim, sealed
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,8 @@ def digits_images(size: int = 32) -> tuple[np.ndarray, np.ndarray]:
 def export_digits(out_dir: str | os.PathLike, size: int = 32, seed: int = 0) -> Path:
     """Write ``out_dir/{train,val}/<digit>/<index>.png`` (stratified 80/20 split: 1437/360) and return ``out_dir``.
 
-    Skipped when ``out_dir/manifest.json`` shows the same export (size, seed) is already complete.
+    Skipped when ``out_dir`` holds a sealed export of the same settings (size, seed); see
+    :mod:`qarep_dense.fileio.ownership` for what a regeneration replaces.
     """
     from sklearn.model_selection import train_test_split
 
@@ -39,21 +40,21 @@ def export_digits(out_dir: str | os.PathLike, size: int = 32, seed: int = 0) -> 
         raise ValueError(f"export_digits: size must be >= 8 (the source images are 8x8), got {size}")
     out_dir = Path(out_dir)
     spec = {"dataset": "sklearn-digits", "size": size, "seed": seed, "split": "stratified-80-20", "version": 1}
-    if export_is_current(out_dir, spec):
+    if sealed(out_dir, "sklearn-digits", spec):
         return out_dir
     log.info("exporting scikit-learn digits at %dx%d to %s", size, size, out_dir)
     images, labels = digits_images(size)
     index = np.arange(len(labels))
     train_idx, val_idx = train_test_split(index, test_size=0.2, stratify=labels, random_state=seed)
-    begin_export(out_dir, spec)
-    counts = {}
-    for split, ids in (("train", train_idx), ("val", val_idx)):
-        for label in range(10):
-            (out_dir / split / str(label)).mkdir(parents=True, exist_ok=True)
-        for i in sorted(ids):
-            path = out_dir / split / str(labels[i]) / f"{i:04d}.png"
-            if not cv2.imwrite(str(path), images[i][..., ::-1]):  # OpenCV writes BGR
-                raise OSError(f"{path}: could not write image")
-        counts[split] = len(ids)
-    finish_export(out_dir, spec, counts)
+    with claim(out_dir, "sklearn-digits", spec, writes=("train", "val"), shared=True) as out:
+        counts = {}
+        for split, ids in (("train", train_idx), ("val", val_idx)):
+            for label in range(10):
+                (out_dir / split / str(label)).mkdir(parents=True, exist_ok=True)
+            for i in sorted(ids):
+                path = out_dir / split / str(labels[i]) / f"{i:04d}.png"
+                if not cv2.imwrite(str(path), images[i][..., ::-1]):  # OpenCV writes BGR
+                    raise OSError(f"{path}: could not write image")
+            counts[split] = len(ids)
+        out.seal({"counts": counts})
     return out_dir

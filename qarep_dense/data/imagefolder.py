@@ -2,7 +2,6 @@
 
 Loaders yield (uint8 (N, 3, H, W), int64 labels (N,)); normalisation is NOT done here but by
 :mod:`qarep_dense.data.preprocess` (``IMAGENET``), the one uint8 -> float step.
-The export guard (``begin_export`` ...) lives in :mod:`.export_guard` and is re-exported here.
 """
 from __future__ import annotations
 
@@ -17,7 +16,6 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
-from .export_guard import MANIFEST, begin_export, export_is_current, finish_export  # noqa: F401 (re-exported)
 from .image_check import ImageReadError, check_image_files
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")

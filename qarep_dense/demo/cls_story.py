@@ -39,8 +39,9 @@ def quant_variants(deploy_path: str | os.PathLike, data_root: str | os.PathLike,
     """Top-1 (%) of a fused classifier checkpoint in FP32 and the INT8 variants of :data:`VARIANTS`.
 
     Calibration: ``calib_batches`` shuffled training batches with the evaluation preprocessing.
-    Also returns "repaired_channels" (input channels the repair zeroed) and "repair" (the repair's
-    summary: channels dead on calibration but alive on the held-out batch, FP32 agreement there).
+    Also returns "calib_images" (the images calibration used), "repaired_channels" (input channels the repair
+    zeroed) and "repair" (the repair's summary: channels dead on calibration but alive on the held-out batch,
+    FP32 agreement there).
     """
     from ..tasks.quant_check import QuantConfig, quantize_ptq
     from ..tasks.registry import get_task, load_model
@@ -61,8 +62,8 @@ def quant_variants(deploy_path: str | os.PathLike, data_root: str | os.PathLike,
         return quantize_ptq(model, evaluator.calibration_loader(), evaluator.preprocess, cfg, progress=progress)
 
     out: dict = {"fp32": top1(model)}
-    q, _ = ptq("max")
-    out["int8_max"] = top1(q)
+    q, report = ptq("max")
+    out["int8_max"], out["calib_images"] = top1(q), int(report.calib_images)  # what calibration saw
     out["weights_only"] = top1(_only(q, "weight", QuantConfig().backend))
     q, _ = ptq("max")
     out["acts_only"] = top1(_only(q, "act", QuantConfig().backend))
@@ -123,3 +124,24 @@ def quantize_pipeline(deploy_path: str | os.PathLike, data_root: str | os.PathLi
     return {"fp32": report["fp32"], "int8": report["int8"], "int8_ort": report["int8_ort"], "drop": report["drop"],
             "budget_met": report["budget_met"], "candidate": report["chosen"]["candidate"],
             "report": str(Path(out) / "report.md")}
+
+
+def story_figures(base: str | os.PathLike, seed: int, drop: float) -> dict[str, str]:
+    """The paper's Fig. 2-4 of RepVGG (custom L2) of ``seed`` above its QARepVGG twin, from their analyses under
+    ``base``; returns {figure: path}."""
+    from ..analysis import PLOT_FILES
+    from ..analysis.plots import plot_side_by_side
+
+    base = Path(base)
+    left, right = base / f"repvgg_custom_s{seed}" / "analysis", base / f"qarepvgg_s{seed}" / "analysis"
+    figures = {}
+    for key, fig in (("weights", "fig2_weights"), ("bn_scales", "fig3_bn_scales"), ("branches", "fig4_branches"),
+                     ("activations", "activation_ranges")):
+        pair = [left / PLOT_FILES[key], right / PLOT_FILES[key]]
+        if all(p.is_file() for p in pair):
+            path = plot_side_by_side(
+                pair, [f"RepVGG (custom L2), seed {seed}: INT8 (max) {drop:.1f} points below FP32",
+                       f"QARepVGG, seed {seed}"], base / f"{fig}.png", stack=True,
+                title=f"Seed {seed}: the RepVGG model with the largest INT8 drop, and its QARepVGG twin")
+            figures[fig] = str(path)
+    return figures

@@ -9,31 +9,29 @@ and RepVGG detectors (optionally RepOpt's) over seeds, FP32 vs INT8 (and ONNX Ru
 Segmentation: QARepVGG and RepVGG segmentors, FP32 vs INT8 mIoU. Speed: FP32 vs ORT INT8 latency.
 Pictures: ``tools/infer.py`` on a few validation images.
 
-The training and evaluation steps run as the user-facing tools (``python tools/<tool>.py`` in a
-subprocess, logged to OUT/logs/<stage>.log), so the demo exercises exactly what a user runs. Independent
-stages run side by side (``jobs`` at a time), each on ONE thread: these small models use a second thread
-poorly, and a one-thread run gives the same numbers whatever runs beside it and whatever ``jobs`` is
+Each stage calls the ``tasks`` functions behind the tools, as the tools call them (:mod:`.stage_jobs`), in a
+process of its own that leads its own session, logged to OUT/logs/<stage>.log (:mod:`.processes`): Ctrl-C or
+a kill of the main job ends every running stage and what it started, with one message and a non-zero exit.
+Independent stages run side by side (``jobs`` at a time), each on ONE thread: these small models use a second
+thread poorly, and a one-thread run gives the same numbers whatever runs beside it and whatever ``jobs`` is
 (benchmarks/bench_parallel_train.py measures both). Every stage leaves a done-marker in OUT/.stages
-(:class:`~qarep_dense.demo.stages.StageRunner`): a rerun reuses finished stages. The demo writes only
-inside OUT, replaces no file it did not write, and deletes nothing.
+(:class:`~qarep_dense.demo.stages.StageRunner`): a rerun reuses finished stages. OUT and every stage's output
+folder are claimed (:mod:`qarep_dense.fileio.ownership`): the demo writes only inside OUT, never deletes or
+replaces a file it did not write, and a second main job (or a leftover stage) in the same folder is refused.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import multiprocessing
-import os
-import subprocess
-import sys
-import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
-from ..fileio import write_json_atomic, write_text_atomic
+from ..fileio import claim, write_json_atomic, write_text_atomic
+from . import cls_story, stage_jobs
+from .processes import run_in_process, stop_on_signals
+from .speed import measure_speed
 from .stages import Stage, StageRunner
 from .summary import render_summary
 
@@ -45,7 +43,6 @@ PROFILES = ("full", "quick", "tiny")
 DEFAULT_OUT = {"full": Path("work_dirs/demo"), "quick": Path("work_dirs/demo_quick"),
                "tiny": Path("work_dirs/demo_tiny")}
 SETTINGS_FILE = "demo_settings.json"  # what the stages in a results folder were run with
-WRITTEN_FILE = ".demo_written.json"  # SHA-256 of the top-level files the demo wrote (it replaces only those)
 STAGE_THREADS = 1  # every stage's torch/OpenMP threads (the speed stage runs alone with --threads)
 # The classification recipe of benchmarks/bench_recipe_study.py ("s24_nowarm_e40" at the profile's epochs):
 # lr 0.4 from the first step (no warm-up), weight decay 5e-4, digits at 24x24 (about 0.6x the compute of
@@ -172,13 +169,6 @@ def make_profile(opts: DemoOptions) -> Profile:
     return prof
 
 
-def _one_thread() -> None:
-    """Initializer of the worker processes that run in-process stages (PTQ evaluation) side by side."""
-    import torch
-
-    torch.set_num_threads(STAGE_THREADS)
-
-
 # Each dataset is written once, by a stage of its own, before the trainings that read it start side by side
 # (two trainings exporting the same folder at once would trip over each other). Each function asks the
 # task for the export its trainings would make, so those find it complete and write nothing.
@@ -211,10 +201,6 @@ def _task_modules() -> dict:
     return TASKS
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 class Demo:
     """Runs the stages of each task and collects their records for the summary."""
 
@@ -224,46 +210,17 @@ class Demo:
         self.stages = StageRunner(self.out)
         self.skipped: dict[str, str] = {}
         self.failed: dict[str, str] = {}
-        self._pool: ProcessPoolExecutor | None = None
-
-    def in_child(self, fn, *args):
-        """``fn(*args)`` in a one-thread worker process (spawned once, ``jobs`` of them), so that in-process
-        stages run side by side like the tool stages do."""
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(max_workers=self.opts.jobs, initializer=_one_thread,
-                                             mp_context=multiprocessing.get_context("spawn"))
-        return self._pool.submit(fn, *args).result()
 
     # --- helpers ---------------------------------------------------------------------------------
 
-    def tool(self, stage: str, *argv: str) -> None:
-        """Run ``python tools/...`` with its output in OUT/logs/<stage>.log; raise with the log's tail."""
-        log_path = self.out / "logs" / f"{stage}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        threads = str(STAGE_THREADS)
-        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONPATH": str(ROOT)}
-        start = time.perf_counter()
-        with open(log_path, "a") as f:
-            proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
-            try:
-                _, status, usage = os.wait4(proc.pid, 0)  # its CPU seconds: the time it needs on a core of its own
-            except BaseException:  # interrupted: do not leave the tool running
-                proc.kill()
-                proc.wait()
-                raise
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            f.write(f"[demo] {argv[0]}: {time.perf_counter() - start:.1f} s wall, "
-                    f"{usage.ru_utime + usage.ru_stime:.1f} CPU s, exit {proc.returncode}\n")
-        if proc.returncode:
-            tail = "".join(log_path.read_text().splitlines(keepends=True)[-25:])
-            raise RuntimeError(f"stage {stage}: {' '.join(argv[:2])} failed (exit {proc.returncode}); "
-                               f"last lines of {log_path}:\n{tail}")
+    def in_process(self, stage: str, fn, *args, threads: int = STAGE_THREADS):
+        """``fn(*args)`` in a stage process of its own (one thread), logged to OUT/logs/<stage>.log."""
+        return run_in_process(fn, args, self.out / "logs" / f"{stage}.log", threads)
 
-    def train(self, stage: str, tool: str, config: Path, work: Path, sets: list[str]) -> dict:
-        """Train into ``work`` (continuing an interrupted run there) and return its results.json."""
+    def train(self, stage: str, task: str, config: Path, work: Path, sets: list[str]) -> dict:
+        """Train ``task`` ("cls"/"det") into ``work`` (continuing an interrupted run there); its results.json."""
         if not (work / "results.json").is_file():
-            resume = ["--resume"] if (work / "last.pt").is_file() else []
-            self.tool(stage, f"tools/{tool}", str(config), "--work-dir", str(work), *resume, "--set", *sets)
+            self.in_process(stage, stage_jobs.train, task, str(config), str(work), sets, (work / "last.pt").is_file())
         return json.loads((work / "results.json").read_text())
 
     def run_stages(self, desc: str, jobs: list) -> None:
@@ -288,11 +245,11 @@ class Demo:
         hs = base / "hs"
         models = self.prof.cls_models
         first_config, first_extra = CLS_MODELS[models[0]]
-        trains = [Stage("cls_data", lambda: self.in_child(_prepare_cls_data, str(cfg_dir / first_config),
-                                                          [*self.cls_sets(0, data), *first_extra]))]
+        trains = [Stage("cls_data", lambda: self.in_process("cls_data", _prepare_cls_data, str(cfg_dir / first_config),
+                                                            [*self.cls_sets(0, data), *first_extra]))]
         if "repopt" in models:
             trains.append(Stage("cls_train_hs", lambda: self.train(
-                "cls_train_hs", "train_cls.py", cfg_dir / "digits_hs.toml", hs, self.cls_sets(0, data)),
+                "cls_train_hs", "cls", cfg_dir / "digits_hs.toml", hs, self.cls_sets(0, data)),
                 ("cls_data",)))
         measures: list[Stage] = []
         for seed in self.prof.cls_seeds:
@@ -303,13 +260,14 @@ class Demo:
                 if name == "repopt":
                     sets, after = [*sets, f"repopt.hs_checkpoint={hs / 'best.pt'}"], ("cls_data", "cls_train_hs")
                 trains.append(Stage(f"cls_train_{tag}", lambda c=config, w=work, s=sets, t=tag: self.train(
-                    f"cls_train_{t}", "train_cls.py", cfg_dir / c, w, s), after))
+                    f"cls_train_{t}", "cls", cfg_dir / c, w, s), after))
                 measures += [
-                    Stage(f"cls_quant_{tag}", lambda w=work: self.quant(w / "deploy.pt", data), (f"cls_train_{tag}",)),
+                    Stage(f"cls_quant_{tag}", lambda w=work, t=tag: self.in_process(
+                        f"cls_quant_{t}", cls_story.quant_variants, w / "deploy.pt", data), (f"cls_train_{tag}",)),
                     Stage(f"cls_analyze_{tag}", lambda w=work, t=tag: self.analyze(t, w, data), (f"cls_train_{tag}",)),
                 ]
                 if name in PIPELINE_MODELS:
-                    measures.append(Stage(f"cls_pipeline_{tag}", lambda w=work: self.pipeline(w, data),
+                    measures.append(Stage(f"cls_pipeline_{tag}", lambda w=work, t=tag: self.pipeline(t, w, data),
                                           (f"cls_train_{tag}",)))
         pair = [f"cls_{kind}_{m}_s{s}" for kind in ("quant", "analyze") for m in ("repvgg_custom", "qarepvgg")
                 for s in self.prof.cls_seeds]
@@ -317,24 +275,16 @@ class Demo:
         figures = Stage(f"cls_figures_s{seeds}", lambda: self.cls_figures(base), tuple(pair))
         return trains + measures + [figures]
 
-    # Stage bodies import what they need when they run: a rerun whose stages are all done imports no torch.
-    def quant(self, deploy: Path, data: Path) -> dict:
-        from qarep_dense.demo.cls_story import quant_variants
-
-        return self.in_child(quant_variants, deploy, data)
-
-    def pipeline(self, work: Path, data: Path) -> dict:
+    def pipeline(self, tag: str, work: Path, data: Path) -> dict:
         """tools/quantize.py's search on a trained classifier, all INT8 (no float layer), 1-point budget."""
-        from qarep_dense.demo.cls_story import quantize_pipeline
-
-        return self.in_child(quantize_pipeline, work / "deploy.pt", data, work / "quantize")
+        return self.in_process(f"cls_pipeline_{tag}", cls_story.quantize_pipeline, work / "deploy.pt", data,
+                               work / "quantize")
 
     def analyze(self, tag: str, work: Path, data: Path) -> dict:
-        from qarep_dense.demo.cls_story import mechanism
-
-        self.tool(f"cls_analyze_{tag}", "tools/analyze.py", str(work / "last.pt"), "--data", str(data),
-                  "--out", str(work / "analysis"), "--no-progress")
-        return {**mechanism(work / "analysis" / "report.json"), "report": str(work / "analysis" / "report.md")}
+        self.in_process(f"cls_analyze_{tag}", stage_jobs.analyze, str(work / "last.pt"), str(data),
+                        str(work / "analysis"))
+        return {**cls_story.mechanism(work / "analysis" / "report.json"),
+                "report": str(work / "analysis" / "report.md")}
 
     def figure_seed(self) -> tuple[int, float]:
         """The seed whose RepVGG (custom L2) lost most under INT8 (max), and that loss: the paper's figures
@@ -349,21 +299,8 @@ class Demo:
     def cls_figures(self, base: Path) -> dict:
         """The paper's Fig. 2-4 of RepVGG (custom L2) above QARepVGG of the same seed, for the seed whose
         RepVGG lost most under INT8."""
-        from qarep_dense.analysis import PLOT_FILES
-        from qarep_dense.analysis.plots import plot_side_by_side
-
         seed, drop = self.figure_seed()
-        left, right = base / f"repvgg_custom_s{seed}" / "analysis", base / f"qarepvgg_s{seed}" / "analysis"
-        figures = {}
-        for key, fig in (("weights", "fig2_weights"), ("bn_scales", "fig3_bn_scales"), ("branches", "fig4_branches"),
-                         ("activations", "activation_ranges")):
-            pair = [left / PLOT_FILES[key], right / PLOT_FILES[key]]
-            if all(p.is_file() for p in pair):
-                path = plot_side_by_side(
-                    pair, [f"RepVGG (custom L2), seed {seed}: INT8 (max) {drop:.1f} points below FP32",
-                           f"QARepVGG, seed {seed}"], base / f"{fig}.png", stack=True,
-                    title=f"Seed {seed}: the RepVGG model with the largest INT8 drop, and its QARepVGG twin")
-                figures[fig] = str(path)
+        figures = self.in_process(f"cls_figures_s{seed}", cls_story.story_figures, base, seed, drop)
         return {"seed": seed, "repvgg_int8_drop": drop, "figures": figures}
 
     # --- detection -------------------------------------------------------------------------------
@@ -376,11 +313,11 @@ class Demo:
     def det_jobs(self) -> list[Stage]:
         cfg_dir, base = ROOT / "configs" / "det", self.out / "det"
         hs, blocks = base / "hs", self.prof.det_blocks
-        trains = [Stage("det_data", lambda: self.in_child(
-            _prepare_det_data, str(cfg_dir / f"synthetic_{blocks[0]}.toml"), self.det_sets(self.prof.det_seeds[0])))]
+        trains = [Stage("det_data", lambda: self.in_process(
+            "det_data", _prepare_det_data, str(cfg_dir / f"synthetic_{blocks[0]}.toml"), self.det_sets(self.prof.det_seeds[0])))]
         if "repopt" in blocks:
             trains.append(Stage("det_train_hs", lambda: self.train(
-                "det_train_hs", "train_det.py", cfg_dir / "synthetic_hs.toml", hs, self.det_sets(0)), ("det_data",)))
+                "det_train_hs", "det", cfg_dir / "synthetic_hs.toml", hs, self.det_sets(0)), ("det_data",)))
         tables: list[Stage] = []
         for seed in self.prof.det_seeds:
             for block in blocks:
@@ -389,15 +326,16 @@ class Demo:
                     sets, after = [*sets, f"repopt.hs_checkpoint={hs / 'best.pt'}"], ("det_data", "det_train_hs")
                 work, stage = base / f"{block}_s{seed}", f"det_train_{block}_s{seed}"
                 trains.append(Stage(stage, lambda c=cfg_dir / f"synthetic_{block}.toml", w=work, s=sets, st=stage:
-                                    self.train(st, "train_det.py", c, w, s), after))
+                                    self.train(st, "det", c, w, s), after))
             tables.append(Stage(f"det_ptq_s{seed}", lambda s=seed: self.ptq_table(
                 f"det_ptq_s{s}", "det", [base / f"{b}_s{s}" / "deploy.pt" for b in blocks], base / f"ptq_s{s}",
-                ["--batch-size", "16"]), tuple(f"det_train_{b}_s{seed}" for b in blocks)))
+                16), tuple(f"det_train_{b}_s{seed}" for b in blocks)))
         return trains + tables
 
-    def ptq_table(self, stage: str, task: str, checkpoints: list[Path], out: Path, extra: list[str]) -> dict:
-        self.tool(stage, "tools/ptq_eval.py", "--task", task, "--checkpoints", *map(str, checkpoints),
-                  "--calibrator", "max", "--calib-batches", "4", "--ort", "--out", str(out), "--no-progress", *extra)
+    def ptq_table(self, stage: str, task: str, checkpoints: list[Path], out: Path, batch_size: int = 32,
+                  data: Path | None = None) -> dict:
+        self.in_process(stage, stage_jobs.ptq_table, task, [str(c) for c in checkpoints], str(out), batch_size,
+                        None if data is None else str(data))
         table = json.loads((out / "ptq_table.json").read_text())
         return {"metric": table["metric"], "rows": table["rows"], "table": str(out / "ptq_table.md")}
 
@@ -405,8 +343,6 @@ class Demo:
 
     def seg_config(self) -> Path | str:
         """The synthetic segmentation demo config (the block is set per run), or why segmentation cannot run."""
-        if not (ROOT / "tools" / "train_seg.py").is_file():
-            return "tools/train_seg.py is not in this checkout"
         done = all(self.stages.done(n) for n in [*(f"seg_train_{b}" for b in SEG_BLOCKS), "seg_ptq"])
         if not done and "seg" not in _task_modules():  # (a rerun skips this import: torch takes seconds)
             return "the task registry has no 'seg' task (tools/ptq_eval.py --task seg unavailable)"
@@ -423,21 +359,21 @@ class Demo:
             self.skipped["seg"] = config
             return []
         base = self.out / "seg"
-        jobs = [Stage("seg_data", lambda: self.in_child(_prepare_seg_data, str(config), str(self.seg_data())))]
+        jobs = [Stage("seg_data", lambda: self.in_process("seg_data", _prepare_seg_data, str(config),
+                                                          str(self.seg_data())))]
         jobs += [Stage(f"seg_train_{b}", lambda b=b: self.seg_train(b, config, base / b), ("seg_data",))
                  for b in SEG_BLOCKS]
         jobs.append(Stage("seg_ptq", lambda: self.ptq_table(
             "seg_ptq", "seg", [self.seg_checkpoint(base / b) for b in SEG_BLOCKS], base / "ptq",
-            ["--data", str(self.seg_data())]), tuple(f"seg_train_{b}" for b in SEG_BLOCKS)))
+            data=self.seg_data()), tuple(f"seg_train_{b}" for b in SEG_BLOCKS)))
         return jobs
 
     def seg_train(self, block: str, config: Path, work: Path) -> dict:
         """One segmentor: the demo config with ``block`` in its backbone, seed 0."""
         if not (work / "results.json").is_file():
-            resume = ["--resume"] if any(work.glob("iter_*.pth")) else []
-            self.tool(f"seg_train_{block}", "tools/train_seg.py", str(config), "--work-dir", str(work), *resume,
-                      "--data-root", str(self.seg_data()), "--no-progress", "--cfg-options",
-                      f"model.backbone.block={block}", f"randomness.seed={self.settings()['seg_seed']}")
+            options = {"model.backbone.block": block, "randomness.seed": self.settings()["seg_seed"]}
+            self.in_process(f"seg_train_{block}", stage_jobs.train_seg, str(config), str(work), str(self.seg_data()),
+                            options, any(work.glob("iter_*.pth")))
         results = json.loads((work / "results.json").read_text())
         return {"checkpoint": str(self.seg_checkpoint(work)), "results": results}
 
@@ -467,30 +403,11 @@ class Demo:
                       (after,), alone=True) for name, task, ckpt, data, after in targets]
 
     def speed(self, ckpt: Path, task: str, name: str, data: str | None) -> dict:
-        import torch
-
-        from qarep_dense.demo.speed import measure_speed
-
-        torch.set_num_threads(self.opts.threads)  # this stage runs alone, in this process
-        return measure_speed(ckpt, task, self.out / "speed" / name, data, repeats=self.prof.speed_repeats,
-                             threads=self.opts.threads)
+        """Latency on ``--threads`` threads (the stage runs alone)."""
+        return self.in_process(f"speed_{name}", measure_speed, ckpt, task, self.out / "speed" / name, data, 8,
+                               self.prof.speed_repeats, self.opts.threads, threads=self.opts.threads)
 
     def picture_jobs(self, tasks: list[str]) -> list[Stage]:
-        infer = ROOT / "tools" / "infer.py"
-        if not infer.is_file():
-            self.skipped["pictures"] = "tools/infer.py is not in this checkout"
-            return []
-        jobs = self.picture_stages(tasks)
-        if all(self.stages.done(st.name) for st in jobs):
-            return jobs  # a rerun: no need to ask the tool (a subprocess start is seconds)
-        helptext = subprocess.run([sys.executable, str(infer), "--help"], cwd=ROOT, capture_output=True, text=True,
-                                  env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
-        if "--int8" not in helptext or "--out" not in helptext:
-            self.skipped["pictures"] = "tools/infer.py has no --int8/--out options"
-            return []
-        return jobs
-
-    def picture_stages(self, tasks: list[str]) -> list[Stage]:
         jobs = []
         if "det" in tasks:
             for block in ("repvgg", "qarepvgg"):
@@ -513,22 +430,10 @@ class Demo:
         return sorted((self.seg_data() / "leftImg8bit" / "val").rglob("*.png"))[:3]
 
     def pictures(self, stage: str, ckpt: Path, images: list[Path], out: Path) -> dict:
-        """tools/infer.py in FP32 and in ONNX INT8 on ``images``, then each pair side by side."""
-        from qarep_dense.analysis.plots import plot_side_by_side
-
+        """tools/infer.py's inference in FP32 and in ONNX INT8 on ``images``, then each pair side by side."""
         if not images:
             raise FileNotFoundError(f"stage {stage}: no validation images found for the pictures")
-        files: dict[str, list[str]] = {}
-        for mode, flag in (("fp32", []), ("int8", ["--int8"])):
-            self.tool(stage, "tools/infer.py", str(ckpt), *map(str, images), *flag, "--out", str(out / mode))
-            files[mode] = sorted(str(p) for p in (out / mode).glob("*") if p.suffix in (".jpg", ".png"))
-        pairs = []
-        for image in images:
-            drawn = [next((Path(f) for f in files[m] if Path(f).stem == image.stem), None) for m in ("fp32", "int8")]
-            if all(drawn):
-                pairs.append(str(plot_side_by_side(drawn, ["FP32", "ONNX Runtime INT8"],
-                                                   out / f"{image.stem}_fp32_vs_int8.png")))
-        return {**files, "side_by_side": pairs}
+        return self.in_process(stage, stage_jobs.pictures, str(ckpt), [str(i) for i in images], str(out))
 
     # --- driver ----------------------------------------------------------------------------------
 
@@ -562,43 +467,27 @@ class Demo:
         else:
             write_json_atomic(path, mine, indent=1)
 
-    def check_summary_owner(self) -> None:
-        """summary.md is replaced only if the demo wrote it (its SHA-256 is in WRITTEN_FILE): a user's
-        file of that name is refused before any stage runs."""
-        path = self.out / "summary.md"
-        written = self.out / WRITTEN_FILE
-        mine = json.loads(written.read_text()).get(path.name) if written.is_file() else None
-        if path.exists() and (not path.is_file() or mine != _sha256(path)):
-            raise FileExistsError(f"{path}: exists and was not written by the demo (or was changed since); "
-                                  "refusing to replace it: choose another --out or move that file")
-
-    def write_summary(self, text: str) -> Path:
-        self.check_summary_owner()  # again: the file may have appeared while the stages ran
-        path = self.out / "summary.md"
-        write_text_atomic(path, text)
-        write_json_atomic(self.out / WRITTEN_FILE, {path.name: _sha256(path)}, indent=1)
-        return path
-
     def run(self) -> Path:
+        """Claim OUT (a folder of someone else's, or one another main job is writing, is refused), run the
+        stages (Ctrl-C or SIGTERM ends them all: :class:`~.processes.Interrupted`), write the summary, seal."""
         tasks = self.opts.tasks
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.check_settings()
-        self.check_summary_owner()
-        # Long stages first: the scheduler starts the ready ones in this order, one thread each.
-        jobs = {"cls": self.cls_jobs, "det": self.det_jobs, "seg": self.seg_jobs}
-        stages = [st for task in TASKS if task in tasks for st in jobs[task]()]
-        stages = ([st for st in stages if st.name.endswith("_data")] + [st for st in stages if "_train_" in st.name]
-                  + [st for st in stages if "_train_" not in st.name and not st.name.endswith("_data")]
-                  + self.picture_jobs(tasks) + self.speed_jobs(tasks))
-        try:
-            self.run_stages(",".join(tasks), stages)
-        finally:
-            if self._pool is not None:
-                self._pool.shutdown()
-                self._pool = None
-        summary = render_summary(self.out, self.stages.records, tasks, self.skipped, vars_for_summary(self),
-                                 self.failed)
-        return self.write_summary(summary)
+        with claim(self.out, "demo", keep=True, label="--out") as claimed:
+            self.check_settings()
+            # Long stages first: the scheduler starts the ready ones in this order, one thread each.
+            jobs = {"cls": self.cls_jobs, "det": self.det_jobs, "seg": self.seg_jobs}
+            stages = [st for task in TASKS if task in tasks for st in jobs[task]()]
+            stages = ([st for st in stages if st.name.endswith("_data")]
+                      + [st for st in stages if "_train_" in st.name]
+                      + [st for st in stages if "_train_" not in st.name and not st.name.endswith("_data")]
+                      + self.picture_jobs(tasks) + self.speed_jobs(tasks))
+            with stop_on_signals():
+                self.run_stages(",".join(tasks), stages)
+            summary = render_summary(self.out, self.stages.records, tasks, self.skipped, vars_for_summary(self),
+                                     self.failed)
+            path = self.out / "summary.md"
+            write_text_atomic(path, summary)
+            claimed.seal({"failed": sorted(self.failed)})
+        return path
 
 
 def vars_for_summary(demo: Demo) -> dict:

@@ -52,6 +52,15 @@ def _pipeline_table(out: Path, records: dict, seeds: list[int]) -> list[str]:
                      "ORT INT8", "drop", "within 1 point", "report"], rows)]
 
 
+def _calib_images(records: dict) -> str:
+    """How many images the classification PTQ stages calibrated on, as they recorded it."""
+    counts = sorted({r["calib_images"] for name, r in records.items()
+                     if name.startswith("cls_quant_") and isinstance(r, dict) and "calib_images" in r})
+    if not counts:
+        return "calibration images not recorded (stages of an earlier version)"
+    return f"{counts[0]} calibration images" if len(counts) == 1 else f"{counts[0]}-{counts[-1]} calibration images"
+
+
 def _cls_section(out: Path, records: dict, info: dict) -> list[str]:
     seeds, models = info["cls_seeds"], info["cls_models"]
     lines = [f"{info['cls_data']}, {info['cls_epochs']} epochs, "
@@ -60,7 +69,7 @@ def _cls_section(out: Path, records: dict, info: dict) -> list[str]:
              "gammas); the others use normal L2. "
              + ("RepOpt-VGG's scales come from one Hyper-Search run (cls/hs). " if "repopt" in models else "")
              + "INT8 = W8A8 PTQ of the fused model (per-channel weights, per-tensor activations, every "
-             "conv and FC input), 256 calibration images; weights-only / activations-only switch the other "
+             f"conv and FC input), {_calib_images(records)}; weights-only / activations-only switch the other "
              "side's quantizers off.", ""]
     rows = []
     for m in models:

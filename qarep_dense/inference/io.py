@@ -2,15 +2,14 @@
 folder that replaces only files it wrote itself (never an input image, never a user's file)."""
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from ..fileio import Claim, claim
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-MANIFEST = ".infer_written.json"  # the files this tool wrote into OUT (it overwrites only those)
 
 
 def list_images(paths: list[Path]) -> list[Path]:
@@ -46,38 +45,14 @@ def check_output_folder(root: Path) -> None:
                                  "input and predictions.json)")
 
 
-class OutputFolder:
-    """Writes into OUT, refusing to replace an input image or any file it did not write itself.
-
-    OUT/.infer_written.json keeps the SHA-256 of every file written: a file whose content changed
-    since (or that was never written here) is not ours to replace.
-    """
-
-    def __init__(self, root: Path, inputs: list[Path]):
-        check_output_folder(root)
-        self.root = root
-        self.inputs = {p.resolve() for p in inputs}
-        manifest = root / MANIFEST
-        self.written: dict[str, str] = json.loads(manifest.read_text()) if manifest.is_file() else {}
-
-    def check(self, names: list[str]) -> None:
-        """Raise FileExistsError, before anything is written, if one of ``names`` may not be written."""
-        for name in names:
-            target = self.root / name
-            if target.resolve() in self.inputs:
-                raise FileExistsError(f"{target}: is one of the input images; choose another --out")
-            if target.exists() and self.written.get(name) != _sha256(target):
-                raise FileExistsError(f"{target}: exists and was not written by this tool (or was changed "
-                                      "since); refusing to overwrite it (choose another --out or remove the file)")
-
-    def record(self, name: str) -> None:
-        """Remember that ``name`` was just written here."""
-        self.written[name] = _sha256(self.root / name)
-        (self.root / MANIFEST).write_text(json.dumps(self.written, indent=1, sort_keys=True))
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def claim_output_folder(root: Path, inputs: list[Path], names: list[str]) -> Claim:
+    """Claim OUT (:mod:`qarep_dense.fileio.ownership`) before anything is written: a folder holding files this
+    tool did not write, or an input image inside OUT, is refused; a rerun replaces only the files it recorded."""
+    check_output_folder(root)
+    inside = [p for p in inputs if root.resolve() in p.resolve().parents]
+    if inside:
+        raise FileExistsError(f"{inside[0]}: an input image inside --out {root}; choose another --out")
+    return claim(root, "infer", writes=names, label="--out")
 
 
 def output_names(images: list[Path]) -> list[str]:

@@ -21,7 +21,7 @@ from ..data.preprocess import Preprocess
 from ..tasks.quant_check import CheckOptions, QuantConfig, quantize_and_check
 from ..tasks.registry import CheckpointError, get_task, load_fused
 from .draw import draw_boxes, draw_labels, draw_mask
-from .io import OutputFolder, list_images, output_names, read_rgb
+from .io import claim_output_folder, list_images, output_names, read_rgb
 
 
 @dataclass
@@ -133,17 +133,23 @@ def run_inference(opts: InferOptions) -> dict:
     prepare = row.prepare_image(meta, opts.image_size or meta.get("image_size"), str(opts.checkpoint))
     preprocess = row.preprocess(meta)
     images = list_images(opts.images)
-    folder = OutputFolder(opts.out, images)
     names = output_names(images)
-    folder.check(names + ["predictions.json"] + (["model_int8.onnx"] if opts.int8 else []))
     prepared = [(path, read_rgb(path)) for path in images]
-    net = fused
+    with claim_output_folder(opts.out, images, [*names, "predictions.json", "model_int8.onnx"]) as claimed:
+        result = _predict_all(fused, meta, prepare, preprocess, prepared, names, images, opts)
+        claimed.seal()
+    return result
+
+
+def _predict_all(fused, meta: dict, prepare, preprocess, prepared: list, names: list[str], images: list[Path],
+                 opts: InferOptions) -> dict:
+    """Draw every image into the claimed ``opts.out`` and write predictions.json; returns its content."""
+    task, net = meta["task"], fused
     result: dict = {"checkpoint": str(opts.checkpoint), "task": task, "precision": "int8" if opts.int8 else "fp32"}
     if opts.int8:
         calib_paths = list_images([opts.calib]) if opts.calib else images
         calib = [prepare(p, read_rgb(p))[0] for p in calib_paths[:opts.calib_images]]
         net, result["int8"] = int8_model(fused, calib, preprocess, opts.out / "model_int8.onnx", opts.ort_precision)
-        folder.record("model_int8.onnx")
     labels = class_names(meta, meta["num_classes"])
     predict_one = {"boxes": lambda x, img, geo: predict_boxes(net, x, img, geo, fused, labels, opts),
                    "mask": lambda x, img, geo: predict_mask(net, x, img, labels),
@@ -156,8 +162,6 @@ def run_inference(opts: InferOptions) -> dict:
         opts.out.mkdir(parents=True, exist_ok=True)
         if not cv2.imwrite(entry["output"], cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR)):
             raise OSError(f"{entry['output']}: OpenCV could not write the image (unsupported extension?)")
-        folder.record(name)
         result["images"].append(entry)
     (opts.out / "predictions.json").write_text(json.dumps(result, indent=2))
-    folder.record("predictions.json")
     return result

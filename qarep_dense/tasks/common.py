@@ -17,7 +17,7 @@ from ..engine.checkpoint import check_resume_config as check_changes
 from ..engine.distributed import DistInfo, cleanup_distributed, init_distributed
 from ..engine.logging import log_error_to_file, setup_logging
 from ..engine.trainer import Trainer
-from ..fileio import write_json_atomic
+from ..fileio import Claim, claim, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -130,25 +130,29 @@ class WorkDirExistsError(FileExistsError):
     """A fresh run was started in a work dir that holds an earlier run's checkpoints."""
 
 
-def prepare_work_dir(work_dir: Path, resume: bool, overwrite: bool, is_main: bool) -> None:
-    """Refuse to start a fresh run over an earlier run's checkpoints unless ``overwrite``.
+# What a training of an earlier version (before work dirs were recorded) left in its work dir: adopted as ours.
+WORK_DIR_FILES = (*RUN_OUTPUTS, "epoch_*.pt", "config.json", "train.log", "tensorboard/*")
 
-    With ``overwrite`` the earlier run's outputs (``RUN_OUTPUTS`` and ``epoch_<k>.pt``) are removed first,
-    so no stale best.pt, results or CSV rows survive into the new run; train.log is appended to.
+
+def claim_work_dir(work_dir: Path, resume: bool | str, overwrite: bool, owner: str,
+                   checkpoints: tuple[str, ...] = RUN_CHECKPOINTS, adopt: tuple[str, ...] = WORK_DIR_FILES) -> Claim:
+    """The trainers' one "refuse an occupied work dir", as a claim (:mod:`qarep_dense.fileio.ownership`).
+
+    A fresh run over an earlier run's ``checkpoints`` (name patterns) is refused unless ``overwrite``, which
+    removes the files the earlier run recorded (only those: a user's file in the work dir stays), so no stale
+    best model, results or CSV rows survive. ``resume`` keeps them. A second run in the same work dir, e.g. a
+    leftover of a killed main job, is refused while the first lives ("in use by pid N"). The files are
+    recorded without hashes: a resumed run rewrites checkpoints and appends to logs.
     """
-    if resume:
-        return
-    existing = [name for name in RUN_CHECKPOINTS if (work_dir / name).is_file()]
-    if existing and not overwrite:
+    existing = list(dict.fromkeys(p.name for pattern in checkpoints for p in sorted(work_dir.glob(pattern))
+                                  if p.is_file()))
+    if existing and not resume and not overwrite:
         raise WorkDirExistsError(f"{work_dir} already holds {', '.join(existing)} of an earlier run; use --resume to "
                                  "continue it, or --overwrite to start over (replacing its checkpoints), or another "
                                  "--work-dir")
-    if existing and is_main:
-        old = [work_dir / n for n in RUN_OUTPUTS if (work_dir / n).is_file()]
-        old += sorted(p for p in work_dir.glob("epoch_*.pt") if p.stem[len("epoch_"):].isdigit())
-        log.warning("--overwrite: removing the earlier run's %s", ", ".join(p.name for p in old))
-        for path in old:
-            path.unlink()
+    if existing and overwrite and not resume:
+        log.warning("--overwrite: removing the files the earlier run in %s recorded", work_dir)
+    return claim(work_dir, owner, keep=bool(resume), label="--work-dir", unhashed=("*",), adopt=adopt)
 
 
 def check_resume_config(path: Path, saved: dict | None, current: dict) -> dict[str, tuple[Any, Any]]:
@@ -168,7 +172,7 @@ def run_training(cfg: Any, work_dir: str | os.PathLike, resume: bool, device: st
                  unrecorded: dict[str, Any] | None = None) -> dict:
     """The shared life of a training run, plain or under torchrun:
 
-    init the process group -> refuse a fresh run over earlier checkpoints unless ``overwrite`` ->
+    init the process group -> claim the work dir (:func:`claim_work_dir`) ->
     logging -> determinism and seeds -> ``build(dist, device)`` returns (trainer, finish) -> optional
     exact resume from WORK_DIR/last.pt (refused if ``resume_keys`` of the checkpoint's meta differ, read
     through ``unrecorded`` for older checkpoints, or a config key it cannot apply changed) -> config.json -> train -> ``finish(trainer)`` on rank 0
@@ -179,21 +183,25 @@ def run_training(cfg: Any, work_dir: str | os.PathLike, resume: bool, device: st
     work_dir = Path(work_dir)
     owns_group = not (tdist.is_available() and tdist.is_initialized())
     dist, dev = init_distributed(device or cfg.train.device)
+    claimed = None
     try:
-        prepare_work_dir(work_dir, resume, overwrite, dist.is_main)
-        if dist.is_main:
-            work_dir.mkdir(parents=True, exist_ok=True)
+        claimed = claim_work_dir(work_dir, resume, overwrite, "train") if dist.is_main else None
         setup_logging(work_dir, dist.is_main)
         if dist.distributed:  # in train.log: the record that this run went through DDP
             log.info("distributed: rank %d of %d, backend %s, device %s", dist.rank, dist.world_size,
                      tdist.get_backend(), dev)
         try:
-            return _train_logged(cfg, work_dir, resume, dist, dev, build, resume_keys, unrecorded)
+            results = _train_logged(cfg, work_dir, resume, dist, dev, build, resume_keys, unrecorded)
+            if claimed is not None:
+                claimed.seal()
+            return results
         except BaseException as err:
             label = "interrupted" if isinstance(err, KeyboardInterrupt) else "stopped by an error"
             log_error_to_file(f"run {label}: {type(err).__name__}: {err}", err)
             raise
     finally:
+        if claimed is not None:
+            claimed.release()
         if owns_group:
             cleanup_distributed()
 

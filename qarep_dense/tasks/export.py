@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from ..deploy.onnx import DEFAULT_RTOL, OnnxExport, example_inputs, export_checked
+from ..fileio import claim_file
 from .registry import TASKS, get_task, load_fused
 
 __all__ = ["DEFAULT_RTOL", "export_checkpoint_onnx"]
@@ -14,13 +15,15 @@ __all__ = ["DEFAULT_RTOL", "export_checkpoint_onnx"]
 
 def export_checkpoint_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike,
                            image_size: int | list[int] | None = None, batch: int = 1, opset: int = 13,
-                           rtol: float = DEFAULT_RTOL) -> tuple[OnnxExport, dict]:
+                           rtol: float = DEFAULT_RTOL, overwrite: bool = False) -> tuple[OnnxExport, dict]:
     """Fuse ``checkpoint``, export it to ``out`` and compare ORT with PyTorch; returns (report, meta).
 
     image_size: S or [H, W] (default: the checkpoint's ``image_size``, else 224). A task row with
     ``free_size_export`` (a segmentor) keeps height and width free in the graph. Sizes and batch are checked
-    by a PyTorch forward pass before anything is written; the file is written next to ``out`` and moved
-    into place only when the export finished, so a failed export leaves no ``out`` behind.
+    by a PyTorch forward pass before anything is written. ``out`` is claimed once the checkpoint is loaded
+    and checked: an earlier export of ours is replaced, any other file only with ``overwrite``; the file is
+    written next to ``out`` and moved into place only when the export finished, so a failed export leaves
+    no ``out`` behind.
     """
     if batch < 1:
         raise ValueError(f"--batch must be >= 1 (the example batch; the batch axis stays free), got {batch}")
@@ -41,10 +44,12 @@ def export_checkpoint_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike
                          f"{str(err).splitlines()[0]}") from None
     out = Path(out)
     partial = out.with_name(f".{out.name}.partial")
-    try:
-        report = export_checked(deploy, examples, partial, opset, dynamic_hw, rtol)
-        os.replace(partial, out)
-    finally:
-        partial.unlink(missing_ok=True)
-    report.path = out
+    with claim_file(out, "export_onnx", label="--out", overwrite=overwrite) as claimed:
+        try:
+            report = export_checked(deploy, examples, partial, opset, dynamic_hw, rtol)
+            os.replace(partial, out)
+        finally:
+            partial.unlink(missing_ok=True)
+        report.path = out
+        claimed.seal()
     return report, meta

@@ -7,8 +7,8 @@ activations, calibrated on the train split with the evaluation preprocessing; wi
 also evaluated in onnxruntime, integer kernels counted, not assumed). Writes OUT/ptq_table.{md,csv,json},
 rewritten after every row: until the last row is in, the markdown table starts with
 ``partial: N of M rows`` and the json has ``"complete": false``, so an interrupted run is never read as a
-finished one. OUT/manifest.json records what was written there: a later run into the same OUT removes
-exactly those files (and refuses to overwrite any file it did not write).
+finished one. OUT is claimed (:mod:`qarep_dense.fileio.ownership`): a later run into the same OUT replaces
+exactly the files this one recorded and refuses to overwrite any file it did not write.
 """
 from __future__ import annotations
 
@@ -24,10 +24,9 @@ from typing import Callable
 from torch import nn
 from tqdm import tqdm
 
-from ..data.export_guard import begin_export, finish_export
 from ..engine.checkpoint import CheckpointError
 from ..evaluation.evaluators import BATCH_SIZE, Evaluator
-from ..fileio import write_text_atomic
+from ..fileio import Claim, claim, write_text_atomic
 from ..quant import OrtModule, QuantConfig, choose_int8_kernels, ort_quantize_static
 from .quant_check import CheckOptions, QuantReport, quantize_and_check
 from .registry import get_task, load_fused
@@ -202,33 +201,17 @@ def _onnx_files(label: str, calibrator: str) -> list[str]:
     return [f"{m}{suffix}" for m in models for suffix in (".onnx", ".ort-optimized.onnx")]
 
 
-def _legacy_outputs(out: Path) -> list[str]:
-    """What a ptq_eval of an earlier version (no manifest) wrote in ``out``, recognised by its ptq_table.json."""
-    try:
-        old = json.loads((out / "ptq_table.json").read_text())
-    except (OSError, ValueError):
-        return []
-    if not (isinstance(old, dict) and {"task", "metric", "checkpoints", "rows"} <= set(old)
-            and isinstance(old["rows"], list) and all(isinstance(r, dict) for r in old["rows"])):
-        return []
-    files = [*TABLES]
-    for row in old["rows"]:
-        if isinstance(row.get("model"), str) and isinstance(row.get("calibrator"), str):
-            files += _onnx_files(row["model"], row["calibrator"])
-    return files
-
-
 def _spec(study: PtqStudy) -> dict:
     return {"tool": "ptq_eval", "task": study.task, "checkpoints": [str(p) for p in study.checkpoints],
             "calibrators": list(study.calibrators), "data": None if study.data is None else str(study.data)}
 
 
-def claim_outputs(study: PtqStudy, labels: list[str]) -> None:
-    """Remove what an earlier ptq_eval wrote in ``study.out`` (only that) and record what this run will write."""
-    out = study.out
+def claim_outputs(study: PtqStudy, labels: list[str]) -> Claim:
+    """Claim ``study.out`` (:mod:`qarep_dense.fileio.ownership`): the files an earlier ptq_eval recorded there
+    are replaced, any other file is left alone, and a file of someone else's where a table or ONNX model goes
+    stops the run."""
     files = [*TABLES, *(f for label in labels for cal in study.calibrators for f in _onnx_files(label, cal))]
-    adopt = _legacy_outputs(out) if not (out / "manifest.json").exists() else []
-    begin_export(out, _spec(study), files, adopt=adopt)
+    return claim(study.out, "ptq_eval", _spec(study), writes=files, label="--out")
 
 
 def write_outputs(study: PtqStudy, rows: list[dict], reports: dict, metric: str, total: int) -> str:
@@ -270,18 +253,18 @@ def run_study(study: PtqStudy, echo: Callable[[str], None] = log.info) -> tuple[
                           study.image_size, study.progress)
     evaluator = get_task(study.task).make_evaluator(request)
     labels = model_labels(study.checkpoints)
-    claim_outputs(study, labels)
     rows, reports, table = [], {}, ""
     jobs = [(label, m, meta, cal) for label, (m, meta) in zip(labels, loaded) for cal in study.calibrators]
     fp32_cache: dict[str, float] = {}
-    for label, model, meta, cal in tqdm(jobs, desc="ptq_eval", disable=not study.progress):
-        if label not in fp32_cache:
-            fp32_cache[label] = evaluator.evaluate(model)[evaluator.metric_name]
-        row, report = evaluate_row(label, model, meta, fp32_cache[label], evaluator,
-                                   replace(study.base, calibrator=cal), study)
-        rows.append(row)
-        reports[f"{label}/{cal}"] = report
-        echo(row_line(row, len(rows), len(jobs)))
-        table = write_outputs(study, rows, reports, evaluator.metric_name, len(jobs))
-    finish_export(study.out, _spec(study), {"rows": len(rows)})
+    with claim_outputs(study, labels) as claimed:
+        for label, model, meta, cal in tqdm(jobs, desc="ptq_eval", disable=not study.progress):
+            if label not in fp32_cache:
+                fp32_cache[label] = evaluator.evaluate(model)[evaluator.metric_name]
+            row, report = evaluate_row(label, model, meta, fp32_cache[label], evaluator,
+                                       replace(study.base, calibrator=cal), study)
+            rows.append(row)
+            reports[f"{label}/{cal}"] = report
+            echo(row_line(row, len(rows), len(jobs)))
+            table = write_outputs(study, rows, reports, evaluator.metric_name, len(jobs))
+        claimed.seal({"rows": len(rows)})
     return rows, table

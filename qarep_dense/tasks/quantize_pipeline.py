@@ -27,17 +27,17 @@ import copy
 import logging
 import os
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..data.export_guard import MANIFEST, begin_export, finish_export
 from ..engine.checkpoint import CheckpointError, checkpoint_path_problem, load_checkpoint, save_checkpoint
 from ..engine.distributed import resolve_device
 from ..evaluation.evaluators import BATCH_SIZE
-from ..fileio import write_json_atomic, write_text_atomic
+from ..fileio import Claim, claim, write_json_atomic, write_text_atomic
 from ..quant.backends import get_backend, iter_quantizers
 from ..quant.calibration import batch_images
 from ..quant.config import CALIBRATORS, QuantConfig
@@ -55,8 +55,9 @@ log = logging.getLogger(__name__)
 
 SOURCES = ("timm", "repvgg", "yolov6")
 BIAS_CORRECTION = {"auto": (False, True), "on": (True,), "off": (False,)}
+# The files written into OUT (a user's file at one of these paths stops the run); diagnosis/ is written too.
 OUT_FILES = ("report.md", "report.json", "model_int8.onnx", "model_int8.pre.onnx", "model_int8.ort-optimized.onnx",
-             "model_int8.pre.ort-optimized.onnx", "model_fp32.onnx", "model_fakequant.pt", "diagnosis")
+             "model_int8.pre.ort-optimized.onnx", "model_fp32.onnx", "model_fakequant.pt")
 
 
 @dataclass
@@ -129,29 +130,11 @@ class QuantizeOptions:
 
 # --- the output folder ----------------------------------------------------------------------------
 
-def claim_out(out: Path, spec: dict) -> None:
-    """Refuse an existing non-empty ``out`` that holds no manifest of ours; else record what we will write."""
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out}: is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).exists():
-        raise FileExistsError(f"--out {out}: folder exists, is not empty and was not written by tools/quantize.py; "
-                              "choose another folder (nothing was changed)")
-    if out.is_dir() and (out / MANIFEST).exists():
-        previous = load_manifest_spec(out)
-        if previous.get("tool") != "quantize":
-            raise FileExistsError(f"--out {out}: {out / MANIFEST} belongs to another tool ({previous.get('tool')!r}); "
-                                  "choose another folder (nothing was changed)")
-    begin_export(out, spec, OUT_FILES)
-
-
-def load_manifest_spec(out: Path) -> dict:
-    import json
-
-    try:
-        data = json.loads((out / MANIFEST).read_text())
-    except (OSError, ValueError) as err:
-        raise FileExistsError(f"--out {out}: {out / MANIFEST} is unreadable ({err}); choose another folder") from None
-    return data.get("spec", {}) if isinstance(data, dict) else {}
+def claim_out(opts: QuantizeOptions) -> Claim:
+    """Claim ``opts.out`` (:mod:`qarep_dense.fileio.ownership`), once the inputs are loaded and checked: a
+    folder this pipeline did not write is refused, a second run into it gets "in use by pid N", and the files
+    the last run recorded (only those) are replaced; a user's file inside, e.g. in diagnosis/, stays."""
+    return claim(opts.out, "quantize", _spec(opts), writes=OUT_FILES, label="--out")
 
 
 # --- loading --------------------------------------------------------------------------------------
@@ -279,9 +262,13 @@ def _spec(opts: QuantizeOptions) -> dict:
 
 def quantize_checkpoint(opts: QuantizeOptions) -> dict:
     """Run the whole pipeline (module doc); returns the report.json content."""
+    with ExitStack() as claimed:  # the output folder's claim, released however the run ends
+        return _quantize(opts, claimed)
+
+
+def _quantize(opts: QuantizeOptions, claimed: ExitStack) -> dict:
     opts.validate()
     start, cpu_start = time.perf_counter(), time.process_time()
-    claim_out(opts.out, _spec(opts))
     timings: dict[str, float] = {}
 
     def lap(name: str, t0: float) -> float:
@@ -303,6 +290,7 @@ def quantize_checkpoint(opts: QuantizeOptions) -> dict:
 
     row = get_task(task)
     data = split_training_images(split.calibration, split.selection, opts, row.selection_score == "kl")
+    out = claimed.enter_context(claim_out(opts))  # inputs loaded and checked: a failed load leaves OUT as it was
     fp32 = evaluate(fused)
     t = lap("load_and_fp32", t)
     diagnosis = _diagnose(model, data, preprocess, opts) if opts.diagnose else None
@@ -339,7 +327,7 @@ def quantize_checkpoint(opts: QuantizeOptions) -> dict:
                      split.selection_disjoint, _metric_resolution(row, evaluator), timings)
     write_json_atomic(opts.out / "report.json", report)
     write_text_atomic(opts.out / "report.md", render_report(report))
-    finish_export(opts.out, _spec(opts), {"candidates": len(results)})
+    out.seal({"candidates": len(results)})
     return report
 
 

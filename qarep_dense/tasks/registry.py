@@ -10,7 +10,6 @@ Importing the task modules does not import mmseg (the segmentation row loads it 
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import zipfile
 from pathlib import Path
@@ -20,6 +19,7 @@ from torch import nn
 from ..deploy import reparameterize
 from ..engine.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
 from ..evaluation.evaluators import EvalRequest
+from ..fileio import claim_file, sha256_file
 from . import classification, detection, segmentation
 from .base import TASK_NAMES, TaskRow, check_task, require_meta
 
@@ -82,14 +82,6 @@ def fuse(model: nn.Module, meta: dict) -> nn.Module:
     return (model if meta.get("fused") else reparameterize(model)).eval()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def foreign_meta(meta: dict, src: str | os.PathLike, source_format: str, image_size: int | None = None,
                  data_config: str | os.PathLike | None = None) -> dict:
     """The metadata of a checkpoint converted from ``src``: the converter's model keys, completed by its task's
@@ -98,7 +90,7 @@ def foreign_meta(meta: dict, src: str | os.PathLike, source_format: str, image_s
     if row.converted_meta is None:
         raise CheckpointError(f"{src}: {row.title} checkpoints cannot be converted")
     src = Path(src)
-    converted = {"source": source_format, "file": src.name, "sha256": _sha256(src)}
+    converted = {"source": source_format, "file": src.name, "sha256": sha256_file(src)}
     return {**row.converted_meta(meta, image_size, data_config), "converted_from": converted}
 
 
@@ -107,18 +99,21 @@ def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, source: s
                        data_config: str | os.PathLike | None = None) -> tuple[Path, dict]:
     """Convert the foreign checkpoint ``src`` and write ours to ``out``; returns (path, meta).
 
-    Refuses to overwrite an existing ``out``. ``image_size``: recorded for the tools (default 224 for
+    Refuses an existing ``out`` (converted files are never overwritten). ``image_size``: recorded for the tools (default 224 for
     classifiers, 640 for detectors). ``data_config``: detection TOML whose data section the evaluator uses.
     The metadata is completed exactly as for an in-memory conversion (:func:`load_fused`).
     """
     from ..convert import ConversionError, convert_state
 
     src, out = Path(src), Path(out)
-    if out.exists():
+    if out.exists():  # checked before the work; the claim below holds the path while it is written
         raise ConversionError(f"{out}: already exists; choose another --out (converted files are never overwritten)")
     state, meta = convert_state(src, source, arch, scale, block)
     meta = foreign_meta(meta, src, source, image_size, data_config)
-    return save_checkpoint(out, state, meta), meta
+    with claim_file(out, "convert_ckpt", label="--out") as claimed:
+        save_checkpoint(out, state, meta)
+        claimed.seal()
+    return out, meta
 
 
 def load_fused(path: str | os.PathLike, task: str | tuple[str, ...] | None = None,

@@ -25,9 +25,9 @@ from ..engine.checkpoint import save_checkpoint
 from ..evaluation.evaluators import EvalRequest
 from ..evaluation.segmentation import SegmentationEvaluator
 from ..layers.rep import reparameterize
-from ..fileio import write_json_atomic
+from ..fileio import Claim, claim_file, sealed, write_json_atomic
 from .base import TaskRow, require_meta
-from .common import METRICS_UNIT
+from .common import METRICS_UNIT, claim_work_dir
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def _rank() -> int:
 
 def prepare_synthetic(cfg: Any, timeout_s: float = 900.0) -> None:
     """Write the synthetic scenes ``cfg.synthetic_cityscapes`` asks for into ``cfg.data_root`` (rank 0;
-    other torchrun ranks wait for its manifest)."""
+    other torchrun ranks wait until it is sealed)."""
     spec = cfg.get("synthetic_cityscapes")
     if not spec:
         return
@@ -58,8 +58,7 @@ def prepare_synthetic(cfg: Any, timeout_s: float = 900.0) -> None:
         generate_cityscapes(root, **args)
         return
     deadline = time.monotonic() + timeout_s
-    while not (root / "manifest.json").is_file() or \
-            '"complete"' not in (root / "manifest.json").read_text():  # rank 0 is writing
+    while sealed(root, "synthetic-cityscapes", verify=False) is None:  # rank 0 is writing
         if time.monotonic() > deadline:
             raise TimeoutError(f"{root}: rank 0 did not finish the synthetic export in {timeout_s:.0f} s")
         time.sleep(1.0)
@@ -137,12 +136,16 @@ def finalize(model: nn.Module, cfg: Any, work_dir: Path, device: str = "cpu", pr
     return results
 
 
-def check_work_dir(work_dir: Path, resume: str | bool, overwrite: bool) -> None:
-    """Refuse to start over in a work dir holding an earlier run's checkpoints unless asked to."""
-    earlier = sorted(work_dir.glob("iter_*.pth")) + [p for p in (work_dir / "last.pt",) if p.exists()]
-    if earlier and not resume and not overwrite:
-        raise FileExistsError(f"{work_dir} holds an earlier run's checkpoints ({earlier[0].name} ...); pass --resume "
-                              "to continue it or --overwrite to start over and replace them")
+# What mmengine's Runner and this module leave in a work dir (adopted as ours in a work dir without a record).
+SEG_WORK_DIR_FILES = ("iter_*.pth", "last_checkpoint", "last.pt", "deploy.pt", "results.json", "2*/*")
+
+
+def check_max_iters(cfg: Any) -> None:
+    """Refuse a run that would train nothing and save the untrained model as its result."""
+    iters = (cfg.get("train_cfg") or {}).get("max_iters")
+    if iters is not None and (not isinstance(iters, int) or iters < 1):
+        raise ValueError(f"train_cfg.max_iters={iters!r}: must be an integer of at least 1 (with 0 the run would "
+                         "save an untrained model)")
 
 
 def train(config: str | os.PathLike, work_dir: str | os.PathLike | None = None, resume: str | bool = False,
@@ -154,10 +157,24 @@ def train(config: str | os.PathLike, work_dir: str | os.PathLike | None = None, 
     ``overwrite``: start over in a work dir that holds an earlier run's checkpoints (refused otherwise).
     The returned dict also holds ``start_iter`` (0, or the iteration resumed from) and ``end_iter``.
     """
-    mm = _mm()
     cfg = configure(config, work_dir, resume, amp, cfg_options, launcher, data_root)
-    check_work_dir(Path(cfg.work_dir), resume, overwrite)
+    check_max_iters(cfg)
     check_checkpoints(cfg)
+    files = (*SEG_WORK_DIR_FILES, f"{Path(config).stem}.py")  # mmengine dumps the config beside the checkpoints
+    claimed = claim_work_dir(Path(cfg.work_dir), resume, overwrite, "train_seg", ("iter_*.pth", "last.pt"),
+                             files) if _rank() == 0 else None
+    try:
+        results = _train_claimed(cfg, config, progress)
+        if claimed is not None:
+            claimed.seal()
+        return results
+    finally:
+        if claimed is not None:
+            claimed.release()
+
+
+def _train_claimed(cfg: Any, config: str | os.PathLike, progress: bool) -> dict:
+    mm = _mm()
     prepare_synthetic(cfg)
     for split in ("train", "val"):
         mm.check_dataset_files(getattr(cfg, f"{split}_dataloader").dataset, str(config))
@@ -177,6 +194,13 @@ def train(config: str | os.PathLike, work_dir: str | os.PathLike | None = None, 
 
 
 # --- saved checkpoints (the task registry's entry points) ----------------------------------------
+
+
+def claim_deploy_file(path: Path) -> Claim:
+    """``tools/eval_seg.py --save-deploy``'s file, claimed before the evaluation: a folder, someone else's file,
+    a parent that is a file or cannot be written are refused then, naming the option."""
+    return claim_file(path, "eval_seg", label="--save-deploy")
+
 
 
 def build_model_from_meta(meta: dict, source: str = "checkpoint") -> nn.Module:

@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..imagefolder import begin_export, export_is_current, finish_export
+from ...fileio import claim, sealed
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ def generate_cityscapes(out_dir: str | os.PathLike, num_train: int = 200, num_va
     """Write ``num_train`` / ``num_val`` scenes of ``size`` (H, W) under ``out_dir``; return ``out_dir``.
 
     Each scene comes from its own generator seeded by (seed, split, index): a seed fixes every
-    pixel. Skipped when ``out_dir/manifest.json`` shows the same export is complete. Only
+    pixel. Skipped when ``out_dir`` holds a sealed export of the same settings. Only
     ``leftImg8bit/`` and ``gtFine/`` are written, and an existing one this exporter did not
     write is never touched (the call fails instead).
     """
@@ -254,17 +254,17 @@ def generate_cityscapes(out_dir: str | os.PathLike, num_train: int = 200, num_va
     out_dir = Path(out_dir)
     spec = {"dataset": "synthetic-cityscapes", "counts": [num_train, num_val], "size": [height, width],
             "seed": seed, "version": 1}
-    if export_is_current(out_dir, spec):
+    if sealed(out_dir, "synthetic-cityscapes", spec):
         return out_dir
     log.info("generating %d + %d synthetic street scenes (%dx%d) in %s", num_train, num_val, height, width, out_dir)
-    begin_export(out_dir, spec, SPLITS)
-    for split_id, (split, count) in enumerate((("train", num_train), ("val", num_val))):
-        for i in range(count):
-            image, label = street_scene(height, width, np.random.default_rng([seed, split_id, i]))
-            for path, array in zip(scene_files(out_dir, split, i), (image[..., ::-1], label)):  # OpenCV writes BGR
-                path.parent.mkdir(parents=True, exist_ok=True)
-                if not cv2.imwrite(str(path), np.ascontiguousarray(array)):
-                    raise OSError(f"{path}: could not write image")
-    total = num_train + num_val
-    finish_export(out_dir, spec, {"leftImg8bit": total, "gtFine": total})
+    with claim(out_dir, "synthetic-cityscapes", spec, writes=SPLITS, shared=True) as out:
+        for split_id, (split, count) in enumerate((("train", num_train), ("val", num_val))):
+            for i in range(count):
+                image, label = street_scene(height, width, np.random.default_rng([seed, split_id, i]))
+                for path, array in zip(scene_files(out_dir, split, i), (image[..., ::-1], label)):  # OpenCV: BGR
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    if not cv2.imwrite(str(path), np.ascontiguousarray(array)):
+                        raise OSError(f"{path}: could not write image")
+        total = num_train + num_val
+        out.seal({"counts": {"leftImg8bit": total, "gtFine": total}})
     return out_dir

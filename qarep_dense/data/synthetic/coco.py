@@ -4,11 +4,11 @@ Layout written under ``root`` (the real COCO layout, so every tool runs unchange
 
     images/train/000001.jpg ...   annotations/instances_train.json
     images/val/000001.jpg ...     annotations/instances_val.json
-    manifest.json                 what was generated, with which parameters (reruns are skipped)
+    .written.json                 what was generated, with which parameters (reruns are skipped)
 
-The folder is guarded like every export (:mod:`qarep_dense.data.export_guard`): the generator writes only
-``images/{train,val}`` and ``annotations/instances_{train,val}.json``, refuses when one of them exists
-without being recorded in its own manifest (a user's data), and on regeneration removes only what it wrote.
+The folder is claimed like every output (:mod:`qarep_dense.fileio.ownership`): the generator writes only
+``images/{train,val}`` and ``annotations/instances_{train,val}.json``, refuses when one of them holds files
+it did not record (a user's data), and on regeneration removes only the files it recorded.
 
 Each image holds 1-6 shapes (class = shape kind) of 8-40% of the short side. Later shapes may cover
 earlier ones; a placement that would hide more than half of an earlier shape is retried, and every box is
@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..export_guard import begin_export, export_is_current, finish_export
+from ...fileio import claim, sealed
 from .shapes import SHAPES, draw_shape, textured_background
 
 logger = logging.getLogger(__name__)
@@ -167,8 +167,8 @@ def generate_coco(root: str | os.PathLike, num_train: int, num_val: int, image_s
         image_size: side S, or (height, width) for non-square images.
         category_ids: COCO ids of the classes (default 1..num_classes); non-contiguous ids are allowed.
     Returns paths {"train_images", "train_ann", "val_images", "val_ann"}. Skips the work when
-    ``root/manifest.json`` records exactly these parameters and the files are there. Raises
-    ``FileExistsError`` naming the path when one of the paths it writes exists but is not its own.
+    ``root`` holds a sealed export of exactly these parameters with its files intact. Raises
+    ``FileExistsError`` naming the folder when one of the paths it writes holds files it did not record.
     """
     root = Path(root)
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(v) for v in image_size)
@@ -177,13 +177,13 @@ def generate_coco(root: str | os.PathLike, num_train: int, num_val: int, image_s
     params = {"format": FORMAT_VERSION, "num_train": num_train, "num_val": num_val, "image_size": list(size),
               "seed": seed, "category_ids": ids, "ext": ext}
     out = _outputs(root)
-    if export_is_current(root, params):
+    if sealed(root, "synthetic-coco", params):
         logger.info("%s: synthetic COCO data already generated, reusing it", root)
         return out
-    begin_export(root, params, owned_paths())  # refuses to touch paths it did not write
-    counts = {}
-    for split_id, (split, count) in enumerate(zip(SPLITS, (num_train, num_val))):
-        _write_split(root, split, split_id, count, size, seed, ids, ext, progress)
-        counts[split] = count
-    finish_export(root, params, counts)  # written last: a crash mid-way leaves the export marked incomplete
+    with claim(root, "synthetic-coco", params, writes=owned_paths(), shared=True) as claimed:  # refuses a user's
+        counts = {}
+        for split_id, (split, count) in enumerate(zip(SPLITS, (num_train, num_val))):
+            _write_split(root, split, split_id, count, size, seed, ids, ext, progress)
+            counts[split] = count
+        claimed.seal({"counts": counts})  # last: a crash mid-way leaves the export unsealed
     return out

@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..export_guard import begin_export, export_is_current, finish_export
+from ...fileio import claim, sealed
 from .shapes import SHAPES, draw_shape, textured_background
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def generate_imagefolder(out_dir: str | os.PathLike, num_classes: int = 6, per_c
     """Write ``out_dir/{train,val}/<shape>/<index>.png`` for the first ``num_classes`` shapes; return ``out_dir``.
 
     Every image comes from its own generator seeded by (seed, split, class, index), so a seed
-    fixes every pixel. Skipped when ``out_dir/manifest.json`` shows the same export is complete.
+    fixes every pixel. Skipped when ``out_dir`` holds a sealed export of the same settings.
     """
     if not 2 <= num_classes <= len(SHAPES):
         raise ValueError(f"generate_imagefolder: num_classes must be 2..{len(SHAPES)} (one per shape), "
@@ -47,21 +47,21 @@ def generate_imagefolder(out_dir: str | os.PathLike, num_classes: int = 6, per_c
     out_dir = Path(out_dir)
     spec = {"dataset": "synthetic-shapes", "num_classes": num_classes, "per_class": [per_class_train, per_class_val],
             "size": size, "seed": seed, "version": 1}
-    if export_is_current(out_dir, spec):
+    if sealed(out_dir, "synthetic-shapes", spec):
         return out_dir
     log.info("generating synthetic shape classes (%d x %d/%d images) in %s", num_classes, per_class_train,
              per_class_val, out_dir)
-    begin_export(out_dir, spec)
-    counts = {}
-    for split, per_class in (("train", per_class_train), ("val", per_class_val)):
-        for c, shape in enumerate(SHAPES[:num_classes]):
-            folder = out_dir / split / shape
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                rng = np.random.default_rng([seed, _SPLITS[split], c, i])
-                path = folder / f"{i:05d}.png"
-                if not cv2.imwrite(str(path), shape_image(shape, size, rng)[..., ::-1]):  # OpenCV writes BGR
-                    raise OSError(f"{path}: could not write image")
-        counts[split] = per_class * num_classes
-    finish_export(out_dir, spec, counts)
+    with claim(out_dir, "synthetic-shapes", spec, writes=tuple(_SPLITS), shared=True) as out:
+        counts = {}
+        for split, per_class in (("train", per_class_train), ("val", per_class_val)):
+            for c, shape in enumerate(SHAPES[:num_classes]):
+                folder = out_dir / split / shape
+                folder.mkdir(parents=True, exist_ok=True)
+                for i in range(per_class):
+                    rng = np.random.default_rng([seed, _SPLITS[split], c, i])
+                    path = folder / f"{i:05d}.png"
+                    if not cv2.imwrite(str(path), shape_image(shape, size, rng)[..., ::-1]):  # OpenCV writes BGR
+                        raise OSError(f"{path}: could not write image")
+            counts[split] = per_class * num_classes
+        out.seal({"counts": counts})
     return out_dir

@@ -67,7 +67,7 @@ def check_mmengine_checkpoint(path: str | Path, role: str, resume: bool = False)
     payload = read_torch_file(path, role)
     if not isinstance(payload, dict) or (resume and "state_dict" not in payload):
         raise CheckpointError(f"{role} {path}: not an mmengine checkpoint (a dict with a 'state_dict' entry); a project "
-                              "checkpoint (last.pt) is evaluated with tools/test_seg.py, not resumed")
+                              "checkpoint (last.pt) is evaluated with tools/eval_seg.py, not resumed")
     return payload
 
 

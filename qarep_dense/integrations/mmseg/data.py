@@ -57,7 +57,7 @@ def _header_size(path: Path) -> tuple[int, int]:
 
 
 def _check_label_sizes(images: list[Path], labels: list[Path], where: str) -> None:
-    """A label map must have its image's size: otherwise test_seg resizes the logits to the label and
+    """A label map must have its image's size: otherwise eval_seg resizes the logits to the label and
     reports an mIoU, and training fails after its last iteration with an IndexError naming no file."""
     for image, label in zip(images, labels):
         img_size, seg_size = _header_size(image), _header_size(label)

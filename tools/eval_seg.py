@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """mIoU of a segmentation checkpoint, in train form and fused, side by side (mmseg's IoU metric).
 
-    python tools/test_seg.py work_dirs/seg/demo_qarepvgg/last.pt
-    python tools/test_seg.py work_dirs/seg/deeplab_qarep/last.pt --data data/cityscapes --save-deploy deploy.pt
+    python tools/eval_seg.py work_dirs/seg/demo_qarepvgg/last.pt
+    python tools/eval_seg.py work_dirs/seg/deeplab_qarep/last.pt --data data/cityscapes --save-deploy deploy.pt
 
 CHECKPOINT is a project checkpoint written by tools/train_seg.py (last.pt: train form; deploy.pt:
 fused). The validation split and pipeline come from the checkpoint's config; --data swaps the root.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
-from qarep_dense.tasks.cli import USER_ERRORS  # noqa: E402
+from qarep_dense.tasks.cli import USER_ERRORS, user_error  # noqa: E402
 from qarep_dense.tasks.registry import EvalRequest, fuse, get_task, load_model, save_checkpoint  # noqa: E402
 
 
@@ -33,20 +33,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def check_save_deploy(path: Path | None) -> None:
-    """Refuse an output path before the evaluation, not after it: never overwrite a file, never a folder."""
-    if path is None:
-        return
-    if path.is_dir():
-        raise ValueError(f"--save-deploy {path}: is a folder; give a file path, e.g. {path / 'deploy.pt'}")
-    if path.exists():
-        raise FileExistsError(f"--save-deploy {path}: file exists; this tool does not overwrite it (give a new path)")
-
-
 def run(args: argparse.Namespace) -> dict:
+    from qarep_dense.tasks.segmentation import claim_deploy_file
+
+    if args.save_deploy is None:
+        return evaluate(args)
+    with claim_deploy_file(args.save_deploy) as claimed:  # before the evaluation: a bad path fails first
+        rows = evaluate(args)
+        claimed.seal()
+    return rows
+
+
+def evaluate(args: argparse.Namespace) -> dict:
     from qarep_dense.tasks.segmentation import make_evaluator
 
-    check_save_deploy(args.save_deploy)
     model, meta = load_model(args.checkpoint, "seg")
     model = model.to(args.device)
     evaluator = make_evaluator(EvalRequest(args.checkpoint, meta, args.data, None, args.batch_size, args.workers,
@@ -68,8 +68,7 @@ def main(argv=None) -> int:
     try:
         rows = run(args)
     except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return user_error(err)
     print("\n| form | mIoU | mAcc | aAcc |\n|---|---|---|---|")
     for form in ("train_form", "deploy"):
         if form in rows:

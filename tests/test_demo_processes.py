@@ -1,0 +1,87 @@
+"""The main job's stage processes: Ctrl-C, SIGTERM or SIGKILL of the main job ends every stage and what the
+stage started; the main job says so in one line, exits non-zero, without a traceback."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from qarep_dense.demo.processes import StageFailed, run_in_process
+
+from support import REPO  # noqa: E402
+
+# A main job in miniature: one stage that starts a grandchild (sleep) and waits for it, run the way
+# Demo.run runs its stages (a worker thread; the main thread waits under stop_on_signals).
+MAIN_JOB = """
+import subprocess, sys, threading, time
+from pathlib import Path
+from qarep_dense.demo import processes as p
+
+def stage():
+    try:
+        p.run_in_process(subprocess.call, (["sleep", "300"],), Path(sys.argv[1]))
+    except p.StageFailed:
+        pass
+
+worker = threading.Thread(target=stage)
+try:
+    with p.stop_on_signals():
+        worker.start()
+        while not p._running:
+            time.sleep(0.05)
+        print(*p._running, flush=True)
+        worker.join()
+except RuntimeError as err:
+    raise SystemExit(f"demo: error: {err}")
+"""
+
+
+def _alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _started(job: subprocess.Popen) -> int:
+    """The stage's process group, once the stage has started its grandchild (a group of two)."""
+    stage = int(job.stdout.readline())
+    for _ in range(400):
+        if len(subprocess.run(["pgrep", "-g", str(stage)], capture_output=True, text=True).stdout.split()) >= 2:
+            break
+        time.sleep(0.05)
+    return stage
+
+
+def test_ctrl_c_sigterm_or_sigkill_of_the_main_job_ends_every_stage_group(tmp_path):
+    """Three main jobs at once (their start-up dominates): SIGINT, SIGTERM, SIGKILL."""
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
+    jobs = [subprocess.Popen([sys.executable, "-c", MAIN_JOB, str(tmp_path / f"{sig.name}.log")], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO)}) for sig in sigs]
+    stages = [_started(job) for job in jobs]
+    for job, sig in zip(jobs, sigs):
+        job.send_signal(sig)
+    for job, sig in zip(jobs[:2], sigs):
+        _, err = job.communicate(timeout=60)
+        assert job.returncode != 0 and "Traceback" not in err
+        assert err.strip() == (f"demo: error: interrupted by {sig.name}: ended 1 running stage process(es) and "
+                               "their children; rerun the same command to continue (finished stages are reused)")
+    jobs[2].wait(timeout=60)  # SIGKILL: no handler ran; the stage hears of it from the kernel
+    for _ in range(200):
+        if not any(map(_alive, stages)):
+            break
+        time.sleep(0.05)
+    assert not any(map(_alive, stages))  # each stage and its grandchild
+
+
+def test_a_stage_error_comes_back_as_one_line_and_its_traceback_stays_in_the_log(tmp_path):
+    log = tmp_path / "stage.log"
+    with pytest.raises(StageFailed, match=r"^ValueError: invalid literal for int\(\) with base 10: 'x'$"):
+        run_in_process(int, ("x",), log)
+    assert "Traceback" in log.read_text()
