@@ -127,7 +127,7 @@ def predict_labels(net, x: torch.Tensor, img: np.ndarray, labels: list[str], top
 def run_inference(opts: InferOptions) -> dict:
     """Predict on ``opts.images``, draw into ``opts.out`` and write predictions.json; returns its content."""
     fused, meta = load_fused(opts.checkpoint)
-    task, row = meta["task"], get_task(meta["task"])
+    row = get_task(meta["task"])
     if row.prepare_image is None:
         raise CheckpointError(f"{opts.checkpoint}: inference does not know {row.title} checkpoints")
     prepare = row.prepare_image(meta, opts.image_size or meta.get("image_size"), str(opts.checkpoint))
@@ -145,6 +145,7 @@ def _predict_all(fused, meta: dict, prepare, preprocess, prepared: list, names: 
                  opts: InferOptions) -> dict:
     """Draw every image into the claimed ``opts.out`` and write predictions.json; returns its content."""
     task, net = meta["task"], fused
+    prediction = get_task(task).prediction  # what to draw: labels, boxes or a mask
     result: dict = {"checkpoint": str(opts.checkpoint), "task": task, "precision": "int8" if opts.int8 else "fp32"}
     if opts.int8:
         calib_paths = list_images([opts.calib]) if opts.calib else images
@@ -153,7 +154,7 @@ def _predict_all(fused, meta: dict, prepare, preprocess, prepared: list, names: 
     labels = class_names(meta, meta["num_classes"])
     predict_one = {"boxes": lambda x, img, geo: predict_boxes(net, x, img, geo, fused, labels, opts),
                    "mask": lambda x, img, geo: predict_mask(net, x, img, labels),
-                   "labels": lambda x, img, geo: predict_labels(net, x, img, labels, opts.topk)}[row.prediction]
+                   "labels": lambda x, img, geo: predict_labels(net, x, img, labels, opts.topk)}[prediction]
     result["images"] = []
     for (path, img), name in zip(prepared, names):
         x, geometry = prepare(path, img)
