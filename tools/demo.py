@@ -32,6 +32,7 @@ from pathlib import Path
 import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
 from qarep_dense.demo.main_job import Demo, DemoOptions  # noqa: E402
+from qarep_dense.tasks.cli import USER_ERRORS  # noqa: E402
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -84,5 +85,5 @@ def main(argv: list[str] | None = None) -> Path:
 if __name__ == "__main__":
     try:
         main()
-    except (RuntimeError, FileNotFoundError, FileExistsError, ValueError) as err:
+    except (*USER_ERRORS, RuntimeError) as err:  # also: stages that failed (named, with their logs)
         raise SystemExit(f"demo: error: {err}") from err
