@@ -1,9 +1,16 @@
 import random
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
+
+# A tool imports `_bootstrap` from its own folder, as `python tools/x.py` finds it; tests import tools in-process.
+TOOLS = str(Path(__file__).resolve().parents[1] / "tools")
+if TOOLS not in sys.path:
+    sys.path.append(TOOLS)
 
 
 @pytest.fixture(autouse=True)

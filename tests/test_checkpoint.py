@@ -110,3 +110,23 @@ def test_checkpoint_mode_follows_the_umask(tmp_path, umask, mode):
     finally:
         os.umask(previous)
     assert stat.S_IMODE(path.stat().st_mode) == mode  # mkstemp alone gives 0600 whatever the umask
+
+
+def test_load_hs_model_is_the_one_hyper_search_loader(tmp_path):
+    """Classification and detection recipes and the mmseg RepOptimizer constructor read 'hs' models with it."""
+    from qarep_dense.engine.checkpoint import CheckpointError, load_hs_model, save_checkpoint
+    from qarep_dense.models import build_classifier, build_detector
+
+    hs = build_classifier("test", "hs", 3, stem_stride=1)
+    meta = {"task": "cls", "arch": "test", "block": "hs", "num_classes": 3, "stem_stride": 1, "fused": False}
+    path = save_checkpoint(tmp_path / "hs.pt", hs.state_dict(), meta)
+    model = load_hs_model(path, "cls", arch="test")
+    assert not model.training and torch.equal(model.state_dict()["fc.weight"], hs.state_dict()["fc.weight"])
+    det = save_checkpoint(tmp_path / "hs_det.pt", build_detector("test", "hs", 2).state_dict(),
+                          {"task": "det", "scale": "test", "block": "hs", "num_classes": 2, "fused": False})
+    assert load_hs_model(det, "det", scale="test").num_classes == 2
+    for bad, args, match in [(path, ("cls",), {"arch": "A0"}), (det, ("cls",), {"arch": "test"}),
+                             (save_checkpoint(tmp_path / "qa.pt", build_classifier("test", "qarepvgg", 3, stem_stride=1)
+                                              .state_dict(), {**meta, "block": "qarepvgg"}), ("cls",), {"arch": "test"})]:
+        with pytest.raises(CheckpointError, match=f"repopt.hs_checkpoint {bad}: expected an unfused Hyper-Search"):
+            load_hs_model(bad, *args, **match)

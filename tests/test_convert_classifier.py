@@ -155,7 +155,7 @@ def test_bad_files_give_clear_errors(tmp_path):
     with pytest.raises(ConversionError, match="file not found"):
         convert_state(tmp_path / "none.pth", "timm")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(ConversionError, match="cannot read checkpoint"):
+    with pytest.raises(ConversionError, match="junk.pth: not a PyTorch checkpoint .it is a text file"):
         convert_state(tmp_path / "junk.pth", "timm")
     torch.save(_timm("repvgg_a0").state_dict(), tmp_path / "a0.pth")
     (tmp_path / "taken.pt").write_bytes(b"x")

@@ -426,7 +426,7 @@ def test_module_records_flatten_to_the_state_dict_keys(tmp_path, yolov6_names):
 
 def test_unreadable_files_give_clear_errors(tmp_path):
     (tmp_path / "plain.pkl").write_bytes(b"\x80\x02}q\x00.")  # a plain (non-zip) pickle
-    with pytest.raises(ConversionError, match="not a torch zip checkpoint"):
+    with pytest.raises(ConversionError, match="plain.pkl: cannot read checkpoint"):
         convert_state(tmp_path / "plain.pkl", "yolov6")
     torch.save({"epoch": 3, "note": "no model here"}, tmp_path / "nomodel.pt")
     with pytest.raises(ConversionError, match="no YOLOv6 EffiDeHead|no pickled model"):

@@ -31,6 +31,19 @@ def _large_output_detector() -> torch.nn.Module:
     return det.eval()
 
 
+def _classifier(tmp_path):
+    from qarep_dense.models import build_classifier
+
+    meta = {"task": "cls", "arch": "test", "block": "qarepvgg", "num_classes": 3, "stem_stride": 1, "fused": False,
+            "image_size": 16}
+    return save_checkpoint(tmp_path / "cls.pt", build_classifier("test", "qarepvgg", 3, stem_stride=1).state_dict(),
+                           meta)
+
+
+def _detector(tmp_path):
+    return save_checkpoint(tmp_path / "det.pt", build_detector("test", "qarepvgg", 3).state_dict(), DET_META)
+
+
 def _report(capsys) -> dict:
     out = capsys.readouterr().out
     return json.loads(out[out.index("{"):])
@@ -113,3 +126,26 @@ def test_out_is_never_a_folder_nor_silently_replaced(tmp_path, capsys):
     assert f"--out {tmp_path}: is a folder; --out is the ONNX file to write" in capsys.readouterr().err
     assert tool("export_onnx")([str(ckpt), "--out", str(mine), "--overwrite"]) == 0
     assert mine.read_bytes()[:1] != b"t"  # now an ONNX protobuf
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--image-size", "0"], "--image-size must be >= 1 pixels, got 0"),
+    (["--image-size", "16", "-3"], "--image-size must be >= 1 pixels, got 16 -3"),
+    (["--batch", "0"], "--batch must be >= 1"),
+])
+def test_sizes_and_batch_below_one_are_refused_before_writing(tmp_path, capsys, argv, message):
+    ckpt = _classifier(tmp_path)
+    out = tmp_path / "m.onnx"
+    assert tool("export_onnx")([str(ckpt), "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ckpt.name]
+
+
+def test_a_detector_at_a_size_it_cannot_run_is_a_clear_error(tmp_path, capsys):
+    ckpt = _detector(tmp_path)
+    out = tmp_path / "d.onnx"
+    assert tool("export_onnx")([str(ckpt), "--out", str(out), "--image-size", "63"]) == 2
+    err = capsys.readouterr().err
+    assert "--image-size 63 63" in err and "multiples of 32" in err and str(ckpt) in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ckpt.name]

@@ -111,6 +111,71 @@ def test_the_layer_check_catches_an_upward_and_a_lazy_import(tmp_path):
     assert all(RANK[t] > RANK["layers"] for t, _ in found)
 
 
+def _module_imports() -> dict[str, set[str]]:
+    """{qarep_dense module: the qarep_dense modules it imports (lazy ones included, ``if TYPE_CHECKING:`` ones
+    not)}; ``from pkg import name`` counts as importing ``pkg.name`` when that is a module, else ``pkg``."""
+    modules = {}
+    for path in sorted((ROOT / "qarep_dense").rglob("*.py")):
+        rel = path.relative_to(ROOT).with_suffix("")
+        modules[".".join(p for p in rel.parts if p != "__init__")] = path
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+        targets = set()
+        tree = ast.parse(path.read_text(), str(path))
+        typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                       and getattr(block.test, "id", getattr(block.test, "attr", "")) == "TYPE_CHECKING"
+                       for n in ast.walk(block)}  # never run: no cycle at import time
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            if isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = ".".join(package[:len(package) - node.level + 1] + ([node.module] if node.module else [])) \
+                    if node.level else node.module or ""
+                for alias in node.names:
+                    targets.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
+        graph[module] = {t for t in targets if t in modules and t != module}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every import cycle, as a path that starts and ends at the same module (one per strongly connected set)."""
+    found, done = [], set()
+
+    def visit(node: str, stack: list[str]) -> None:
+        for nxt in sorted(graph[node]):
+            if nxt in stack:
+                cycle = stack[stack.index(nxt):] + [nxt]
+                if not set(cycle) <= done:
+                    found.append(cycle)
+                    done.update(cycle)
+            elif nxt not in done and len(stack) < 60:
+                visit(nxt, stack + [nxt])
+
+    for start in sorted(graph):
+        if start not in done:
+            visit(start, [start])
+    return found
+
+
+def test_no_import_cycle_between_modules():
+    """A package's own __init__ re-exporting its modules is fine; a module importing one that imports it back
+    (even lazily, inside a function) is not: the task registry and the task modules once did."""
+    graph = _module_imports()
+    inits = {m for m in graph if (ROOT / m.replace(".", "/") / "__init__.py").is_file()}
+    without_reexports = {m: {t for t in targets if t not in inits or not m.startswith(t + ".")}
+                         for m, targets in graph.items()}
+    cycles = _cycles(without_reexports)
+    assert cycles == [], "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
 def test_tools_import_only_the_application_layer():
     bad = []
     for path in sorted((ROOT / "tools").glob("*.py")):

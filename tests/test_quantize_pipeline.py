@@ -10,8 +10,9 @@ pytest.importorskip("pytorch_quantization")
 
 from qarep_dense.data.preprocess import Preprocess  # noqa: E402
 from qarep_dense.quant.calibration import entropy_amax  # noqa: E402
-from qarep_dense.quant.search import (CandidateResult, CandidateSpec, SearchData, SelectionScore, agreement,  # noqa: E402
-                                      candidate_specs, choose, run_search, spearman)
+from qarep_dense.quant.search import (BudgetStrategy, CandidateResult, CandidateSpec, SearchData,  # noqa: E402
+                                      SelectionScore, Step, Trial, agreement, candidate_specs, choose, ladder_sizes,
+                                      run_search, spearman)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -100,3 +101,49 @@ def test_entropy_calibrator_survives_an_empty_histogram():
     hist = np.zeros(2048, dtype=np.int64)
     hist[0] = 100  # every value in the zero bin (a dead channel's input): once crashed on an int64 bincount
     assert np.isfinite(entropy_amax(hist, np.linspace(0.0, 1.0, 2049), 8, unsigned=True))
+
+
+UNITS = [{"name": f"layer{i}"} for i in range(8)]
+
+
+def _drive(strategy: BudgetStrategy, metric_of, convs_of=lambda step: 8 - len(step.float_layers)) -> list[Step]:
+    """The loop of the pipeline with scripted metrics: what the strategy asked for, in order."""
+    asked = []
+    while (step := strategy.next_step()) is not None:
+        asked.append(step)
+        strategy.record(Trial(step, metric_of(step), max(0, convs_of(step))))
+    return asked
+
+
+def test_strategy_walks_the_ladder_and_stops_at_the_first_step_that_meets_the_budget():
+    assert ladder_sizes(7) == [1, 2, 3, 4, 6, 7] and ladder_sizes(0) == []
+    strategy = BudgetStrategy(fp32=35.0, max_drop=1.0, rank=lambda: UNITS)
+    asked = _drive(strategy, lambda s: 30.0 + len(s.float_layers))
+    assert [len(s.float_layers) for s in asked] == [0, 1, 2, 3, 4]
+    assert strategy.best().step == asked[-1] and strategy.met(strategy.best())
+    assert asked[1].float_layers == ("layer0",)  # the most sensitive unit first
+
+
+def test_strategy_ships_the_best_ladder_step_when_none_meets_the_budget():
+    """The measured case: 4 float layers 34.17, 6 layers 35.00, 7 layers 34.17 -- the 6-layer model ships."""
+    scripted = {0: 32.5, 1: 33.0, 2: 33.3, 3: 33.3, 4: 34.17, 6: 35.00, 7: 34.17}
+    strategy = BudgetStrategy(fp32=36.5, max_drop=1.0, rank=lambda: UNITS)
+    asked = _drive(strategy, lambda s: scripted[len(s.float_layers)])
+    assert len(asked[-1].float_layers) == 7 and len(strategy.best().step.float_layers) == 6
+    assert not strategy.met(strategy.best())
+
+
+def test_strategy_never_counts_a_model_without_a_quantized_conv_as_met():
+    strategy = BudgetStrategy(fp32=35.0, max_drop=1.0, rank=lambda: UNITS)
+    _drive(strategy, lambda s: 35.0 if len(s.float_layers) == 7 else 30.0 + 0.1 * len(s.float_layers),
+           convs_of=lambda s: 0 if len(s.float_layers) == 7 else 8 - len(s.float_layers))
+    best = strategy.best()
+    assert len(best.step.float_layers) == 6 and best.quantized_convs == 2 and not strategy.met(best)
+
+
+@pytest.mark.parametrize("qat_metric, kept", [(31.0, False), (34.5, True)])
+def test_strategy_tries_qat_from_the_best_ptq_model_and_keeps_the_better(qat_metric, kept):
+    strategy = BudgetStrategy(fp32=35.0, max_drop=0.1, rank=None, qat=True)  # --int8-only --allow-qat
+    asked = _drive(strategy, lambda s: qat_metric if s.qat else 32.5)
+    assert [s.qat for s in asked] == [False, True] and asked[1].float_layers == ()
+    assert strategy.best().step.qat is kept and strategy.qat_trial().metric == qat_metric

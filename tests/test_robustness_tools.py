@@ -109,9 +109,10 @@ def test_every_tool_puts_its_checkout_first_before_importing_qarep_dense():
         text = (REPO / "tools" / name).read_text()
         first_import = min((i for i in (text.find("\nfrom qarep_dense"), text.find("\nimport qarep_dense")) if i >= 0),
                            default=len(text))
-        insert = text.find("sys.path.insert(0,")
+        insert = text.find("\nimport _bootstrap")
         assert 0 <= insert < first_import, (f"tools/{name}: put the checkout first on sys.path before importing "
-                                            "qarep_dense (see the preamble of tools/ptq_eval.py)")
+                                            "qarep_dense (`import _bootstrap`, as tools/ptq_eval.py does)")
+    assert "sys.path.insert(0, ROOT)" in (REPO / "tools" / "_bootstrap.py").read_text()
 
 
 # --- a folder where a checkpoint file is expected; --out that is a file ---------------------------------------
@@ -130,6 +131,7 @@ def run_folder(tmp_path):
     ["export_onnx", "{run}", "--out", "{tmp}/m.onnx"],
     ["eval_det", "{run}"],
     ["convert_ckpt", "{run}", "--from", "timm", "--arch", "A0", "--out", "{tmp}/c.pt"],
+    ["quantize", "{run}", "--out", "{tmp}/q"],
 ])
 def test_a_folder_given_as_checkpoint_is_called_a_folder(run_folder, tmp_path, capsys, argv):
     args = [a.format(run=run_folder, tmp=tmp_path) for a in argv[1:]]
@@ -172,3 +174,80 @@ def test_infer_out_that_is_a_file_is_refused_naming_it(tmp_path, capsys):
         err = capsys.readouterr().err
         assert f"error: --out {target}: {where}; --out must be a folder" in err and "Errno" not in err
     assert out.read_text() == "the user's file"
+
+
+# --- a text file given as a checkpoint; crafted pickles; a device the machine lacks; a foreign file -----------
+
+TEXT_FILE_TOOLS = [
+    ["quantize", "{ckpt}", "--out", "{tmp}/q"],
+    ["export_onnx", "{ckpt}", "--out", "{tmp}/m.onnx"],
+    ["convert_ckpt", "{ckpt}", "--from", "timm", "--arch", "A0", "--out", "{tmp}/c.pt"],
+    ["convert_ckpt", "{ckpt}", "--from", "yolov6", "--out", "{tmp}/c.pt"],
+]
+
+
+@pytest.mark.parametrize("argv", TEXT_FILE_TOOLS, ids=lambda a: "-".join(a[:1] + a[2:4]))
+def test_a_text_file_given_as_checkpoint_is_called_so(tmp_path, capsys, argv):
+    text = tmp_path / "notes.pt"
+    text.write_text("experiment notes\nlr 0.1\n")
+    args = [a.format(ckpt=text, tmp=tmp_path) for a in argv[1:]]
+    try:
+        code = tool(argv[0])(args)
+    except SystemExit as stop:  # convert_ckpt reports through argparse
+        code = stop.code
+    err = capsys.readouterr().err
+    assert code == 2 and f"{text}: not a PyTorch checkpoint (it is a text file" in err, err
+    assert "Traceback" not in err and "KeyError: 101" not in err
+
+
+def test_every_checkpoint_reader_calls_a_text_file_a_text_file(tmp_path):
+    from qarep_dense.engine.checkpoint import CheckpointError, load_checkpoint
+    from qarep_dense.tasks.quantize_pipeline import load_fakequant
+
+    text = tmp_path / "iter_10.pth"
+    text.write_text("experiment notes\n")
+    readers = [load_checkpoint, load_fakequant]
+    if os.environ.get("QAREP_SKIP_MMSEG") is None:
+        mmseg = pytest.importorskip("qarep_dense.integrations.mmseg")
+        readers.append(lambda p: mmseg.check_mmengine_checkpoint(p, "--resume", resume=True))
+    for read in readers:
+        with pytest.raises(CheckpointError, match="it is a text file"):
+            read(text)
+
+
+def test_a_crafted_pickle_is_refused_without_torchs_unsafe_advice(tmp_path, capsys):
+    import pickle
+
+    crafted = tmp_path / "crafted.pth"
+    crafted.write_bytes(pickle.dumps({"state_dict": os.system}, protocol=2))  # a global torch refuses
+    try:
+        code = tool("convert_ckpt")([str(crafted), "--from", "timm", "--arch", "A0", "--out", str(tmp_path / "c.pt")])
+    except SystemExit as stop:
+        code = stop.code
+    err = capsys.readouterr().err
+    assert code == 2 and f"{crafted}: refused as unsafe" in err
+    assert "weights_only=False" not in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_quantize_on_a_missing_gpu_is_a_clear_error(tmp_path, capsys):
+    cls = save_checkpoint(tmp_path / "cls.pt", build_classifier("test", "qarepvgg", 3, stem_stride=1).state_dict(),
+                          {"task": "cls", "arch": "test", "block": "qarepvgg", "num_classes": 3, "stem_stride": 1,
+                           "fused": False, "image_size": 16})
+    assert tool("quantize")([str(cls), "--out", str(tmp_path / "q"), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "--device 'cuda': CUDA is not available on this machine" in err and "Traceback" not in err
+    assert not (tmp_path / "q").exists()
+
+
+def test_a_timm_classifier_given_as_yolov6_is_named_for_what_it_is(tmp_path):
+    import torch
+
+    from qarep_dense.convert import ConversionError, convert_state
+
+    path = tmp_path / "timm_a0.pth"
+    torch.save({"stem.conv_kxk.conv.weight": torch.zeros(48, 3, 3, 3), "head.fc.weight": torch.zeros(10, 1280),
+                "head.fc.bias": torch.zeros(10)}, path)
+    with pytest.raises(ConversionError, match="keys are those of a timm classifier: use --from timm") as err:
+        convert_state(path, "yolov6")
+    assert "--block" not in str(err.value)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from qarep_dense.engine.checkpoint import load_checkpoint
-from qarep_dense.tasks import classification
+from qarep_dense.tasks import cls_recipe
 
 from support import REPO, tool  # noqa: E402
 CONFIG = REPO / "configs" / "cls" / "synthetic_test.toml"
@@ -65,7 +65,7 @@ def test_resume_refuses_a_change_it_cannot_apply(finished, tmp_path, capsys):
                               "--set", "optim.lr=0.2", "optim.momentum=0.5", "optim.epochs=2"])
     assert code == 2
     err = capsys.readouterr().err
-    assert "--resume cannot change optim.lr (0.05 -> 0.2), optim.momentum (0.9 -> 0.5)" in err
+    assert "this config changes optim.lr (0.05 -> 0.2), optim.momentum (0.9 -> 0.5)" in err
     assert "optim.epochs" not in err.split("Changeable on resume")[0]  # an applied change is not refused
     assert (run / "config.json").read_text() == config_before  # nothing recorded for a run that did not happen
 
@@ -82,7 +82,7 @@ def test_resume_applies_and_records_the_epochs_change(finished, tmp_path):
 
 
 def test_a_run_stopped_by_nan_logs_error_and_traceback(tmp_path, monkeypatch, capsys):
-    real = classification.make_step_fn
+    real = cls_recipe.make_step_fn
 
     def nan_step(cfg, preprocess, device):
         step = real(cfg, preprocess, device)
@@ -92,7 +92,7 @@ def test_a_run_stopped_by_nan_logs_error_and_traceback(tmp_path, monkeypatch, ca
             return loss * float("nan"), items
         return broken
 
-    monkeypatch.setattr(classification, "make_step_fn", nan_step)
+    monkeypatch.setattr(cls_recipe, "make_step_fn", nan_step)
     run = tmp_path / "run"
     code = tool("train_cls")([str(CONFIG), "--work-dir", str(run), "--set", f"data.root={tmp_path / 'data'}",
                               "--device", "cpu"])

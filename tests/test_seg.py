@@ -320,9 +320,9 @@ def test_import_of_the_seg_task_loads_no_mm_package():
     assert out.stdout.strip() == "[]"
 
 
-def test_repoptimizer_constructor_masks_the_backbone(tmp_path, monkeypatch):
+def test_repoptimizer_constructor_masks_the_backbone(tmp_path):
+    from qarep_dense.engine.checkpoint import CheckpointError
     from qarep_dense.optim.repopt import RepOptimizerSGD
-    from qarep_dense.tasks.registry import load_model
 
     hs = randomize_bn(build_classifier("test", "hs", 5))
     save_checkpoint(tmp_path / "hs.pt", hs.state_dict(),
@@ -331,10 +331,7 @@ def test_repoptimizer_constructor_masks_the_backbone(tmp_path, monkeypatch):
     build = mm.RepOptimizerConstructor(
         dict(type="OptimWrapper", optimizer=dict(type="SGD", lr=0.01, momentum=0.9, weight_decay=5e-4)),
         dict(hs_checkpoint=str(tmp_path / "hs.pt")))
-    monkeypatch.setattr(mm.registrations, "_MODEL_LOADER", None)
-    with pytest.raises(RuntimeError, match="needs a checkpoint loader"):  # the integration imports no task code
-        build(model)
-    mm.set_model_loader(load_model)  # what the application layer (tasks.segmentation) does
+    assert not hasattr(mm.registrations, "_MODEL_LOADER")  # no loader injected from above: it reads the file itself
     wrapper = build(model)
     assert isinstance(wrapper.optimizer, RepOptimizerSGD)
     convs = [m.conv.weight for m in model.backbone.modules() if type(m).__name__ == "ConvBNAct"]
@@ -343,3 +340,9 @@ def test_repoptimizer_constructor_masks_the_backbone(tmp_path, monkeypatch):
     assert all(p in wrapper.optimizer.masks for p in convs)
     with pytest.raises(ValueError, match="trains block 'repopt'"):
         build(segmentor("FCNHead", block="qarepvgg"))
+    save_checkpoint(tmp_path / "plain.pt", hs.state_dict(),
+                    {"task": "cls", "arch": "test", "block": "qarepvgg", "num_classes": 5, "fused": False})
+    plain = mm.RepOptimizerConstructor(dict(type="OptimWrapper", optimizer=dict(type="SGD", lr=0.01)),
+                                       dict(hs_checkpoint=str(tmp_path / "plain.pt")))
+    with pytest.raises(CheckpointError, match=r"paramwise_cfg.hs_checkpoint .*plain.pt: expected an unfused Hyper"):
+        plain(segmentor("FCNHead", block="repopt"))

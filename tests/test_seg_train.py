@@ -40,6 +40,20 @@ def test_train_then_resume_continues_at_iteration_3(trained):
     assert ckpt["meta"]["iter"] == 3
 
 
+def test_the_runs_own_iter_checkpoint_is_accepted_by_the_tools(trained, tmp_path, capsys):
+    from qarep_dense.tasks.registry import load_model
+
+    work, _, _, _ = trained
+    from_iter, meta = load_model(work / "iter_3.pth", "seg")
+    from_last, _ = load_model(work / "last.pt", "seg")
+    assert meta["task"] == "seg" and meta["mmseg_config"]
+    x = torch.randn(1, 3, 64, 128)
+    with torch.no_grad():
+        assert torch.equal(from_iter(x), from_last(x))  # last.pt holds the weights of the last iteration
+    assert tool_module("export_onnx").main([str(work / "iter_3.pth"), "--out", str(tmp_path / "s.onnx")]) == 0
+    assert "never" not in capsys.readouterr().err
+
+
 def test_our_miou_is_mmseg_miou_and_fusion_is_exact(trained):
     _, _, _, results = trained
     assert abs(results["train_form"]["mIoU"] - results["mmseg_val"]["mIoU"]) < 0.011

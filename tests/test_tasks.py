@@ -35,13 +35,29 @@ def setup(tmp_path_factory):
     return tmp, root, ckpt, model
 
 
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_every_row_keeps_the_task_contract(name):
+    """What callers switch on lives in the row: each field is of its kind, optional ones None or callable."""
+    row = TASKS[name]
+    assert isinstance(row, TaskRow) and row.name == name and row.title and row.metric
+    assert callable(row.build_model) and callable(row.make_evaluator)
+    for optional in (row.converted_meta, row.qat_loss, row.read_checkpoint):
+        assert optional is None or callable(optional)
+    assert (row.converted_meta is None) == (not row.foreign_sources)
+    assert row.selection_score in ("kl", "rel_mse")
+    assert isinstance(row.free_size_export, bool) and isinstance(row.metric_counts_images, bool)
+    assert row.prediction in ("labels", "boxes", "mask") and row.batch_size >= 1 and callable(row.preprocess)
+    assert row.prepare_image is None or callable(row.prepare_image)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        row.metric = "x"
+    with pytest.raises(CheckpointError, match="checkpoint metadata has no"):
+        row.build_model({"task": name}, "edited.pt")  # metadata without its keys: named, never a KeyError
+
+
 def test_every_task_is_a_typed_row():
     assert set(TASKS) == {"cls", "det", "seg"}
     for name, row in TASKS.items():
         assert isinstance(row, TaskRow) and row.name == name
-        assert callable(row.build_model) and callable(row.make_evaluator)
-        with pytest.raises(dataclasses.FrozenInstanceError):
-            row.metric = "x"
     assert {r.metric for r in TASKS.values()} == {"top1", "AP", "mIoU"}
     with pytest.raises(CheckpointError, match="unknown task 'pose'"):
         get_task("pose")
@@ -111,7 +127,7 @@ def test_quantize_and_check_end_to_end(setup, tmp_path):
     pytest.importorskip("pytorch_quantization")
     pytest.importorskip("onnxruntime")
     from qarep_dense.quant import QuantConfig
-    from qarep_dense.tasks.quant_check import CheckOptions, quantize_and_check
+    from qarep_dense.tasks.quant_check import CheckOptions, check_int8, quantize_and_check
 
     _, root, ckpt, _ = setup
     fused, meta = load_fused(ckpt, "cls")
@@ -134,3 +150,17 @@ def test_quantize_and_check_end_to_end(setup, tmp_path):
     bare = quantize_and_check(fused, images, evaluator.preprocess, QuantConfig(num_calib_batches=2),
                               options=CheckOptions(progress=False))
     assert bare.fp32 is None and bare.int8 is None and bare.onnx is None and bare.integer_convs == bare.convs
+    # the check alone, on the model quantize_and_check made: the same counts, and it names the file ORT ran
+    example = evaluator.preprocess(images[0][:4])
+    check = check_int8(report.model, fused, example, evaluator,
+                       CheckOptions(onnx_path=tmp_path / "again.onnx", ort_pre_process=False, progress=False))
+    assert check.ort.integer_convs == report.integer_convs and check.scored_file == "again.onnx"
+    assert check.int8_ort == report.int8_ort and check.latency is None
+
+
+def test_a_classifier_without_a_recorded_preprocess_gets_imagenets():
+    from qarep_dense.tasks.classification import preprocess_of
+
+    meta = _meta()
+    del meta["preprocess"]
+    assert preprocess_of(meta) == IMAGENET  # every classifier here trains with it

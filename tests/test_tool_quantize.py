@@ -147,12 +147,15 @@ def penalised(monkeypatch):
     monkeypatch.setattr(quantize_pipeline, "task_data", task_data)
 
 
+def _fast(out, **kw) -> QuantizeOptions:
+    return QuantizeOptions(**{**dict(out=out, calibrators=("max",), transforms=("none",), calib_batches=2, batch_size=8,
+                                     selection_images=16, progress=False, latency_repeats=1, diagnose=False), **kw})
+
+
 @pytest.mark.parametrize("int8_only", [True, False])
 def test_int8_only_never_keeps_a_float_layer(cls_setup, penalised, int8_only):
     tmp, root, ckpt = cls_setup
-    opts = QuantizeOptions(ckpt, root, tmp / f"int8_only_{int8_only}", int8_only=int8_only, calibrators=("max",),
-                           transforms=("none",), calib_batches=2, batch_size=8, selection_images=16, progress=False,
-                           latency_repeats=1, diagnose=False)
+    opts = _fast(tmp / f"int8_only_{int8_only}", checkpoint=ckpt, data=root, int8_only=int8_only)
     report = quantize_checkpoint(opts)
     assert report["budget_met"] is False
     if int8_only:
@@ -162,7 +165,140 @@ def test_int8_only_never_keeps_a_float_layer(cls_setup, penalised, int8_only):
     else:
         steps = report["partial"]["steps"]
         assert steps and [len(s["float_layers"]) for s in steps] == sorted(len(s["float_layers"]) for s in steps)
-        assert report["chosen"]["float_layers"] == steps[-1]["float_layers"] != []
+        assert report["int8"] == max(report["int8_all_int8_choice"], *(s["validation"] for s in steps))
+
+
+class _Scripted(_Penalised):
+    """The real evaluator minus a penalty that depends on how many convs run quantized (``penalty(q)``)."""
+
+    def __init__(self, inner, penalty):
+        super().__init__(inner)
+        self.penalty = penalty
+
+    def evaluate(self, model):
+        scores = dict(self.inner.evaluate(model))
+        from qarep_dense.quant.backends import get_backend
+        from qarep_dense.quant.swap import quantized_convs
+
+        quantized = any("quantizer" in n for n, _ in model.named_modules())
+        scores[self.metric_name] -= self.penalty(quantized_convs(model, get_backend("pytorch_quantization"))) \
+            if quantized else 0.0
+        return scores
+
+
+def _scripted(monkeypatch, penalty):
+    real = quantize_pipeline.task_data
+
+    def task_data(*args, **kwargs):
+        data = real(*args, **kwargs)
+        data.evaluator = _Scripted(data.evaluator, penalty)
+        return data
+
+    monkeypatch.setattr(quantize_pipeline, "task_data", task_data)
+
+
+def _convs_first(monkeypatch):
+    """Rank the classifier's convs as the most sensitive units, its fc last (the one the ladder never floats)."""
+    real = quantize_pipeline.rank_layers
+
+    def rank_layers(*args, **kwargs):
+        return sorted(real(*args, **kwargs), key=lambda e: e.name == "fc")
+
+    monkeypatch.setattr(quantize_pipeline, "rank_layers", rank_layers)
+
+
+def test_a_missed_budget_ships_the_ladders_best_step_not_its_last(cls_setup, monkeypatch):
+    tmp, root, ckpt = cls_setup
+    _convs_first(monkeypatch)
+    _scripted(monkeypatch, lambda q: 5.0 - 2.0 * (q == 3))  # 3 convs quantized (3 float) is the best step
+    report = quantize_checkpoint(_fast(tmp / "best_step", checkpoint=ckpt, data=root))
+    steps = report["partial"]["steps"]
+    assert report["budget_met"] is False and len(steps) > 3
+    best = max(steps, key=lambda s: s["validation"])
+    assert best["quantized_convs"] == 3 and best is not steps[-1]
+    assert report["int8"] == best["validation"] and report["chosen"]["float_layers"] == best["float_layers"]
+    assert steps[report["partial"]["shipped"]] == best
+
+
+def test_a_model_without_an_integer_conv_never_meets_the_budget(cls_setup, monkeypatch):
+    tmp, root, ckpt = cls_setup
+    _convs_first(monkeypatch)
+    _scripted(monkeypatch, lambda q: 5.0 if q else 0.0)  # only a model with every conv in float is "accurate"
+    report = quantize_checkpoint(_fast(tmp / "no_int_conv", checkpoint=ckpt, data=root))
+    last = report["partial"]["steps"][-1]
+    assert last["quantized_convs"] == 0 and last["drop"] < 1.0  # it would meet the budget by its metric alone
+    assert report["budget_met"] is False
+    assert report["chosen"]["float_layers"] != last["float_layers"] and report["integer_convs"] > 0
+
+
+def test_allow_qat_keeps_ptq_when_qat_made_it_worse(cls_setup, penalised, monkeypatch):
+    tmp, root, ckpt = cls_setup
+    real = quantize_pipeline.qat_step
+
+    def worse_qat(*args, **kwargs):
+        model = real(*args, **kwargs)
+        with torch.no_grad():
+            model.fc.weight.neg_()  # the argmin becomes the prediction: a fine-tune that went wrong
+        return model
+
+    monkeypatch.setattr(quantize_pipeline, "qat_step", worse_qat)
+    opts = _fast(tmp / "qat_worse", checkpoint=ckpt, data=root, int8_only=True, allow_qat=True, qat_epochs=1)
+    report = quantize_checkpoint(opts)
+    assert report["qat"]["kept"] is False and report["qat"]["validation"] < report["int8"]
+    assert report["chosen"]["qat"] is False and "QAT" not in report["how"]
+    assert "PTQ model" in (opts.out / "report.md").read_text()
+
+
+def test_report_says_overlap_resolution_and_the_file_ort_scored(cls_setup):
+    tmp, root, ckpt = cls_setup
+    opts = _fast(tmp / "overlap", checkpoint=ckpt, data=root, selection_images=40, int8_only=True)
+    report = quantize_checkpoint(opts)
+    text = (opts.out / "report.md").read_text()
+    assert report["selection"]["disjoint_from_calibration"] is False and "OVERLAP" in text
+    res = report["metric_resolution"]
+    assert res["validation_images"] == 15 and res["points_per_image"] == pytest.approx(100 / 15)
+    assert res["finer_than_budget"] is True and "no validation prediction may get worse" in text
+    assert report["onnx_scored"] in ("model_int8.onnx", "model_int8.pre.onnx")
+    assert (opts.out / report["onnx_scored"]).is_file()
+    assert report["ort"]["pre_processed"] == (report["onnx_scored"] == "model_int8.pre.onnx")
+    json.loads((opts.out / "report.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+
+
+@pytest.fixture(scope="module")
+def fakequant_file(cls_setup):
+    tmp, root, ckpt = cls_setup
+    opts = _fast(tmp / "fakequant", checkpoint=ckpt, data=root, int8_only=True)
+    quantize_checkpoint(opts)
+    return tmp, opts.out / "model_fakequant.pt"
+
+
+@pytest.mark.parametrize("edit", ["drop_amax", "extra_key", "config_key", "input_shape"])
+def test_load_fakequant_is_strict_and_names_the_file(fakequant_file, edit):
+    tmp, path = fakequant_file
+    payload = torch.load(path, weights_only=True)
+    state, meta = dict(payload["model"]), payload["meta"]
+    if edit == "drop_amax":
+        del state[next(k for k in state if k.endswith("input_quantizer._amax"))]
+    elif edit == "extra_key":
+        state["stages.0.0.conv.extra"] = torch.zeros(1)
+    elif edit == "config_key":
+        meta["fake_quant"]["config"]["calibratr"] = "max"
+    else:
+        del meta["fake_quant"]["config"]["skip_layers"]
+    edited = save_checkpoint(tmp / f"edited_{edit}.pt", state, meta)
+    with pytest.raises(CheckpointError, match=str(edited)) as err:
+        quantize_pipeline.load_fakequant(edited)
+    assert {"drop_amax": "_amax", "extra_key": "does not fit", "config_key": "calibratr",
+            "input_shape": "skip_layers"}[edit] in str(err.value)
+    quantize_pipeline.load_fakequant(path)  # the file as written loads
+
+
+@pytest.mark.parametrize("budget", ["inf", "nan"])
+def test_a_non_finite_budget_is_refused(cls_setup, capsys, budget):
+    tmp, root, ckpt = cls_setup
+    out = tmp / f"budget_{budget}"
+    assert tool("quantize")([str(ckpt), "--data", str(root), "--out", str(out), "--max-drop", budget, *FAST]) == 2
+    assert "--max-drop" in capsys.readouterr().err and not (out / "report.json").exists()
 
 
 @pytest.mark.slow
@@ -183,17 +319,17 @@ def test_quantize_tiny_detector_end_to_end(tmp_path):
 
 def test_allow_qat_fine_tunes_after_partial_quantization_misses(cls_setup, penalised):
     tmp, root, ckpt = cls_setup
-    opts = QuantizeOptions(ckpt, root, tmp / "qat", int8_only=True, allow_qat=True, calibrators=("max",),
-                           transforms=("none",), calib_batches=2, batch_size=8, selection_images=16, progress=False,
-                           latency_repeats=1, diagnose=False, qat_epochs=1)
+    opts = _fast(tmp / "qat", checkpoint=ckpt, data=root, int8_only=True, allow_qat=True, qat_epochs=1)
     report = quantize_checkpoint(opts)
-    assert report["chosen"]["qat"] is True and report["chosen"]["float_layers"] == []
-    assert "QAT" in report["how"] and (opts.out / "model_int8.onnx").is_file()
+    qat = report["qat"]
+    assert qat is not None and qat["qat"] is True and report["chosen"]["float_layers"] == []
+    assert qat["kept"] == report["chosen"]["qat"] == (qat["validation"] > report["int8_all_int8_choice"])
+    assert ("QAT" in report["how"]) == qat["kept"] and (opts.out / "model_int8.onnx").is_file()
     assert report["integer_convs"] == report["convs"] > 0
 
 
 @pytest.mark.slow
-def test_allow_qat_fine_tunes_a_detector_with_its_training_loss(tmp_path, penalised):
+def test_allow_qat_fine_tunes_a_detector_with_its_training_loss(tmp_path, penalised, monkeypatch):
     work = tmp_path / "det"
     assert tool("train_det")(["configs/det/synthetic_test.toml", "--work-dir", str(work), "--set",
                               f"data.root={tmp_path / 'coco'}", "--set", "data.synthetic_train=24"]) == 0
@@ -201,13 +337,17 @@ def test_allow_qat_fine_tunes_a_detector_with_its_training_loss(tmp_path, penali
                            calibrators=("max",), transforms=("none",), bias_correction="off", calib_batches=2,
                            batch_size=4, selection_images=8, progress=False, latency_repeats=1, diagnose=False,
                            qat_epochs=1)
+    tuned = []
+    real = quantize_pipeline.qat_step
+    monkeypatch.setattr(quantize_pipeline, "qat_step", lambda *a, **k: tuned.append(real(*a, **k)) or tuned[-1])
     report = quantize_checkpoint(opts)
-    assert report["task"] == "det" and report["chosen"]["qat"] is True and "QAT" in report["how"]
+    assert report["task"] == "det" and report["qat"] is not None and len(tuned) == 1
+    assert report["chosen"]["qat"] == report["qat"]["kept"] == ("QAT" in report["how"])  # shipped only if better
     assert report["integer_convs"] == report["convs"] > 0 and (opts.out / "model_int8.onnx").is_file()
     loaded, _ = quantize_pipeline.load_fakequant(opts.out / "model_fakequant.pt")
     x = torch.rand(1, 3, 64, 64)
-    trained = torch.load(opts.out / "model_fakequant.pt", weights_only=False)["model"]
+    trained = tuned[0].state_dict()
     assert any(not torch.equal(trained[k], v) for k, v in torch.load(work / "deploy.pt", weights_only=False)["model"].items()
-               if k in trained and "weight" in k)  # QAT changed the weights
+               if k in trained and "weight" in k)  # QAT with the detector's loss changed the weights
     with torch.no_grad():
         assert all(torch.isfinite(t).all() for t in loaded(x) if isinstance(t, torch.Tensor))

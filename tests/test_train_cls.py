@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import runpy
 import shutil
 import subprocess
 import sys
@@ -11,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from support import tool_module
 
 from qarep_dense.config import config_to_dict, load_config
 from qarep_dense.data.imagefolder import make_cls_loader
@@ -95,7 +96,7 @@ def test_resume_of_finished_run_and_mismatched_config(trained, tmp_path):
 
 
 def test_tool_reports_config_errors_with_file_and_key(tmp_path, capsys):
-    tool = runpy.run_path(str(REPO / "tools" / "train_cls.py"), run_name="train_cls")  # in-process: fast
+    tool = vars(tool_module("train_cls"))  # in-process: fast
     main = tool["main"]
     args = tool["parse_args"]([str(CONFIG), "--set", "a=1", "b=2", "--set", "c=3", "--work-dir", "w", "--resume"])
     assert (args.overrides, args.work_dir, args.resume) == (["a=1", "b=2", "c=3"], Path("w"), True)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from qarep_dense.config import load_config
-import qarep_dense.tasks.detection as det_task
+import qarep_dense.tasks.det_recipe as det_task
 from qarep_dense.engine.checkpoint import load_checkpoint
 from qarep_dense.engine.hooks import Hook
 from qarep_dense.tasks.detection import DetConfig, data_paths, train
@@ -55,7 +55,8 @@ def test_eval_export_and_ptq_tools_run_on_the_trained_model(trained, tmp_path, c
     table = json.loads((tmp_path / "ptq" / "ptq_table.json").read_text())
     row = table["rows"][0]
     assert table["metric"] == "AP" and row["block"] == "qarepvgg"
-    assert row["fp32"] == pytest.approx(100 * results["deploy"]["AP"], abs=1e-6)  # the same evaluation, in percent
+    assert row["fp32"] == pytest.approx(results["deploy"]["AP"], abs=1e-6)  # the same evaluation, in percent
+    assert results["metrics_unit"] == metrics["metrics_unit"] == "percent" and table["metric"] == "AP"
     assert "| deploy | qarepvgg | max |" in (tmp_path / "ptq" / "ptq_table.md").read_text()
 
 

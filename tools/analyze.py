@@ -18,20 +18,18 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-_ROOT = str(Path(__file__).resolve().parents[1])  # this checkout: `python tools/x.py` runs without an install
-if sys.path[:1] != [_ROOT]:
-    sys.path.insert(0, _ROOT)
+import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
 import torch  # noqa: E402
 
 from qarep_dense.analysis import Thresholds, analyze_model  # noqa: E402
 from qarep_dense.tasks.classification import preprocess_of, validation_loader  # noqa: E402
-from qarep_dense.tasks.registry import CheckpointError, load_model  # noqa: E402
+from qarep_dense.tasks.cli import BATCH_SIZE, USER_ERRORS, user_error  # noqa: E402
+from qarep_dense.tasks.registry import TASKS, load_model  # noqa: E402
 
 log = logging.getLogger("analyze")
-# Any task's rep-block network: the weight and BN analyses need only its modules; real-image inputs (--data)
-# are for classification checkpoints, the others get random inputs.
-ANALYZABLE = ("cls", "det", "seg")
+# Any task's rep-block network (every row of TASKS): the weight and BN analyses need only its modules;
+# real-image inputs (--data) are for classification checkpoints, the others get random inputs.
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, metavar="DIR",
                    help="dataset root holding val/ (ImageFolder); omitted: random inputs")
     p.add_argument("--num-batches", type=int, default=4, metavar="N", help="batches for the activation statistics")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     p.add_argument("--image-size", type=int, help="input size (default: the checkpoint's image_size)")
     p.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: CHECKPOINT's folder/analysis-STEM)")
     p.add_argument("--hist-block", help="block of the Fig. 4 histogram (default: first block with an identity)")
@@ -102,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     thresholds = parse_thresholds(args.threshold)
     _check_args(args)
-    model, meta = load_model(args.checkpoint, ANALYZABLE)
+    model, meta = load_model(args.checkpoint, tuple(TASKS))
     image_size = args.image_size or meta.get("image_size")
     if not image_size:
         raise ValueError(f"{args.checkpoint}: metadata has no image_size; pass --image-size")
@@ -133,9 +131,8 @@ def cli(argv: list[str] | None = None) -> int:
     """``main`` for the command line: a bad checkpoint, path or option prints ``error: ...`` and returns 2."""
     try:
         main(argv)
-    except (CheckpointError, FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as err:
+        return user_error(err)
     return 0
 
 

@@ -19,13 +19,11 @@ import json
 import sys
 from pathlib import Path
 
-_ROOT = str(Path(__file__).resolve().parents[1])
-if sys.path[:1] != [_ROOT]:
-    sys.path.insert(0, _ROOT)
+import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
-from qarep_dense.convert import SOURCES, ConversionError  # noqa: E402
+from qarep_dense.convert import SOURCES  # noqa: E402
+from qarep_dense.tasks.cli import USER_ERRORS, user_error  # noqa: E402
 from qarep_dense.tasks.registry import convert_checkpoint  # noqa: E402
-from qarep_dense.tasks.registry import CheckpointError  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,9 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path, meta = convert_checkpoint(args.src, args.out, args.source, arch=args.arch, scale=args.scale,
                                         block=args.block, image_size=args.image_size, data_config=args.data_config)
-    except (ConversionError, CheckpointError, FileNotFoundError, ValueError) as err:
-        print(f"convert_ckpt: error: {err}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as err:  # a ConversionError is a ValueError
+        return user_error(err, "convert_ckpt")
     shown = {k: meta[k] for k in ("task", "arch", "scale", "block", "num_classes", "fused", "fold_bn", "use_dfl",
                                   "reg_max", "bn_eps", "image_size") if k in meta}
     print(f"wrote {path}: {json.dumps(shown)}")

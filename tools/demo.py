@@ -29,11 +29,10 @@ import logging
 import sys
 from pathlib import Path
 
-_ROOT = str(Path(__file__).resolve().parents[1])  # this checkout: `python tools/x.py` runs without an install
-if sys.path[:1] != [_ROOT]:
-    sys.path.insert(0, _ROOT)
+import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
 from qarep_dense.demo.main_job import Demo, DemoOptions  # noqa: E402
+from qarep_dense.tasks.cli import USER_ERRORS  # noqa: E402
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -86,5 +85,5 @@ def main(argv: list[str] | None = None) -> Path:
 if __name__ == "__main__":
     try:
         main()
-    except (RuntimeError, FileNotFoundError, FileExistsError, ValueError) as err:
+    except (*USER_ERRORS, RuntimeError) as err:  # also: stages that failed (named, with their logs)
         raise SystemExit(f"demo: error: {err}") from err

@@ -15,11 +15,9 @@ import json
 import sys
 from pathlib import Path
 
-_ROOT = str(Path(__file__).resolve().parents[1])  # this checkout: `python tools/x.py` runs without an install
-if sys.path[:1] != [_ROOT]:
-    sys.path.insert(0, _ROOT)
+import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
-from qarep_dense.tasks.cli import USER_ERRORS  # noqa: E402
+from qarep_dense.tasks.cli import USER_ERRORS, user_error  # noqa: E402
 from qarep_dense.tasks.registry import fuse, get_task, load_model  # noqa: E402
 from qarep_dense.tasks.splits import request_for  # noqa: E402
 
@@ -30,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=None,
                    help="dataset root, read as it is (default: the training config's, generated there if synthetic)")
     p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=get_task("det").batch_size)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--fuse", action="store_true", help="evaluate the fused deploy form of a train-form checkpoint")
     p.add_argument("--device", default="cpu")
@@ -41,12 +39,12 @@ def main(argv: list[str] | None = None) -> int:
         evaluator = get_task("det").make_evaluator(request_for(args.checkpoint, meta, args.data, args.batch_size,
                                                                args.workers, args.device, args.image_size))
     except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return user_error(err)
     if args.fuse:
         model = fuse(model, meta)
-    metrics = evaluator.evaluate_fractions(model.to(args.device))
-    result = {"checkpoint": str(args.checkpoint), "fused": bool(meta.get("fused") or args.fuse), **metrics}
+    metrics = evaluator.evaluate(model.to(args.device))
+    result = {"checkpoint": str(args.checkpoint), "fused": bool(meta.get("fused") or args.fuse),
+              "metrics_unit": "percent", **metrics}
     print(json.dumps(result, indent=2))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

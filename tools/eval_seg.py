@@ -15,19 +15,17 @@ import logging
 import sys
 from pathlib import Path
 
-_ROOT = str(Path(__file__).resolve().parents[1])  # this checkout: `python tools/x.py` runs without an install
-if sys.path[:1] != [_ROOT]:
-    sys.path.insert(0, _ROOT)
+import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
-from qarep_dense.tasks.cli import USER_ERRORS  # noqa: E402
-from qarep_dense.tasks.registry import EvalRequest, fuse, load_model, save_checkpoint  # noqa: E402
+from qarep_dense.tasks.cli import USER_ERRORS, user_error  # noqa: E402
+from qarep_dense.tasks.registry import EvalRequest, fuse, get_task, load_model, save_checkpoint  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", type=Path, help="segmentation checkpoint (last.pt or deploy.pt)")
     p.add_argument("--data", type=Path, default=None, help="dataset root (default: the one the model was trained on)")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=get_task("seg").batch_size)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--save-deploy", type=Path, default=None, help="write the fused model here")
@@ -70,8 +68,7 @@ def main(argv=None) -> int:
     try:
         rows = run(args)
     except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return user_error(err)
     print("\n| form | mIoU | mAcc | aAcc |\n|---|---|---|---|")
     for form in ("train_form", "deploy"):
         if form in rows:

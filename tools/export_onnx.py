@@ -18,12 +18,10 @@ import json
 import sys
 from pathlib import Path
 
-_ROOT = str(Path(__file__).resolve().parents[1])  # this checkout: `python tools/x.py` runs without an install
-if sys.path[:1] != [_ROOT]:
-    sys.path.insert(0, _ROOT)
+import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
+from qarep_dense.tasks.cli import USER_ERRORS, user_error  # noqa: E402
 from qarep_dense.tasks.export import DEFAULT_RTOL, export_checkpoint_onnx  # noqa: E402
-from qarep_dense.tasks.registry import CheckpointError  # noqa: E402
 
 
 def _out_problem(out: Path, overwrite: bool) -> str | None:
@@ -57,12 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report, meta = export_checkpoint_onnx(args.checkpoint, args.out, size, args.batch, args.opset, args.rtol,
                                               args.overwrite)
-    except (CheckpointError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
+    except FileExistsError as err:  # --out refused by its claim: the message names it
+        return user_error(err)
+    except OSError as err:  # the checkpoint's own problems are CheckpointErrors: an OSError is writing --out
         print(f"error: --out {args.out}: cannot write the ONNX file ({type(err).__name__}: {err})", file=sys.stderr)
         return 2
+    except USER_ERRORS as err:
+        return user_error(err)
     print(json.dumps({**report.as_dict(), "preprocess": meta.get("preprocess")}, indent=2))
     if not report.ok:
         print(f"error: {args.out}: ONNX Runtime differs from PyTorch by {report.worst:.3g} (max|diff| / max|output|)"

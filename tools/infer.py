@@ -24,12 +24,10 @@ import logging
 import sys
 from pathlib import Path
 
-_ROOT = str(Path(__file__).resolve().parents[1])  # this checkout: `python tools/x.py` runs without an install
-if sys.path[:1] != [_ROOT]:
-    sys.path.insert(0, _ROOT)
+import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
 from qarep_dense.inference import InferOptions, run_inference  # noqa: E402
-from qarep_dense.tasks.registry import CheckpointError  # noqa: E402
+from qarep_dense.tasks.cli import USER_ERRORS, user_error  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> InferOptions:
@@ -59,9 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         result = run_inference(opts)
-    except (CheckpointError, ValueError, FileNotFoundError, FileExistsError, OSError, ImportError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (*USER_ERRORS, OSError, ImportError) as err:  # also: an unwritable --out, a missing optional library
+        return user_error(err)
     print(json.dumps({"out": str(opts.out), "images": len(result["images"]), **({"int8": result["int8"]}
                                                                               if "int8" in result else {})}, indent=2))
     return 0

@@ -21,14 +21,12 @@ import logging
 import sys
 from pathlib import Path
 
-_ROOT = str(Path(__file__).resolve().parents[1])  # this checkout: `python tools/x.py` runs without an install
-if sys.path[:1] != [_ROOT]:
-    sys.path.insert(0, _ROOT)
+import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
 from qarep_dense.tasks.ptq_study import PtqStudy, run_study  # noqa: E402
 from qarep_dense.tasks.quant_check import CALIBRATORS, QuantConfig  # noqa: E402
 from qarep_dense.tasks.registry import TASKS  # noqa: E402
-from qarep_dense.tasks.cli import USER_ERRORS  # noqa: E402
+from qarep_dense.tasks.cli import BATCH_SIZE, USER_ERRORS, user_error  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calibrator", nargs="+", choices=CALIBRATORS, default=["max"], help="one or several")
     p.add_argument("--percentile", type=float, default=99.99, help="value for the percentile calibrator")
     p.add_argument("--calib-batches", type=int, default=8, help="calibration batches from the train split")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     p.add_argument("--weight-bits", type=int, default=8, help="8 (W8A8) or 4 (W4A8)")
     p.add_argument("--act-bits", type=int, default=8)
     p.add_argument("--repair", action="store_true",
@@ -83,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _, table = run_study(study_of(args), echo=lambda line: print(line, flush=True))
     except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return user_error(err)
     print(table)
     return 0
 

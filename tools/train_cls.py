@@ -11,22 +11,13 @@ Writes WORK_DIR/{last,best,deploy}.pt, results.json, train.csv, val.csv, train.l
 All logic lives in ``qarep_dense.tasks.classification.train``; this file only parses arguments.
 """
 import sys
-from pathlib import Path
 
-_ROOT = str(Path(__file__).resolve().parents[1])  # this checkout: `python tools/x.py` runs without an install
-if sys.path[:1] != [_ROOT]:
-    sys.path.insert(0, _ROOT)
+import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
 from qarep_dense.tasks.classification import ClsConfig, train  # noqa: E402
-from qarep_dense.tasks.cli import build_parser, train_main  # noqa: E402
+from qarep_dense.tasks.cli import train_tool  # noqa: E402
 
-
-def parse_args(argv=None):
-    return build_parser(__doc__, "cls").parse_args(argv)
-
-
-def main(argv=None) -> int:
-    return train_main(__doc__, ClsConfig, train, "cls", ("train_form", "deploy", "max_logit_diff"), argv)
+parse_args, main = train_tool(__doc__, ClsConfig, train, "cls", ("train_form", "deploy", "max_logit_diff"))
 
 
 if __name__ == "__main__":

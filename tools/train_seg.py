@@ -23,11 +23,9 @@ import logging
 import sys
 from pathlib import Path
 
-_ROOT = str(Path(__file__).resolve().parents[1])  # this checkout: `python tools/x.py` runs without an install
-if sys.path[:1] != [_ROOT]:
-    sys.path.insert(0, _ROOT)
+import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
-from qarep_dense.tasks.cli import USER_ERRORS  # noqa: E402
+from qarep_dense.tasks.cli import USER_ERRORS, user_error  # noqa: E402
 
 
 def parse_cfg_options(items: list[str]) -> dict:
@@ -76,8 +74,7 @@ def main(argv=None) -> int:
                         args.launcher, progress=not args.no_progress, data_root=args.data_root,
                         overwrite=args.overwrite)
     except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return user_error(err)
     if results:  # rank 0 only
         print(json.dumps({k: results[k] for k in ("train_form", "deploy", "mmseg_val", "max_logit_diff",
                                                   "start_iter", "end_iter") if k in results}, indent=2))

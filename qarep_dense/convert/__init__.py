@@ -19,6 +19,7 @@ Sources:
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import torch
@@ -55,10 +56,13 @@ def convert_state(src: str | os.PathLike, source: str, arch: str | None = None, 
     if source == "yolov6":
         if arch is not None:
             raise ConversionError("--arch is for classifiers; a YOLOv6 detector takes --scale (n, t, s)")
-        try:
+        if not zipfile.is_zipfile(src):  # the release format is a torch zip: anything else is read as a state dict
             state, found_block = load_state_file(src), None
-        except ConversionError:
-            state, found_block = read_yolov6_file(src)  # a pickled whole model (release format)
+        else:
+            try:
+                state, found_block = load_state_file(src), None
+            except ConversionError:
+                state, found_block = read_yolov6_file(src)  # a pickled whole model (release format)
         if block and found_block and block != found_block:
             raise ConversionError(f"{src}: --block {block!r} but the file's blocks are {found_block!r}")
         return convert_yolov6(state, block or found_block, scale, origin=str(src))

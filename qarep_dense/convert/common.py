@@ -8,7 +8,6 @@ A source layout is a list of :class:`PathRule` (module paths of the source netwo
 from __future__ import annotations
 
 import os
-import pickle
 import re
 import zipfile
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..engine.checkpoint import checkpoint_path_problem
+from ..engine.checkpoint import CheckpointError, checkpoint_path_problem, read_torch_file
 from .unpickle import UnsafeFileError, is_module_record, read_pickled_checkpoint
 
 BlockTable = tuple[tuple[str, str], ...]
@@ -173,13 +172,11 @@ def load_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             raise ConversionError(f"{path}: cannot read safetensors file: {err}") from err
     else:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            if not zipfile.is_zipfile(path):
-                raise ConversionError(f"{path}: cannot read checkpoint (not a torch file, or corrupt): {err}") from err
-            obj = _read_with_objects(path)
-        except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError) as err:
-            raise ConversionError(f"{path}: cannot read checkpoint (truncated or corrupt?): {err}") from err
+            obj = read_torch_file(path)
+        except CheckpointError as err:
+            if not zipfile.is_zipfile(path) or "refused as unsafe" not in str(err):
+                raise ConversionError(str(err)) from None
+            obj = _read_with_objects(path)  # a zip archive that also pickles objects: read them inert
     if not _is_tensor_dict(obj) and isinstance(obj, dict):
         obj = next((obj[k] for k in _NESTED if _is_tensor_dict(obj.get(k))), obj)
     if not _is_tensor_dict(obj):

@@ -166,12 +166,16 @@ def convert_yolov6(state: dict[str, torch.Tensor], block: str | None, scale: str
     The detector is built with YOLOv6's BatchNorm settings (eps 1e-3, momentum 0.03).
     """
     refuse_v3(state, origin)
+    if "detect.cls_preds.0.weight" not in state or "detect.reg_preds.0.weight" not in state:
+        # checked before the block: a classifier given here must hear what it is, not be asked for --block
+        classifier = {"head.fc.weight": "timm", "linear.weight": "repvgg"}
+        found = next((src for key, src in classifier.items() if key in state), None)
+        hint = f"; its keys are those of a {found} classifier: use --from {found}" if found else ""
+        raise ConversionError(f"{origin}: no YOLOv6 EffiDeHead (detect.cls_preds / detect.reg_preds) found{hint}")
     if block is None:
         raise ConversionError(f"{origin}: cannot tell the block type from a plain state dict; pass --block")
     if block not in RBR_BLOCKS:
         raise ConversionError(f"--block {block!r}: YOLOv6 blocks map onto {sorted(RBR_BLOCKS)}")
-    if "detect.cls_preds.0.weight" not in state or "detect.reg_preds.0.weight" not in state:
-        raise ConversionError(f"{origin}: no YOLOv6 EffiDeHead (detect.cls_preds / detect.reg_preds) found")
     state = dict(state)
     num_classes = int(state["detect.cls_preds.0.weight"].shape[0])
     reg_max = int(state["detect.reg_preds.0.weight"].shape[0]) // 4 - 1

@@ -43,7 +43,7 @@ def quant_variants(deploy_path: str | os.PathLike, data_root: str | os.PathLike,
     zeroed) and "repair" (the repair's summary: channels dead on calibration but alive on the held-out batch,
     FP32 agreement there).
     """
-    from ..tasks.quant_check import CheckOptions, QuantConfig, quantize_and_check
+    from ..tasks.quant_check import QuantConfig, quantize_ptq
     from ..tasks.registry import get_task, load_model
     from ..tasks.splits import request_for
 
@@ -59,9 +59,7 @@ def quant_variants(deploy_path: str | os.PathLike, data_root: str | os.PathLike,
 
     def ptq(calibrator: str, repair: bool = False):
         cfg = QuantConfig(calibrator=calibrator, num_calib_batches=calib_batches, repair_dead_channels=repair)
-        report = quantize_and_check(model, evaluator.calibration_loader(), evaluator.preprocess, cfg, evaluator,
-                                    CheckOptions(evaluate=False, ort=False, progress=progress))
-        return report.model, report.ptq
+        return quantize_ptq(model, evaluator.calibration_loader(), evaluator.preprocess, cfg, progress=progress)
 
     out: dict = {"fp32": top1(model)}
     q, report = ptq("max")

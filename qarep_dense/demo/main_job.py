@@ -197,9 +197,9 @@ def _prepare_seg_data(config: str, data_root: str) -> dict:
 
 
 def _task_modules() -> dict:
-    from qarep_dense.tasks.registry import TASK_MODULES
+    from qarep_dense.tasks.registry import TASKS
 
-    return TASK_MODULES
+    return TASKS
 
 
 class Demo:

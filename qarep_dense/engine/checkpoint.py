@@ -8,6 +8,7 @@ Layout of a checkpoint file (a dict):
 """
 from __future__ import annotations
 
+import fnmatch
 import glob
 import logging
 import os
@@ -130,20 +131,52 @@ def _natural_key(name: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
+def read_torch_file(path: str | os.PathLike, role: str = "", map_location: str | torch.device = "cpu") -> object:
+    """``torch.load(path, weights_only=True)`` with one message per failure, naming the file (after ``role``,
+    e.g. "--resume", when given): a file that pickles Python objects (refused as unsafe, without torch's advice
+    to load it with ``weights_only=False``), a text or other non-torch file, a truncated or corrupt one.
+
+    The one torch reader of every checkpoint loader (ours, mmengine's, the converters')."""
+    path, prefix = Path(path), f"{role} " if role else ""
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic[:1] != b"\x80" and magic != b"PK":  # torch writes a zip archive (before 1.6: a pickle); a truncated
+        # zip still starts with its first entry's "PK" and is reported as truncated below
+        raise CheckpointError(f"{prefix}{path}: not a PyTorch checkpoint ({_what_it_is(path)})")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only load failed" in str(err).lower():
+            raise CheckpointError(prefix + _unsafe_message(path, err)) from None
+        raise CheckpointError(f"{prefix}{path}: cannot read checkpoint (truncated or corrupt file?): "
+                              f"{str(err).splitlines()[0]}") from None
+    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError) as err:
+        raise CheckpointError(f"{prefix}{path}: cannot read checkpoint (truncated or corrupt file?): {err}") from None
+    except Exception as err:  # noqa: BLE001 - torch's legacy reader fails on non-torch bytes with whatever they
+        # decode to (a text file: KeyError 101, the byte 'e'); the user needs to hear what the file is not
+        raise CheckpointError(f"{prefix}{path}: not a PyTorch checkpoint ({_what_it_is(path)}; torch: "
+                              f"{type(err).__name__} {err})") from None
+
+
+def _what_it_is(path: Path) -> str:
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        return "an empty file, 0 bytes"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "neither a torch zip archive nor a pickle"
+    return "it is a text file"
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint this project wrote; raise :class:`CheckpointError` naming the file and the problem."""
     path = Path(path)
     problem = checkpoint_path_problem(path)
     if problem:
         raise CheckpointError(problem)
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "weights only load failed" in str(err).lower():
-            raise CheckpointError(_unsafe_message(path, err)) from None  # not torch's "weights_only=False" advice
-        raise CheckpointError(f"{path}: cannot read checkpoint (truncated or corrupt file?): {err}") from err
-    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError) as err:
-        raise CheckpointError(f"{path}: cannot read checkpoint (truncated or corrupt file?): {err}") from err
+    payload = read_torch_file(path, map_location=map_location)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or "model" not in payload:
         raise CheckpointError(f"{path}: not a qarep-dense checkpoint (expected format {FORMAT!r} with a 'model' entry)")
     return payload
@@ -155,6 +188,63 @@ def _unsafe_message(path: Path, err: Exception) -> str:
     return (f"{path}: refused as unsafe: the file holds pickled Python objects (classes, functions) besides tensors "
             "and plain data, which this project never writes and never executes"
             + (f" ({detail})" if detail else "") + "; it is not a qarep-dense checkpoint")
+
+
+def load_hs_model(path: str | os.PathLike, task: str, role: str = "repopt.hs_checkpoint", **expected: str
+                  ) -> nn.Module:
+    """The trained Hyper-Search ('hs') model whose scales drive RepOptimizer training: the unfused classifier
+    (``task`` "cls") or detector ("det") at ``path``, in eval mode; ``expected``: its variant (``arch=...`` or
+    ``scale=...``, the model being trained). The one loader of the classification and detection recipes and
+    the mmseg RepOptimizer constructor; anything else is a :class:`CheckpointError` naming ``role`` and the file.
+    """
+    from ..models.from_meta import BUILDERS, REQUIRED_KEYS
+
+    payload = load_checkpoint(path)
+    meta = payload["meta"]
+    wanted = {"task": task, "block": "hs", **expected}
+    found = {k: meta.get(k) for k in wanted}
+    if found != wanted or meta.get("fused") or any(k not in meta for k in REQUIRED_KEYS[task]):
+        shown = ", ".join(f"{k} {v!r}" for k, v in found.items())
+        raise CheckpointError(f"{role} {path}: expected an unfused Hyper-Search model ("
+                              + ", ".join(f"{k} {v!r}" for k, v in wanted.items())
+                              + f"), got {shown}{', fused' if meta.get('fused') else ''}")
+    model = BUILDERS[task](meta)
+    load_model_state(model, payload["model"], source=str(path))
+    return model.eval()
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and data:
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: data}
+
+
+def check_resume_config(path: str | os.PathLike, saved: dict, current: dict, changeable: tuple[str, ...],
+                        only_recorded: bool = True) -> dict[str, tuple[Any, Any]]:
+    """The one resume check of every trainer (ours and mmengine's): compare the config a checkpoint recorded with
+    this run's, key by dotted key. Returns {key: (recorded, new)} of the changes a resume applies (keys matching a
+    ``changeable`` glob); raises :class:`CheckpointError` naming ``path`` and listing every other changed key, which
+    the resumed run would restore from the checkpoint (or which shape its state): recorded but not run.
+
+    only_recorded: compare only keys the checkpoint records (a typed config whose schema grew later); False
+    (a free-form mmengine config): a key added or removed is a change too.
+    """
+    old, new = _flatten(saved), _flatten(current)
+    keys = [k for k in new if k in old] if only_recorded else sorted(set(old) | set(new))
+    changed = {k: (old.get(k, "<absent>"), new.get(k, "<absent>")) for k in keys
+               if old.get(k, "<absent>") != new.get(k, "<absent>")}
+    refused = {k: v for k, v in changed.items() if not any(fnmatch.fnmatchcase(k, p) for p in changeable)}
+    if refused:
+        listed = ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in sorted(refused.items())[:8])
+        more = f" (+{len(refused) - 8} more)" if len(refused) > 8 else ""
+        raise CheckpointError(f"--resume {path}: this config changes {listed}{more}; a resumed run restores these "
+                              "from the checkpoint (or they shape its state), so the change would be recorded but "
+                              "not run. Resume with the recorded values, or start a new run (another --work-dir, "
+                              f"or --overwrite). Changeable on resume: {', '.join(changeable)}")
+    return {k: v for k, v in changed.items() if k not in refused}
 
 
 def load_model_state(model: nn.Module, state: dict, source: str = "checkpoint") -> None:

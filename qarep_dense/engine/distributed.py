@@ -60,15 +60,24 @@ def dist_info_from_env() -> DistInfo:
 
 
 def resolve_device(device: str | torch.device | None, info: DistInfo | None = None) -> torch.device:
-    """'auto'/None -> cuda if available else cpu; under DDP a bare 'cuda' becomes cuda:LOCAL_RANK."""
+    """'auto'/None -> cuda if available else cpu; under DDP a bare 'cuda' becomes cuda:LOCAL_RANK.
+
+    A device this machine does not have, or a misspelt one, is a ValueError naming ``--device`` (a user error)."""
     info = info or DistInfo()
     name = "auto" if device is None else str(device)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"--device {name!r}: not a device name ({err}); use cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {name!r} requested but CUDA is not available on this machine")
+            build = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise ValueError(f"--device {name!r}: CUDA is not available on this machine (torch {torch.__version__}, "
+                             f"{build}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
         if dev.index is None:
             dev = torch.device("cuda", info.local_rank if info.distributed else torch.cuda.current_device())
     return dev

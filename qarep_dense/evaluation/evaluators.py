@@ -17,6 +17,11 @@ from ..data.preprocess import Preprocess
 from ..evaluation.classification import evaluate_classifier
 
 
+# Images per batch of the INT8 tools (calibration batches, evaluation) unless --batch-size says otherwise; a
+# task's own evaluation tool uses its row's ``batch_size`` (a detector's or segmentor's images are larger).
+BATCH_SIZE = 32
+
+
 @dataclass(frozen=True)
 class EvalRequest:
     """What a tool knows when it asks a task for an evaluator.
@@ -29,7 +34,7 @@ class EvalRequest:
     meta: dict
     data: Path | None = None
     image_size: int | None = None
-    batch_size: int = 32
+    batch_size: int = BATCH_SIZE
     workers: int = 0
     device: str = "cpu"
     progress: bool = True
@@ -76,8 +81,8 @@ class ClassificationEvaluator:
 class DetectionEvaluator:
     """COCO mAP (percent, like the paper's tables) of a detector on a loader of (uint8 images, targets, infos).
 
-    The one place a detector is scored: training runs, ``tools/eval_det.py`` (fractions 0..1, as in the
-    checkpoints, through :meth:`evaluate_fractions`) and the INT8 tools (percent, :meth:`evaluate`).
+    The one place a detector is scored: training runs, ``tools/eval_det.py`` and the INT8 tools, all in percent
+    (:meth:`evaluate`); :meth:`evaluate_fractions` gives pycocotools' 0..1 numbers it is computed from.
     """
 
     metric_name = "AP"

@@ -19,7 +19,7 @@ import torch
 
 from ..data.preprocess import Preprocess
 from ..tasks.quant_check import CheckOptions, QuantConfig, quantize_and_check
-from ..tasks.registry import CheckpointError, load_fused
+from ..tasks.registry import CheckpointError, get_task, load_fused
 from .draw import draw_boxes, draw_labels, draw_mask
 from .io import claim_output_folder, list_images, output_names, read_rgb
 
@@ -45,46 +45,10 @@ class InferOptions:
 
 
 def class_names(meta: dict, num_classes: int) -> list[str]:
-    """Names from the checkpoint (det: meta["names"]), else the class folders of its training data (cls) or its
-    dataset class's (seg), else indices."""
-    names = meta.get("names") or meta.get("class_names")
-    if not names and meta.get("task") == "cls":
-        root = Path(meta.get("config", {}).get("data", {}).get("root", "")) / "train"
-        if root.is_dir():
-            names = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not names and meta.get("task") == "seg" and meta.get("mmseg_config"):
-        from ..tasks.segmentation import dataset_class_names
-
-        names = dataset_class_names(meta)
+    """The task row's names for the checkpoint's classes (det: meta["names"]; cls: the class folders of its
+    training data; seg: its dataset class's), else indices."""
+    names = get_task(meta["task"]).class_names(meta)
     return list(names) if names and len(names) == num_classes else [str(i) for i in range(num_classes)]
-
-
-def make_prepare(task: str, size: int | None, meta: dict):
-    """prepare(path, rgb) -> (uint8 (3, H, W) network image, geometry to map outputs back), exactly as
-    evaluation prepares its images: det letterbox, cls eval resize/crop, seg mmseg's own test pipeline."""
-    if task == "det":
-        from qarep_dense.data.transforms import letterbox
-
-        def prepare_det(path: Path, img: np.ndarray):
-            boxed, ratio, pad = letterbox(img, size)
-            return torch.from_numpy(np.ascontiguousarray(boxed.transpose(2, 0, 1))), {"ratio": ratio, "pad": pad}
-        return prepare_det
-    if task == "cls":
-        from qarep_dense.data.imagefolder import cls_transforms
-
-        transform = cls_transforms(size, train=False)
-        return lambda path, img: (transform(torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))), {})
-    if task == "seg":
-        return seg_prepare(meta)
-    raise ValueError(f"task {task!r}: inference knows det, cls and seg checkpoints")
-
-
-def seg_prepare(meta: dict):
-    """The checkpoint's mmseg test pipeline without its annotation steps (the evaluation's resize)."""
-    from ..tasks.segmentation import image_pipeline
-
-    pipeline = image_pipeline(meta)
-    return lambda path, img: (pipeline(path), {})
 
 
 @torch.no_grad()
@@ -163,12 +127,11 @@ def predict_labels(net, x: torch.Tensor, img: np.ndarray, labels: list[str], top
 def run_inference(opts: InferOptions) -> dict:
     """Predict on ``opts.images``, draw into ``opts.out`` and write predictions.json; returns its content."""
     fused, meta = load_fused(opts.checkpoint)
-    task = meta["task"]
-    size = opts.image_size or meta.get("image_size")
-    if not size and task != "seg":  # a segmentor's test pipeline carries its own resize
-        raise CheckpointError(f"{opts.checkpoint}: no image_size in the checkpoint; pass --image-size")
-    prepare = make_prepare(task, size, meta)
-    preprocess = Preprocess(**meta["preprocess"]) if meta.get("preprocess") else Preprocess()
+    row = get_task(meta["task"])
+    if row.prepare_image is None:
+        raise CheckpointError(f"{opts.checkpoint}: inference does not know {row.title} checkpoints")
+    prepare = row.prepare_image(meta, opts.image_size or meta.get("image_size"), str(opts.checkpoint))
+    preprocess = row.preprocess(meta)
     images = list_images(opts.images)
     names = output_names(images)
     prepared = [(path, read_rgb(path)) for path in images]
@@ -182,15 +145,16 @@ def _predict_all(fused, meta: dict, prepare, preprocess, prepared: list, names: 
                  opts: InferOptions) -> dict:
     """Draw every image into the claimed ``opts.out`` and write predictions.json; returns its content."""
     task, net = meta["task"], fused
+    prediction = get_task(task).prediction  # what to draw: labels, boxes or a mask
     result: dict = {"checkpoint": str(opts.checkpoint), "task": task, "precision": "int8" if opts.int8 else "fp32"}
     if opts.int8:
         calib_paths = list_images([opts.calib]) if opts.calib else images
         calib = [prepare(p, read_rgb(p))[0] for p in calib_paths[:opts.calib_images]]
         net, result["int8"] = int8_model(fused, calib, preprocess, opts.out / "model_int8.onnx", opts.ort_precision)
     labels = class_names(meta, meta["num_classes"])
-    predict_one = {"det": lambda x, img, geo: predict_boxes(net, x, img, geo, fused, labels, opts),
-                   "seg": lambda x, img, geo: predict_mask(net, x, img, labels),
-                   "cls": lambda x, img, geo: predict_labels(net, x, img, labels, opts.topk)}[task]
+    predict_one = {"boxes": lambda x, img, geo: predict_boxes(net, x, img, geo, fused, labels, opts),
+                   "mask": lambda x, img, geo: predict_mask(net, x, img, labels),
+                   "labels": lambda x, img, geo: predict_labels(net, x, img, labels, opts.topk)}[prediction]
     result["images"] = []
     for (path, img), name in zip(prepared, names):
         x, geometry = prepare(path, img)

@@ -22,7 +22,7 @@ import copy
 import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from scipy.stats import spearmanr
@@ -264,3 +264,106 @@ def run_search(fused: nn.Module, data: SearchData, preprocess: Preprocess, specs
         models[spec.name] = qmodel
         log.info("candidate %-22s selection score %.3g (%.1f s)", spec.name, score.score, seconds)
     return results, models, {t: m for t, (m, _, _) in floats.items()}
+
+
+# --- the budget strategy: what to try after the candidate search ----------------------------------
+
+def ladder_sizes(n: int) -> list[int]:
+    """1, 2, 3, 4, 6, 9, ... up to ``n`` (``n``: the most units that may stay float)."""
+    steps, k = [], 1
+    while k <= n:
+        steps.append(k)
+        k = k + 1 if k < 4 else int(k * 1.5)
+    if n and steps[-1] != n:
+        steps.append(n)
+    return steps
+
+
+@dataclass(frozen=True)
+class Step:
+    """One model to try: the chosen candidate with ``float_layers`` kept in float, or (``qat``) the best
+    model so far after a short QAT fine-tune."""
+
+    float_layers: tuple[str, ...] = ()
+    qat: bool = False
+
+    @property
+    def how(self) -> str:
+        how = f"partial PTQ, {len(self.float_layers)} layers in float" if self.float_layers else "all-INT8 PTQ"
+        return how + " + QAT" if self.qat else how
+
+
+@dataclass
+class Trial:
+    """A step as the loop measured it: its validation ``metric`` and how many convs its fake-quant model
+    quantizes (0: not an INT8 model, whatever its metric)."""
+
+    step: Step
+    metric: float
+    quantized_convs: int
+    model: nn.Module | None = field(default=None, repr=False, compare=False)
+
+    def as_dict(self, fp32: float) -> dict:
+        return {"float_layers": list(self.step.float_layers), "qat": self.step.qat, "validation": self.metric,
+                "drop": fp32 - self.metric, "quantized_convs": self.quantized_convs}
+
+
+class BudgetStrategy:
+    """What to try next to meet ``max_drop`` on validation, apart from the loop that quantizes, evaluates and
+    checks (the loop: :func:`~qarep_dense.tasks.quantize_pipeline.quantize_checkpoint`).
+
+    The loop records the chosen all-INT8 candidate first. While no trial meets the budget, the strategy asks
+    for the ladder's steps (1, 2, 3, 4, 6, ... of the units ``rank()`` lists, most sensitive first, kept in
+    float; never all of them), then with ``qat`` one QAT fine-tune of the best trial so far. A trial meets
+    the budget only when it quantizes at least one conv. :meth:`best` is the trial to ship: the met one, or
+    else the highest metric among INT8 trials (fewer float layers on ties), so a ladder that misses ships
+    its best step, not its last, and a QAT that made things worse is not kept.
+
+    rank: () -> the units as dicts with a "name" (e.g. ``LayerSensitivity.as_dict()``), most sensitive first,
+        called once when the ladder starts (kept as ``ranking``); None: no layer may stay float.
+    """
+
+    def __init__(self, fp32: float, max_drop: float, rank: Callable[[], Sequence[dict]] | None = None,
+                 qat: bool = False) -> None:
+        self.fp32, self.max_drop, self.rank, self.qat = fp32, max_drop, rank, qat
+        self.trials: list[Trial] = []
+        self.ranking: list[dict] = []
+        self._ladder: list[Step] | None = None if rank is not None else []
+
+    def met(self, trial: Trial) -> bool:
+        return trial.quantized_convs > 0 and self.fp32 - trial.metric <= self.max_drop
+
+    def record(self, trial: Trial) -> None:
+        self.trials.append(trial)
+
+    def next_step(self) -> Step | None:
+        """The next step to try; None when a trial met the budget or nothing is left to try."""
+        if not self.trials:
+            return Step()
+        if any(self.met(t) for t in self.trials):
+            return None
+        if self._ladder is None:
+            self.ranking = list(self.rank())
+            names = [entry["name"] for entry in self.ranking]
+            self._ladder = [Step(tuple(names[:k])) for k in ladder_sizes(len(names) - 1)]  # one stays quantized
+        tried = {t.step for t in self.trials}
+        pending = [s for s in self._ladder if s not in tried]
+        if pending:
+            return pending[0]
+        if self.qat and not any(t.step.qat for t in self.trials):
+            return Step(self.best().step.float_layers, qat=True)
+        return None
+
+    def best(self) -> Trial:
+        if not self.trials:
+            raise ValueError("BudgetStrategy.best: nothing was tried")
+        met = [t for t in self.trials if self.met(t)]
+        if met:
+            return met[0]
+        return max(self.trials, key=lambda t: (t.quantized_convs > 0, t.metric, -len(t.step.float_layers)))
+
+    def ladder_trials(self) -> list[Trial]:
+        return [t for t in self.trials if t.step.float_layers and not t.step.qat]
+
+    def qat_trial(self) -> Trial | None:
+        return next((t for t in self.trials if t.step.qat), None)

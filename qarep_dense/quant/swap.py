@@ -165,6 +165,16 @@ def quant_units(model: nn.Module, backend: QuantBackend) -> dict[str, list[nn.Mo
     return units
 
 
+def quantized_convs(model: nn.Module, backend: QuantBackend) -> int:
+    """How many (non-transposed) convolutions of ``model`` are quantized layers with a calibrated input
+    quantizer: 0 means the fake-quant model is not an INT8 model of its convs, whatever else it quantizes."""
+    count = 0
+    for m in model.modules():
+        if backend.is_quant_layer(m) and m.weight.dim() > 2 and not getattr(m, "transposed", False):
+            count += backend.amax(backend.layer_quantizers(m)["input"]) is not None
+    return count
+
+
 def set_quantizers_enabled(model: nn.Module, backend: QuantBackend, enabled: bool) -> None:
     """Switch every calibrated quantizer in ``model`` on or off (off = exact float model).
 

@@ -9,13 +9,14 @@ converted foreign checkpoint. The rows themselves live next to their task's code
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from torch import nn
 
 from ..data.preprocess import Preprocess
 from ..engine.checkpoint import CheckpointError
-from ..evaluation.evaluators import EvalRequest, Evaluator
+from ..evaluation.evaluators import BATCH_SIZE, EvalRequest, Evaluator
 
 TASK_NAMES = {"cls": "classification", "det": "detection", "seg": "segmentation"}
 
@@ -36,6 +37,22 @@ class TaskRow:
     foreign_sources: the ``convert`` sources this task's checkpoints can come from.
     qat_loss(meta, model, preprocess, device) -> ``loss(model, batch)``, the training loss of one batch of the task's
         calibration loader (training images), for QAT; None: no QAT for this task.
+    selection_score: how quantization candidates are scored against the FP32 model on the selection images
+        ("kl": KL divergence of the softmax, for classifiers; "rel_mse": relative MSE of all outputs).
+    preprocess(meta) -> the checkpoint's uint8 -> float step (its recorded mean/std, else the task's default).
+    prepare_image(meta, size, source) -> ``prepare(path, rgb uint8 (H, W, 3)) -> (uint8 (3, H', W') network image,
+        geometry to map outputs back)``, exactly as the evaluation prepares its images (inference on a user's
+        images); ``size``: the input size (None: the task's own pipeline decides, or an error naming ``source``).
+    class_names(meta) -> the names of the classes the checkpoint predicts, None when it cannot tell.
+    prediction: what a prediction is, for drawing: "labels" (top-k), "boxes" or "mask".
+    batch_size: the default ``--batch-size`` of the task's own evaluation tool (``tools/eval_det.py``: 16,
+        ``tools/test_seg.py``: 4); the INT8 tools use ``evaluation.evaluators.BATCH_SIZE`` for every task.
+    read_checkpoint(path) -> (state dict of the train-form model, metadata) of a checkpoint the task's training
+        framework wrote (segmentation: mmengine's ``iter_*.pth``); None: only the project's own files.
+    free_size_export: the ONNX graph keeps height and width free (a segmentor's logits come back at the input
+        size); others are exported at one size, the batch axis free.
+    metric_counts_images: the metric is the percentage of validation images right (top-1), so one image is
+        worth 100 / N points; False for AP and mIoU.
     """
 
     name: str
@@ -46,6 +63,28 @@ class TaskRow:
     converted_meta: Callable[..., dict] | None = None
     foreign_sources: tuple[str, ...] = ()
     qat_loss: Callable[[dict, nn.Module, Preprocess, str], Callable] | None = None
+    selection_score: str = "rel_mse"
+    metric_counts_images: bool = False
+    free_size_export: bool = False
+    read_checkpoint: Callable[[Path], tuple[dict, dict]] | None = None
+    preprocess: Callable[[dict], Preprocess] = lambda meta: recorded_preprocess(meta, Preprocess())
+    prepare_image: Callable[[dict, int | None, str], Callable] | None = None
+    class_names: Callable[[dict], list[str] | None] = lambda meta: meta.get("names") or meta.get("class_names")
+    prediction: str = "labels"
+    batch_size: int = BATCH_SIZE
+
+
+def recorded_preprocess(meta: dict, default: Preprocess) -> Preprocess:
+    """The uint8 -> float step a checkpoint records (``meta["preprocess"]``), else ``default``."""
+    given = meta.get("preprocess")
+    return Preprocess(mean=tuple(given["mean"]), std=tuple(given["std"])) if given else default
+
+
+def require_size(size: int | None, source: str) -> int:
+    """The input size a task needs to prepare images, or an error naming the checkpoint."""
+    if not size:
+        raise CheckpointError(f"{source}: no image_size in the checkpoint; pass --image-size")
+    return size
 
 
 def require_meta(meta: dict, keys: tuple[str, ...], source: str) -> None:

@@ -11,11 +11,18 @@ from typing import Callable
 from ..config import ConfigError, load_config
 from ..engine.checkpoint import CheckpointError
 from ..engine.trainer import NonFiniteLossError
+from ..evaluation.evaluators import BATCH_SIZE  # noqa: F401  (the INT8 tools' --batch-size default)
 
 # Errors that mean "fix the input", not "the program broke": one line on the console, exit 2.
 # (A stopped run's traceback is in WORK_DIR/train.log.) ConfigError, the data errors
 # (AnnotationError, ImageReadError) and loader checks are ValueErrors.
 USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError, FileExistsError, NotADirectoryError, ValueError)
+
+
+def user_error(err: BaseException, prog: str = "") -> int:
+    """A tool's answer to one of :data:`USER_ERRORS`: the message on one line of stderr, exit code 2."""
+    print(f"{prog + ': ' if prog else ''}error: {err}", file=sys.stderr)
+    return 2
 
 
 def build_parser(description: str, task: str) -> argparse.ArgumentParser:
@@ -37,6 +44,19 @@ def build_parser(description: str, task: str) -> argparse.ArgumentParser:
     return parser
 
 
+def train_tool(description: str, config_cls: type, train_fn: Callable[..., dict], task: str,
+               summary_keys: tuple[str, ...]) -> tuple[Callable, Callable]:
+    """``(parse_args(argv), main(argv) -> exit code)`` of a training tool: its whole command line."""
+
+    def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+        return build_parser(description, task).parse_args(argv)
+
+    def main(argv: list[str] | None = None) -> int:
+        return train_main(description, config_cls, train_fn, task, summary_keys, argv)
+
+    return parse_args, main
+
+
 def train_main(description: str, config_cls: type, train_fn: Callable[..., dict], task: str,
                summary_keys: tuple[str, ...], argv: list[str] | None = None) -> int:
     """Parse arguments, load the typed config, run ``train_fn(cfg, work_dir, resume, device, overwrite)``,
@@ -54,8 +74,7 @@ def train_main(description: str, config_cls: type, train_fn: Callable[..., dict]
         print(f"error: {err}", file=sys.stderr)
         return 1
     except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return user_error(err)
     if results:  # rank 0 only
         print(json.dumps({k: results[k] for k in summary_keys if k in results}, indent=2))
     return 0

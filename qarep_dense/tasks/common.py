@@ -13,6 +13,7 @@ import torch
 
 from ..config import config_to_dict
 from ..engine.checkpoint import CheckpointError, load_checkpoint
+from ..engine.checkpoint import check_resume_config as check_changes
 from ..engine.distributed import DistInfo, cleanup_distributed, init_distributed
 from ..engine.logging import log_error_to_file, setup_logging
 from ..engine.trainer import Trainer
@@ -47,6 +48,10 @@ class TrainConfig:
     progress: bool = True
 
 
+# Every metric in results.json, eval JSON and tables is a percentage (top-1, COCO AP, mIoU); the files say so.
+METRICS_UNIT = "percent"
+
+
 def finalize_run(trainer: Trainer, evaluate: Callable[[torch.nn.Module], dict], work_dir: Path, headline: str,
                  identity: dict) -> tuple[torch.nn.Module, dict, dict]:
     """The end of every training run: fuse the evaluated (EMA or final) model, evaluate both forms, write
@@ -67,7 +72,8 @@ def finalize_run(trainer: Trainer, evaluate: Callable[[torch.nn.Module], dict], 
     meta = {**trainer.meta, "fused": True, "fold_bn": True}
     save_checkpoint(work_dir / "deploy.pt", deploy.state_dict(), meta, metrics=deploy_metrics)
     ckpt = next(h for h in trainer.hooks if isinstance(h, CheckpointHook))
-    results = {**identity, "epochs": trainer.max_epochs, "weights": "ema" if trainer.ema is not None else "final",
+    results = {**identity, "metrics_unit": METRICS_UNIT, "epochs": trainer.max_epochs,
+               "weights": "ema" if trainer.ema is not None else "final",
                "train_form": dict(train_form), "deploy": dict(deploy_metrics),
                "best": {headline: ckpt.best, "epoch": None if ckpt.best_epoch is None else ckpt.best_epoch + 1},
                "files": {k: str(work_dir / f) for k, f in (("last", "last.pt"), ("best", "best.pt"),
@@ -149,37 +155,13 @@ def claim_work_dir(work_dir: Path, resume: bool | str, overwrite: bool, owner: s
     return claim(work_dir, owner, keep=bool(resume), label="--work-dir", unhashed=("*",), adopt=adopt)
 
 
-def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def check_resume_config(path: Path, saved: dict | None, current: dict) -> dict[str, tuple[Any, Any]]:
-    """Compare the checkpoint's recorded config with this run's; refuse keys a resume cannot apply.
-
-    Returns {key: (recorded, new)} of the changes that apply (``RESUME_CHANGEABLE``); raises
-    :class:`CheckpointError` listing every other changed key. Keys the checkpoint does not record
-    (added to the config schema later) are not compared.
-    """
+    """:func:`~qarep_dense.engine.checkpoint.check_resume_config` with the typed recipes' ``RESUME_CHANGEABLE``;
+    a checkpoint that records no config is refused (nothing to check the resume against)."""
     if not isinstance(saved, dict):
         raise CheckpointError(f"{path}: the checkpoint records no training config; cannot check that --resume "
                               "continues the same recipe")
-    old, new = _flatten(saved), _flatten(current)
-    changed = {k: (old[k], new[k]) for k in new if k in old and old[k] != new[k]}
-    refused = {k: v for k, v in changed.items() if k not in RESUME_CHANGEABLE}
-    if refused:
-        listed = ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in sorted(refused.items()))
-        raise CheckpointError(f"{path}: --resume cannot change {listed}: the resumed run restores these from the "
-                              "checkpoint (or they shape its state), so they would be recorded but not run. Resume "
-                              "with the recorded values (config.json), or start a new run (another --work-dir or "
-                              f"--overwrite). Changeable on resume: {', '.join(RESUME_CHANGEABLE)}")
-    return changed
-
+    return check_changes(path, saved, current, RESUME_CHANGEABLE)
 
 
 BuildFn = Callable[[DistInfo, torch.device], tuple[Trainer, Callable[[Trainer], dict]]]

@@ -25,7 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..engine.checkpoint import CheckpointError
-from ..evaluation.evaluators import Evaluator
+from ..evaluation.evaluators import BATCH_SIZE, Evaluator
 from ..fileio import Claim, claim, write_text_atomic
 from ..quant import OrtModule, QuantConfig, choose_int8_kernels, ort_quantize_static
 from .quant_check import CheckOptions, QuantReport, quantize_and_check
@@ -50,7 +50,7 @@ class PtqStudy:
     data: Path | None = None
     calibrators: list[str] = field(default_factory=lambda: ["max"])
     base: QuantConfig = field(default_factory=QuantConfig)
-    batch_size: int = 32
+    batch_size: int = BATCH_SIZE
     workers: int = 0
     image_size: int | None = None
     ort: bool = False

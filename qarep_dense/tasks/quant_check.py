@@ -10,6 +10,10 @@
                                 QuantConfig(calibrator="entropy"), evaluator,
                                 CheckOptions(onnx_path=Path("out/model_int8.onnx")))
     print(report.fp32, report.int8, report.int8_ort, report.integer_convs, report.convs)
+
+The check itself, :func:`check_int8` (export QDQ, ORT's kernel choice, integer-conv count, agreement with
+fake quant, ORT metric, latency), takes any fake-quant model: ``quantize_and_check`` calls it after PTQ,
+``tools/quantize.py`` calls it once on the model it ships (PTQ, partial PTQ or QAT alike).
 """
 from __future__ import annotations
 
@@ -29,7 +33,8 @@ from ..quant import CALIBRATORS, OrtReport, PTQReport, QuantConfig, check_ort_in
 from ..quant.calibration import batch_images
 
 log = logging.getLogger(__name__)
-__all__ = ["CALIBRATORS", "CheckOptions", "QuantConfig", "QuantReport", "measure_latency", "quantize_and_check"]
+__all__ = ["CALIBRATORS", "CheckOptions", "Int8Check", "QuantConfig", "QuantReport", "check_batch", "check_int8",
+           "measure_latency", "quantize_and_check", "quantize_ptq"]
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,7 @@ class QuantReport:
                 "int8": self.int8, "drop": self.drop, "int8_metrics": dict(self.int8_metrics),
                 "int8_ort": self.int8_ort, "integer_convs": self.integer_convs, "convs": self.convs,
                 "kernels": self.kernels, "onnx": self.onnx,
+                "onnx_scored": None if self.ort is None else Path(self.ort.onnx_path).name,
                 "ptq": None if self.ptq is None else self.ptq.as_dict(),
                 "ort": None if self.ort is None else self.ort.as_dict(),
                 "latency": self.latency, "seconds": dict(self.seconds)}
@@ -129,59 +135,96 @@ def quantize_and_check(fused: nn.Module, calib: Iterable, preprocess: Preprocess
     report = QuantReport(config.scheme, config.calibrator, metric=evaluator.metric_name if evaluator else None)
     scoring = evaluator is not None and opts.evaluate
     if scoring:
-        report.fp32 = fp32 if fp32 is not None else _timed(report, "fp32", lambda: _score(evaluator, fused))
-    start = time.perf_counter()
-    report.model, report.ptq = quantize_ptq(fused, calib, preprocess, config, opts.device, progress=opts.progress)
-    report.seconds["quantize"] = time.perf_counter() - start
+        report.fp32 = fp32 if fp32 is not None else _timed(report.seconds, "fp32", lambda: _score(evaluator, fused))
+    report.model, report.ptq = _timed(report.seconds, "quantize", lambda: quantize_ptq(
+        fused, calib, preprocess, config, opts.device, progress=opts.progress))
     if scoring:
-        report.int8_metrics = _timed(report, "int8", lambda: evaluator.evaluate(report.model))
+        report.int8_metrics = _timed(report.seconds, "int8", lambda: evaluator.evaluate(report.model))
         report.int8 = float(report.int8_metrics[evaluator.metric_name])
     if opts.ort:
-        example = preprocess(batch_images(next(iter(calib))).to(opts.device))[:opts.check_images]
-        if opts.onnx_path is not None:
-            _check_in_ort(report, fused, example, evaluator, opts, Path(opts.onnx_path))
-        else:
-            import tempfile
-
-            with tempfile.TemporaryDirectory() as tmp:
-                _check_in_ort(report, fused, example, evaluator, opts, Path(tmp) / "model_int8.onnx")
-                report.onnx = None  # removed with the folder
+        example = check_batch(calib, preprocess, opts)
+        check = check_int8(report.model, fused, example, evaluator, opts)
+        report.onnx, report.ort, report.int8_ort, report.latency = check.onnx, check.ort, check.int8_ort, check.latency
+        report.seconds.update(check.seconds)
     return report
+
+
+def check_batch(calib: Iterable, preprocess: Preprocess, opts: CheckOptions) -> torch.Tensor:
+    """The export / agreement / latency batch: the first ``opts.check_images`` images of the first calibration
+    batch, preprocessed, on ``opts.device``."""
+    return preprocess(batch_images(next(iter(calib))).to(opts.device))[:opts.check_images]
 
 
 def _score(evaluator: Evaluator, model: nn.Module) -> float:
     return float(evaluator.evaluate(model)[evaluator.metric_name])
 
 
-def _timed(report: QuantReport, key: str, fn):
+def _timed(seconds: dict[str, float], key: str, fn):
     start = time.perf_counter()
     value = fn()
-    report.seconds[key] = time.perf_counter() - start
+    seconds[key] = time.perf_counter() - start
     return value
 
 
-def _check_in_ort(report: QuantReport, fused: nn.Module, example: torch.Tensor, evaluator: Evaluator | None,
-                  opts: CheckOptions, onnx_path: Path) -> None:
-    """Export, count integer convs, choose kernels, compare with fake quant; then the ORT metric and latency."""
+@dataclass
+class Int8Check:
+    """What :func:`check_int8` found. ``onnx``: the QDQ file written (None when it was written to a temporary
+    folder, since removed); ``ort.onnx_path``: the file ONNX Runtime ran and scored (the ``.pre.onnx`` when
+    ORT's pre-processing ran); ``int8_ort``: the evaluator's headline metric of that file (None without an
+    evaluator or with ``ort_metric`` off); ``latency``: :func:`measure_latency` (None unless asked for)."""
+
+    onnx: str | None
+    ort: OrtReport
+    int8_ort: float | None = None
+    latency: dict[str, Any] | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def scored_file(self) -> str:
+        """The name of the ONNX file ORT ran (``model_int8.onnx`` or ``model_int8.pre.onnx``)."""
+        return Path(self.ort.onnx_path).name
+
+
+def check_int8(qmodel: nn.Module, fused: nn.Module, example: torch.Tensor, evaluator: Evaluator | None = None,
+               options: CheckOptions | None = None) -> Int8Check:
+    """The one INT8 check, for any fake-quant model (PTQ, partial PTQ, QAT): export ``qmodel`` to QDQ ONNX,
+    let ORT choose its INT8 kernels for this CPU, count the convs that became integer kernels, compare ORT's
+    outputs with ``qmodel``'s on ``example`` (a preprocessed batch), then (``options``) score the ORT model with
+    ``evaluator`` and time it against ``fused`` (the float model, exported as FP32 ONNX)."""
+    opts = options or CheckOptions()
+    if opts.onnx_path is not None:
+        return _check_at(qmodel, fused, example, evaluator, opts, Path(opts.onnx_path))
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        check = _check_at(qmodel, fused, example, evaluator, opts, Path(tmp) / "model_int8.onnx")
+    check.onnx = None  # removed with the folder
+    return check
+
+
+def _check_at(qmodel: nn.Module, fused: nn.Module, example: torch.Tensor, evaluator: Evaluator | None,
+              opts: CheckOptions, onnx_path: Path) -> Int8Check:
     from ..deploy.ort import OrtModule
 
+    seconds: dict[str, float] = {}
     start = time.perf_counter()
-    path = export_qdq_onnx(report.model, example, onnx_path, dynamic_hw=opts.dynamic_hw)
+    path = export_qdq_onnx(qmodel, example, onnx_path, dynamic_hw=opts.dynamic_hw)
     with torch.no_grad():
-        reference = report.model(example)
+        reference = qmodel(example)
     # ORT's shape pre-processing needs fixed spatial sizes: a free-size export is checked as it is.
-    report.ort = check_ort_int8(path, example, reference, threads=opts.threads,
-                                pre_process=False if opts.dynamic_hw else opts.ort_pre_process,
-                                precision=opts.ort_precision)
-    report.onnx = str(path)
-    report.seconds["ort_check"] = time.perf_counter() - start
+    ort = check_ort_int8(path, example, reference, threads=opts.threads,
+                         pre_process=False if opts.dynamic_hw else opts.ort_pre_process, precision=opts.ort_precision)
+    seconds["ort_check"] = time.perf_counter() - start
+    check = Int8Check(str(path), ort, seconds=seconds)
+    precise = ort.kernels == "precise"
     if evaluator is not None and opts.ort_metric:
-        ort_model = OrtModule(report.ort.onnx_path, threads=opts.threads, precise_int8=report.ort.kernels == "precise")
-        report.int8_ort = _timed(report, "int8_ort", lambda: _score(evaluator, ort_model))
+        ort_model = OrtModule(ort.onnx_path, threads=opts.threads, precise_int8=precise)
+        check.int8_ort = _timed(seconds, "int8_ort", lambda: _score(evaluator, ort_model))
     if opts.latency:
         fp32_path = opts.fp32_onnx_path or onnx_path.with_suffix(".fp32.onnx")
-        report.latency = measure_latency(fused, example, fp32_path, Path(report.ort.onnx_path),
-                                         report.ort.kernels == "precise", opts.threads, opts.repeats)
+        check.latency = measure_latency(fused, example, fp32_path, Path(ort.onnx_path), precise, opts.threads,
+                                        opts.repeats)
+    return check
 
 
 def measure_latency(fused: nn.Module, example: torch.Tensor, fp32_path: Path, int8_path: Path, precise_int8: bool,

@@ -7,14 +7,17 @@
 3. Candidate search (:mod:`qarep_dense.quant.search`): calibrators x {repair, CLE, both in either order}
    x {with, without bias correction}, each timed, scored on a selection split of training images that calibration never saw.
 4. The budget. Candidates are chosen on the selection split only; ``max_drop`` is a promise about the
-   validation metric, so it is checked there: once for the chosen all-INT8 candidate; if it misses and
-   float layers are allowed, for each step of a ladder of 1, 2, 3, 4, 6, 8, ... layers kept in float
-   (the most sensitive first, ranked by output MSE on calibration images); then, with ``allow_qat`` (and a
-   classifier or detector), after a short QAT fine-tune. The number of float layers is thus the one setting fitted to
-   the validation split, and the report says so. After the choice, every candidate is also evaluated on
+   validation metric, so it is checked there. What to try is the :class:`~qarep_dense.quant.search.BudgetStrategy`'s
+   call (the chosen all-INT8 candidate; if it misses and float layers are allowed, a ladder of 1, 2, 3, 4, 6, ...
+   layers kept in float, the most sensitive first by output MSE on calibration images; then, with ``allow_qat``
+   and a classifier or detector, a short QAT fine-tune of the best so far); :func:`meet_budget` is the loop that
+   quantizes and evaluates what it asks for. The best trial ships (the first that meets the budget, else the
+   highest metric), and a model without a quantized conv never meets it. The number of float layers is thus the
+   one setting fitted to the validation split, and the report says so. After the choice, every candidate is also evaluated on
    validation -- labelled as not used for the choice -- to show how well the selection score predicted it.
-5. Export QDQ ONNX, run it in ONNX Runtime with the INT8 kernels chosen for this CPU, count integer convs,
-   compare with the fake-quant model, time FP32 vs INT8.
+5. :func:`~qarep_dense.tasks.quant_check.check_int8` on the shipped model: export QDQ ONNX, run it in ONNX
+   Runtime with the INT8 kernels chosen for this CPU, count integer convs (none: not INT8, budget not met),
+   compare with the fake-quant model, time FP32 vs INT8; report.json names the file ORT scored.
 6. Write report.md / report.json, model_int8.onnx and the chosen fake-quant checkpoint into ``out``.
    Nothing is written outside ``out``; an existing non-empty ``out`` this pipeline did not write is refused.
 """
@@ -31,18 +34,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..engine.checkpoint import CheckpointError, checkpoint_path_problem, load_checkpoint, save_checkpoint
+from ..engine.distributed import resolve_device
+from ..evaluation.evaluators import BATCH_SIZE
 from ..fileio import Claim, claim, write_json_atomic, write_text_atomic
-from ..quant.calibration import batch_images, flatten_outputs
+from ..quant.backends import get_backend, iter_quantizers
+from ..quant.calibration import batch_images
 from ..quant.config import CALIBRATORS, QuantConfig
-from ..quant.export import check_ort_int8, export_qdq_onnx
 from ..quant.ptq import quantize_ptq, rebuild_fakequant
-from ..quant.search import (TRANSFORMS, CandidateResult, SearchData, candidate_config, candidate_specs, choose,
-                            run_search, spearman)
+from ..quant.search import (TRANSFORMS, BudgetStrategy, CandidateResult, SearchData, Trial, candidate_config,
+                            candidate_specs, choose, run_search, spearman)
 from ..quant.sensitivity import rank_layers
-from .quant_check import CheckOptions, measure_latency, quantize_and_check
+from ..quant.swap import quantized_convs
+from .quant_check import CheckOptions, Int8Check, check_batch, check_int8
 from .quantize_report import diagnosis_line, render_report
-from .registry import build_model_from_meta, fuse, get_task, load_fused, load_model
+from .registry import TASKS, build_model_from_meta, fuse, get_task, load_fused, load_model
 from .splits import request_for, task_data
 
 log = logging.getLogger(__name__)
@@ -80,7 +86,7 @@ class QuantizeOptions:
     transforms: tuple[str, ...] = TRANSFORMS
     bias_correction: str = "auto"
     calib_batches: int = 8
-    batch_size: int = 32
+    batch_size: int = BATCH_SIZE
     selection_images: int = 256
     image_size: int | None = None
     data_config: Path | None = None  # a converted detector: the detection TOML whose data section evaluation reads
@@ -95,12 +101,15 @@ class QuantizeOptions:
     def validate(self) -> "QuantizeOptions":
         self.checkpoint, self.out = Path(self.checkpoint), Path(self.out)
         self.data = Path(self.data) if self.data is not None else None
-        if not self.checkpoint.is_file():
-            raise FileNotFoundError(f"{self.checkpoint}: checkpoint not found")
+        problem = checkpoint_path_problem(self.checkpoint)  # a folder is called a folder, with what it holds
+        if problem:
+            raise CheckpointError(problem)
+        resolve_device(self.device)
         if self.data is not None and not self.data.is_dir():
             raise FileNotFoundError(f"--data {self.data}: folder not found")
-        if not (self.max_drop >= 0):
-            raise ValueError(f"--max-drop must be >= 0 (points of the validation metric), got {self.max_drop}")
+        if not (0 <= self.max_drop < float("inf")):  # report.json is strict JSON: no Infinity or NaN in it
+            raise ValueError(f"--max-drop must be a finite number >= 0 (points of the validation metric), got "
+                             f"{self.max_drop}; for no budget at all give one larger than the metric, e.g. 100")
         if self.data_config is not None and not Path(self.data_config).is_file():
             raise FileNotFoundError(f"--data-config {self.data_config}: file not found")
         if self.source is not None and self.source not in SOURCES:
@@ -132,7 +141,7 @@ def claim_out(opts: QuantizeOptions) -> Claim:
 
 def load_for_quantization(opts: QuantizeOptions) -> tuple[nn.Module, nn.Module, dict]:
     """(the model as given -- train form when it is one, for the diagnosis --, its fused float model, meta)."""
-    task = opts.task or ("cls", "det", "seg")
+    task = opts.task or tuple(TASKS)
     if opts.source is not None:
         fused, meta = load_fused(opts.checkpoint, task, source_format=opts.source, device=opts.device,
                                  image_size=opts.image_size, data_config=opts.data_config, block=opts.block)
@@ -168,37 +177,7 @@ def split_training_images(calibration, selection, opts: QuantizeOptions, classif
     return SearchData(calib, heldout, selected, labels if classification and labels else None)
 
 
-# --- budget steps ---------------------------------------------------------------------------------
-
-def _ladder(n: int) -> list[int]:
-    """1, 2, 3, 4, 6, 9, ... up to ``n`` (``n``: the most units that may stay float)."""
-    steps, k = [], 1
-    while k <= n:
-        steps.append(k)
-        k = k + 1 if k < 4 else int(k * 1.5)
-    if n and steps[-1] != n:
-        steps.append(n)
-    return steps
-
-
-def partial_ladder(float_model: nn.Module, qmodel: nn.Module, data: SearchData, preprocess, config: QuantConfig,
-                   evaluate, fp32: float, int8: float, max_drop: float, device: str, progress: bool) -> dict:
-    """Keep the fewest most-sensitive units in float that meet the budget on validation (see module doc)."""
-    ranking = rank_layers(qmodel, data.calib[:2], preprocess, device, config.backend, progress=progress)
-    steps = []
-    best = (qmodel, [], int8)
-    for k in _ladder(len(ranking) - 1):  # at least one unit stays quantized
-        skip = tuple(e.name for e in ranking[:k])
-        model, _ = quantize_ptq(float_model, data.calib, preprocess, replace(config, skip_layers=skip), device,
-                                progress=False)
-        metric = evaluate(model)
-        steps.append({"float_layers": list(skip), "validation": metric, "drop": fp32 - metric})
-        best = (model, list(skip), metric)
-        if fp32 - metric <= max_drop:
-            break
-    return {"ranking": [e.as_dict() for e in ranking], "steps": steps, "model": best[0], "float_layers": best[1],
-            "metric": best[2]}
-
+# --- the loop of the budget strategy --------------------------------------------------------------
 
 def qat_step(qmodel: nn.Module, loader, meta: dict, preprocess, opts: QuantizeOptions) -> nn.Module:
     """A short QAT fine-tune of a copy of ``qmodel`` on the training split with the task's own loss
@@ -212,53 +191,66 @@ def qat_step(qmodel: nn.Module, loader, meta: dict, preprocess, opts: QuantizeOp
     return model.eval()
 
 
+@dataclass
+class BudgetRun:
+    """What the budget loop needs besides the strategy: the chosen candidate's float model, its PTQ config,
+    the data and how to score a model on validation."""
+
+    float_model: nn.Module
+    config: QuantConfig
+    data: SearchData
+    preprocess: object
+    evaluate: object
+    training: object  # the calibration loader (training images), for QAT
+    meta: dict
+
+
+def meet_budget(run: BudgetRun, qmodel: nn.Module, fp32: float, opts: QuantizeOptions) -> BudgetStrategy:
+    """The loop that quantizes, evaluates and records what the :class:`BudgetStrategy` asks for, starting
+    from the chosen all-INT8 candidate ``qmodel``; returns the strategy (its trials, its best)."""
+    backend = get_backend(run.config.backend)
+    qat = opts.allow_qat and get_task(run.meta["task"]).qat_loss is not None
+    if opts.allow_qat and not qat:  # a segmentor's loss lives in mmseg's model: train it with tools/train_seg.py
+        log.warning("--allow-qat: QAT in this pipeline is for classifiers and detectors; %s is left at PTQ",
+                    run.meta["task"])
+
+    def rank() -> list[dict]:
+        ranking = rank_layers(qmodel, run.data.calib[:2], run.preprocess, opts.device, run.config.backend,
+                              progress=opts.progress)
+        return [e.as_dict() for e in ranking]
+
+    strategy = BudgetStrategy(fp32, opts.max_drop, None if opts.int8_only else rank, qat)
+    while (step := strategy.next_step()) is not None:
+        if not strategy.trials:
+            model = qmodel
+        elif step.qat:
+            model = qat_step(strategy.best().model, run.training, run.meta, run.preprocess, opts)
+        else:
+            model, _ = quantize_ptq(run.float_model, run.data.calib, run.preprocess,
+                                    replace(run.config, skip_layers=step.float_layers), opts.device, progress=False)
+        strategy.record(Trial(step, run.evaluate(model), quantized_convs(model, backend), model))
+    return strategy
+
+
 # --- ONNX Runtime -----------------------------------------------------------------------------------
 
-def _ort_fields(check, int8_ort: float | None, latency: dict | None) -> dict:
-    return {"int8_ort": int8_ort, "kernels": check.kernels, "kernel_reason": check.kernel_reason,
-            "integer_convs": check.integer_convs, "convs": check.convs_total,
-            "float_conv_transposes": check.float_conv_transposes, "ort_vs_fakequant_rel_error": check.rel_error,
-            "ort_vs_fakequant_argmax_agreement": check.argmax_agreement,
+def _ort_fields(check: Int8Check) -> dict:
+    ort, latency = check.ort, check.latency
+    return {"int8_ort": check.int8_ort, "onnx_scored": check.scored_file, "pre_processed": ort.pre_processed,
+            "kernels": ort.kernels, "kernel_reason": ort.kernel_reason,
+            "integer_convs": ort.integer_convs, "convs": ort.convs_total,
+            "float_conv_transposes": ort.float_conv_transposes, "ort_vs_fakequant_rel_error": ort.rel_error,
+            "ort_vs_fakequant_argmax_agreement": ort.argmax_agreement,
             "latency_ms": None if latency is None else {"fp32": latency["fp32_ms"], "int8": latency["int8_ms"]}}
 
 
-def _check_options(opts: QuantizeOptions, evaluate: bool) -> CheckOptions:
-    return CheckOptions(evaluate=evaluate, ort_precision=opts.ort_precision, onnx_path=opts.out / "model_int8.onnx",
-                        latency=True, fp32_onnx_path=opts.out / "model_fp32.onnx", repeats=opts.latency_repeats,
-                        device=opts.device, progress=opts.progress)
-
-
-def check_ptq_in_ort(float_model: nn.Module, data: SearchData, preprocess, config: QuantConfig,
-                     evaluator, fp32: float, final_model: nn.Module, opts: QuantizeOptions) -> dict:
-    """The chosen PTQ model through :func:`quantize_and_check` (export, ORT kernels, integer convs, agreement,
-    ORT metric, latency against ``float_model`` in FP32, the same function as the given model). It re-quantizes
-    ``float_model`` with ``config`` on the same batches: the same model as ``final_model``, checked on the
-    export batch."""
-    report = quantize_and_check(float_model, data.calib, preprocess, config, evaluator, _check_options(opts, False),
-                                fp32=fp32)
-    example = preprocess(data.calib[0][:8].to(opts.device))
-    with torch.no_grad():
-        pairs = zip(flatten_outputs(report.model(example)), flatten_outputs(final_model(example)))
-        diff = max(float((a - b).abs().max()) for a, b in pairs)
-    if diff > 1e-4:
-        log.warning("the re-quantized model differs from the chosen one by %.3g on the export batch", diff)
-    return _ort_fields(report.ort, report.int8_ort, report.latency)
-
-
-def check_qat_in_ort(qmodel: nn.Module, fused: nn.Module, example: torch.Tensor, evaluator,
-                     opts: QuantizeOptions) -> dict:
-    """A QAT model cannot be re-made from a config: the same checks on the model itself."""
-    from ..deploy.ort import OrtModule
-
-    path = export_qdq_onnx(qmodel, example, opts.out / "model_int8.onnx")
-    with torch.no_grad():
-        reference = qmodel(example)
-    check = check_ort_int8(path, example, reference, precision=opts.ort_precision)
-    precise = check.kernels == "precise"
-    metric = float(evaluator.evaluate(OrtModule(check.onnx_path, precise_int8=precise))[evaluator.metric_name])
-    latency = measure_latency(fused, example, opts.out / "model_fp32.onnx", Path(check.onnx_path), precise,
-                              repeats=opts.latency_repeats)
-    return _ort_fields(check, metric, latency)
+def check_in_ort(qmodel: nn.Module, fused: nn.Module, data: SearchData, preprocess, evaluator,
+                 opts: QuantizeOptions) -> dict:
+    """The shipped fake-quant model (PTQ or QAT alike) through :func:`check_int8`, written into ``opts.out``."""
+    options = CheckOptions(ort_precision=opts.ort_precision, onnx_path=opts.out / "model_int8.onnx", latency=True,
+                           fp32_onnx_path=opts.out / "model_fp32.onnx", repeats=opts.latency_repeats,
+                           device=opts.device, progress=opts.progress)
+    return _ort_fields(check_int8(qmodel, fused, check_batch(data.calib, preprocess, options), evaluator, options))
 
 
 # --- the pipeline -----------------------------------------------------------------------------------
@@ -296,8 +288,8 @@ def _quantize(opts: QuantizeOptions, claimed: ExitStack) -> dict:
     def evaluate(m: nn.Module) -> float:
         return float(evaluator.evaluate(m)[metric_name])
 
-    classification = task == "cls"
-    data = split_training_images(split.calibration, split.selection, opts, classification)
+    row = get_task(task)
+    data = split_training_images(split.calibration, split.selection, opts, row.selection_score == "kl")
     out = claimed.enter_context(claim_out(opts))  # inputs loaded and checked: a failed load leaves OUT as it was
     fp32 = evaluate(fused)
     t = lap("load_and_fp32", t)
@@ -305,52 +297,34 @@ def _quantize(opts: QuantizeOptions, claimed: ExitStack) -> dict:
     t = lap("diagnosis", t)
 
     base = QuantConfig(num_calib_batches=len(data.calib))
-    specs = opts.specs()
-    results, qmodels, floats = run_search(fused, data, preprocess, specs, base, classification, opts.device,
-                                          opts.progress)
+    results, qmodels, floats = run_search(fused, data, preprocess, opts.specs(), base, row.selection_score == "kl",
+                                          opts.device, opts.progress)
     chosen = choose(results)
     t = lap("search", t)
-    qmodel = qmodels[chosen.spec.name]
-    int8_all = evaluate(qmodel)
-    chosen.validation = int8_all
-    final = {"model": qmodel, "metric": int8_all, "float_layers": [], "qat": False, "how": "all-INT8 PTQ"}
-    partial = None
-    if fp32 - int8_all > opts.max_drop and not opts.int8_only:
-        config = candidate_config(chosen.spec, base)
-        partial = partial_ladder(floats[chosen.spec.transform], qmodel, data, preprocess, config, evaluate, fp32,
-                                 int8_all, opts.max_drop, opts.device, opts.progress)
-        final.update(model=partial["model"], metric=partial["metric"], float_layers=partial["float_layers"],
-                     how=f"partial PTQ, {len(partial['float_layers'])} layers in float")
-        t = lap("partial", t)
-    if fp32 - final["metric"] > opts.max_drop and opts.allow_qat:
-        if get_task(task).qat_loss is not None:
-            qat_model = qat_step(final["model"], split.calibration, meta, preprocess, opts)
-            qat_metric = evaluate(qat_model)
-            final.update(model=qat_model, metric=qat_metric, qat=True, how=final["how"] + " + QAT")
-        else:  # a segmentor's loss lives in mmseg's model: train it with tools/train_seg.py instead
-            log.warning("--allow-qat: QAT in this pipeline is for classifiers and detectors; %s is left at PTQ", task)
-        t = lap("qat", t)
+    config = candidate_config(chosen.spec, base)
+    run = BudgetRun(floats[chosen.spec.transform], config, data, preprocess, evaluate, split.calibration, meta)
+    strategy = meet_budget(run, qmodels[chosen.spec.name], fp32, opts)
+    chosen.validation = strategy.trials[0].metric
+    best = strategy.best()
+    t = lap("budget", t)
 
     for r in results:  # after the choice; NOT used for it (report only)
         if r.validation is None:
             r.validation = evaluate(qmodels[r.spec.name])
     t = lap("validation_of_all_candidates", t)
 
-    config = replace(candidate_config(chosen.spec, base), skip_layers=tuple(final["float_layers"]))
-    if final["qat"]:
-        example = preprocess(data.calib[0][:8].to(opts.device))
-        ort = check_qat_in_ort(final["model"], fused, example, evaluator, opts)
-    else:
-        ort = check_ptq_in_ort(floats[chosen.spec.transform], data, preprocess, config, evaluator, fp32,
-                               final["model"], opts)
+    config = replace(config, skip_layers=best.step.float_layers)
+    ort = check_in_ort(best.model, fused, data, preprocess, evaluator, opts)
     t = lap("onnx_runtime", t)
+    final = {"model": best.model, "metric": best.metric, "float_layers": list(best.step.float_layers),
+             "qat": best.step.qat, "how": best.step.how}
     _save_fakequant(final["model"], meta, chosen, final, config, [1, *data.calib[0].shape[1:]],
                     opts.out / "model_fakequant.pt")
     timings["total"] = round(time.perf_counter() - start, 2)
     timings["total_cpu"] = round(time.process_time() - cpu_start, 2)  # this process's CPU time: load-independent
 
-    report = _report(opts, meta, metric_name, fp32, int8_all, final, chosen, results, partial, ort, diagnosis,
-                     data, timings)
+    report = _report(opts, meta, metric_name, fp32, final, chosen, results, strategy, ort, diagnosis, data,
+                     split.selection_disjoint, _metric_resolution(row, evaluator), timings)
     write_json_atomic(opts.out / "report.json", report)
     write_text_atomic(opts.out / "report.md", render_report(report))
     out.seal({"candidates": len(results)})
@@ -371,17 +345,25 @@ def _save_fakequant(model: nn.Module, meta: dict, chosen: CandidateResult, final
                     input_shape: list[int], path: Path) -> None:
     """The chosen fake-quant model: its state dict, and in the metadata what :func:`load_fakequant` needs to
     rebuild its structure (the PTQ config, the input shape its output quantizers were placed for)."""
+    backend = get_backend(config.backend)
     quant = {"calibrator": chosen.spec.calibrator, "transform": chosen.spec.transform,
              "bias_correction": chosen.spec.bias_correction,
              "float_layers": final["float_layers"], "qat": final["qat"],
-             "config": config.as_dict(), "input_shape": list(input_shape)}
+             "config": config.as_dict(), "input_shape": list(input_shape),
+             # quantizers that saw no calibration data stay float by design; any other must have its range
+             "uncalibrated_quantizers": [n for n, q in iter_quantizers(model, backend) if backend.amax(q) is None]}
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     save_checkpoint(path, state, {**meta, "fused": True, "fake_quant": quant})
 
 
 def load_fakequant(path: str | os.PathLike, device: str = "cpu") -> tuple[nn.Module, dict]:
     """The fake-quant model tools/quantize.py saved as ``model_fakequant.pt``, ready to evaluate, fine-tune
-    with QAT or export; returns (model in eval mode on ``device``, meta)."""
+    with QAT or export; returns (model in eval mode on ``device``, meta).
+
+    Strict: every key must fit the rebuilt model, and every quantizer must have its calibrated range
+    (``_amax``) unless the file records it as never calibrated; otherwise a :class:`CheckpointError` names the
+    file (a quantizer without its range would silently run in float).
+    """
     payload = load_checkpoint(path)
     meta = payload["meta"]
     quant = meta.get("fake_quant")
@@ -389,40 +371,75 @@ def load_fakequant(path: str | os.PathLike, device: str = "cpu") -> tuple[nn.Mod
         raise CheckpointError(f"{path}: not a fake-quant checkpoint of tools/quantize.py (no 'fake_quant' config in "
                               "its metadata; files of versions before bias correction lack it: run tools/quantize.py "
                               "again); a float checkpoint loads with tasks.registry.load_model")
-    config = QuantConfig(**{**quant["config"], "skip_layers": tuple(quant["config"]["skip_layers"])})
+    try:
+        config = QuantConfig(**{**quant["config"], "skip_layers": tuple(quant["config"]["skip_layers"])}).validate()
+        example = torch.zeros(quant["input_shape"])
+    except (TypeError, KeyError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: its fake-quant metadata is not a valid configuration ({type(err).__name__}: "
+                              f"{err}); was it edited? run tools/quantize.py again") from None
     fused = build_model_from_meta(meta, str(path)).eval()
-    example = torch.zeros(quant["input_shape"])
     try:
         model = rebuild_fakequant(fused, config, example, payload["model"], device)
     except RuntimeError as err:  # a state dict that does not fit the rebuilt structure
         raise CheckpointError(f"{path}: the saved fake-quant state does not fit the model its metadata describes: "
                               f"{str(err).splitlines()[0]}") from None
+    backend = get_backend(config.backend)
+    uncalibrated = set(quant.get("uncalibrated_quantizers", ()))
+    missing = [n for n, _ in iter_quantizers(model, backend)
+               if n not in uncalibrated and f"{n}._amax" not in payload["model"]]
+    if missing:
+        raise CheckpointError(f"{path}: {len(missing)} quantizer(s) have no calibrated range (_amax) in the file "
+                              f"({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}); they would run in "
+                              "float: the file is incomplete or was edited, run tools/quantize.py again")
     return model, meta
 
 
-def _report(opts, meta, metric_name, fp32, int8_all, final, chosen, results, partial, ort, diagnosis, data,
-            timings) -> dict:
-    drop = fp32 - final["metric"]
+def _metric_resolution(row, evaluator) -> dict | None:
+    """How many metric points one validation image is worth, for a metric that counts images (top-1);
+    None for AP / mIoU, where one image moves the metric by no fixed amount."""
+    dataset = getattr(getattr(evaluator, "val_loader", None), "dataset", None)
+    if not row.metric_counts_images or dataset is None or not len(dataset):
+        return None
+    return {"validation_images": len(dataset), "points_per_image": 100.0 / len(dataset)}
+
+
+def _budget_fields(opts, fp32: float, strategy: BudgetStrategy, ort: dict, resolution: dict | None) -> dict:
+    best = strategy.best()
+    drop = fp32 - best.metric
+    int8 = bool(ort["integer_convs"]) and best.quantized_convs > 0
+    if resolution is not None:
+        resolution["finer_than_budget"] = resolution["points_per_image"] > opts.max_drop
+    ladder, qat = strategy.ladder_trials(), strategy.qat_trial()
+    return {"int8": best.metric, "int8_all_int8_choice": strategy.trials[0].metric, "drop": drop,
+            "max_drop": opts.max_drop, "budget_met": bool(strategy.met(best) and int8), "is_int8": int8,
+            "how": best.step.how, "metric_resolution": resolution,
+            "partial": None if not ladder else {"ranking": strategy.ranking[:20],
+                                                "steps": [t.as_dict(fp32) for t in ladder],
+                                                "shipped": next((i for i, t in enumerate(ladder) if t is best), None)},
+            "qat": None if qat is None else {**qat.as_dict(fp32), "kept": best is qat}}
+
+
+def _report(opts, meta, metric_name, fp32, final, chosen, results, strategy, ort, diagnosis, data, disjoint,
+            resolution, timings) -> dict:
     scores = [r.selection.score for r in results]
     vals = [r.validation for r in results]
     return {
         "checkpoint": str(opts.checkpoint), "task": meta["task"], "metric": metric_name,
         "arch": meta.get("arch") or meta.get("scale"), "block": meta.get("block"),
-        "converted_from": opts.source,
-        "fp32": fp32, "int8": final["metric"], "int8_all_int8_choice": int8_all, "int8_ort": ort["int8_ort"],
-        "drop": drop, "max_drop": opts.max_drop, "budget_met": bool(drop <= opts.max_drop),
-        "how": final["how"],
+        "converted_from": opts.source, "fp32": fp32, "int8_ort": ort["int8_ort"],
+        **_budget_fields(opts, fp32, strategy, ort, resolution),
         "chosen": {"candidate": chosen.spec.name, "calibrator": chosen.spec.calibrator, "repair": chosen.spec.repair,
                    "cle": chosen.spec.cle, "bias_correction": chosen.spec.bias_correction,
                    "float_layers": final["float_layers"], "qat": final["qat"]},
         "candidates": [r.as_dict() for r in results],
-        "selection": {"images": sum(int(b.shape[0]) for b in data.selection), "score": "kl" if meta["task"] == "cls"
-                      else "rel_mse", "calib_images": sum(int(b.shape[0]) for b in data.calib),
+        "selection": {"images": sum(int(b.shape[0]) for b in data.selection),
+                      "score": get_task(meta["task"]).selection_score,
+                      "calib_images": sum(int(b.shape[0]) for b in data.calib),
+                      "disjoint_from_calibration": bool(disjoint),
                       # lower score should mean higher validation metric: a good predictor gives -1
                       "spearman_score_vs_validation": spearman(scores, vals)},
-        "partial": None if partial is None else {"ranking": partial["ranking"][:20], "steps": partial["steps"]},
         "int8_only": opts.int8_only, "allow_qat": opts.allow_qat,
-        "integer_convs": ort["integer_convs"], "convs": ort["convs"], "ort": ort,
+        "integer_convs": ort["integer_convs"], "convs": ort["convs"], "onnx_scored": ort["onnx_scored"], "ort": ort,
         "diagnosis": diagnosis, "seconds": timings, "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
     }

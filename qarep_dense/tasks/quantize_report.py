@@ -27,7 +27,7 @@ def _f(value, digits: int = 2) -> str:
 
 
 def _candidate_rows(report: dict) -> list[str]:
-    cls = report["task"] == "cls"
+    cls = report["selection"]["score"] == "kl"  # the KL columns exist for classifiers only
     head = "| candidate | time s | selection score | rel MSE |" + (" KL | top-1 agree | sel. top-1 |" if cls else "") + \
         f" val {report['metric']} (not used) |"
     lines = [head, "|" + "|".join("---" for _ in head.split("|")[1:-1]) + "|"]
@@ -42,10 +42,28 @@ def _candidate_rows(report: dict) -> list[str]:
     return lines
 
 
+def _overlap_words(sel: dict) -> str:
+    if sel.get("disjoint_from_calibration", True):
+        return (f"that calibration ({sel['calib_images']} images) and the repair's held-out batch never saw")
+    return (f"that OVERLAP the {sel['calib_images']} calibration images (the training split is smaller than "
+            "calibration + selection: lower --selection-images or --calib-batches, or add training images)")
+
+
+def _resolution_lines(report: dict) -> list[str]:
+    res = report.get("metric_resolution")
+    if not res or not res.get("finer_than_budget"):
+        return []
+    return [f"Note: with {res['validation_images']} validation images one image is worth "
+            f"{res['points_per_image']:.2f} {report['metric']} points, more than the budget of "
+            f"{report['max_drop']:.2f}: the budget means that no validation prediction may get worse.", ""]
+
+
 def render_report(report: dict) -> str:
     m, sel = report["metric"], report["selection"]
     chosen = report["chosen"]
     verdict = "met" if report["budget_met"] else "MISSED"
+    if not report["is_int8"]:
+        verdict = "NOT MET: no conv runs as an integer kernel, this is not an INT8 model"
     lines = [
         f"# INT8 quantization of {report['checkpoint']}",
         "",
@@ -57,7 +75,8 @@ def render_report(report: dict) -> str:
         f"| | {m} |", "|---|---|",
         f"| FP32 | {report['fp32']:.2f} |",
         f"| INT8 (fake quant, {report['how']}) | {report['int8']:.2f} |",
-        f"| INT8 in ONNX Runtime ({report['ort']['kernels']} kernels) | {report['int8_ort']:.2f} |",
+        f"| INT8 in ONNX Runtime ({report['ort']['kernels']} kernels, `{report['onnx_scored']}`) | "
+        f"{report['int8_ort']:.2f} |",
         f"| drop | {report['drop']:.2f} (budget {report['max_drop']:.2f}: **{verdict}**) |",
         "",
         f"Chosen: calibrator **{chosen['calibrator']}**, repair {'on' if chosen['repair'] else 'off'}, "
@@ -69,6 +88,7 @@ def render_report(report: dict) -> str:
         f"({report['threads']} torch threads, {report['cpu_count']} CPUs). ORT vs fake quant: relative error "
         f"{_f(report['ort']['ort_vs_fakequant_rel_error'], 3)}.",
         "",
+        *_resolution_lines(report),
     ]
     if report.get("diagnosis"):
         d = report["diagnosis"]
@@ -77,8 +97,7 @@ def render_report(report: dict) -> str:
     lines += [
         "## Candidates",
         "",
-        f"Scored on {sel['images']} training images that calibration ({sel['calib_images']} images) and the "
-        f"repair's held-out batch never saw; the score is the {'mean KL divergence of the softmax' if sel['score'] == 'kl' else 'relative MSE of the outputs'} "
+        f"Scored on {sel['images']} training images {_overlap_words(sel)}; the score is the {'mean KL divergence of the softmax' if sel['score'] == 'kl' else 'relative MSE of the outputs'} "
         "against the FP32 model (lower is better); ties go to the cheaper candidate. Time: the float transform "
         "plus calibration (plus the bias correction of '+bc' candidates). The last column was measured on the validation split AFTER the choice and was not "
         "used for it.",
@@ -94,13 +113,22 @@ def render_report(report: dict) -> str:
         "",
     ]
     if report.get("partial"):
+        shipped = report["partial"]["shipped"]
         lines += ["## Partial quantization", "",
                   "The all-INT8 choice missed the budget. The budget is a promise about the validation metric, so "
                   "each step below was checked there (the one setting fitted to validation): the most sensitive "
-                  "layers (output MSE on calibration images) are kept in float, fewest first.", "",
-                  f"| float layers | validation {m} | drop |", "|---|---|---|"]
-        lines += [f"| {len(s['float_layers'])} | {s['validation']:.2f} | {s['drop']:.2f} |" for s in report["partial"]["steps"]]
+                  "layers (output MSE on calibration images) are kept in float, fewest first. The first step that "
+                  "meets the budget ends the ladder; when none does, the best step is shipped (marked).", "",
+                  f"| float layers | validation {m} | drop | shipped |", "|---|---|---|---|"]
+        lines += [f"| {len(s['float_layers'])} | {s['validation']:.2f} | {s['drop']:.2f} | "
+                  f"{'**yes**' if i == shipped else ''} |" for i, s in enumerate(report["partial"]["steps"])]
         lines.append("")
+    if report.get("qat"):
+        q = report["qat"]
+        verdict = "it is shipped." if q["kept"] else \
+            f"the PTQ model ({report['int8']:.2f}) is better and is shipped instead."
+        lines += ["## QAT", "", f"A short QAT fine-tune of the best PTQ model gave validation {m} "
+                  f"{q['validation']:.2f} (drop {q['drop']:.2f}); {verdict}", ""]
     elif not report["budget_met"] and report["int8_only"]:
         lines += ["--int8-only: no layer may stay in float, so the all-INT8 result above is final.", ""]
     lines += ["## Time", "", "| step | seconds |", "|---|---|"]

@@ -11,6 +11,7 @@ Importing the task modules does not import mmseg (the segmentation row loads it 
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 from torch import nn
@@ -23,7 +24,6 @@ from . import classification, detection, segmentation
 from .base import TASK_NAMES, TaskRow, check_task, require_meta
 
 TASKS: dict[str, TaskRow] = {row.name: row for row in (classification.TASK, detection.TASK, segmentation.TASK)}
-TASK_MODULES = TASKS  # the former name (task -> module path); membership tests read the same
 
 __all__ = ["TASKS", "TASK_NAMES", "TaskRow", "CheckpointError", "get_task", "check_task", "require_meta",
            "build_model_from_meta", "load_model", "load_fused", "fuse", "foreign_meta", "reparameterize",
@@ -51,12 +51,30 @@ def load_model(path: str | Path, task: str | tuple[str, ...] | None = None) -> t
 
     ``task``: the task(s) the caller can handle; another task's checkpoint is refused by name.
     """
-    payload = load_checkpoint(path)
-    meta = payload["meta"]
+    state, meta = read_checkpoint(path)
     check_task(meta, task, str(path))
     model = build_model_from_meta(meta, str(path))
-    load_model_state(model, payload["model"], source=str(path))
+    load_model_state(model, state, source=str(path))
     return model.eval(), meta
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
+    """(state dict, meta) of one of our checkpoints, or of one a task's training framework wrote (a row's
+    ``read_checkpoint``: mmengine's ``iter_*.pth`` of a segmentation run). A file no reader takes raises the
+    error of our own reader."""
+    try:
+        payload = load_checkpoint(path)
+        return payload["model"], payload["meta"]
+    except CheckpointError as ours:
+        if not zipfile.is_zipfile(path):  # every torch.save since torch 1.6 is a zip archive
+            raise
+        for row in TASKS.values():
+            if row.read_checkpoint is not None:
+                try:
+                    return row.read_checkpoint(Path(path))
+                except CheckpointError:
+                    continue
+        raise ours
 
 
 def fuse(model: nn.Module, meta: dict) -> nn.Module:

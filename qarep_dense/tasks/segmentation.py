@@ -27,7 +27,7 @@ from ..evaluation.segmentation import SegmentationEvaluator
 from ..layers.rep import reparameterize
 from ..fileio import Claim, claim_file, sealed, write_json_atomic
 from .base import TaskRow, require_meta
-from .common import claim_work_dir
+from .common import METRICS_UNIT, claim_work_dir
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,6 @@ log = logging.getLogger(__name__)
 def _mm():
     from ..integrations import mmseg
 
-    from .registry import load_model
-
-    mmseg.set_model_loader(load_model)  # RepOptimizerConstructor reads its Hyper-Search checkpoint with it
     return mmseg
 
 
@@ -128,7 +125,8 @@ def finalize(model: nn.Module, cfg: Any, work_dir: Path, device: str = "cpu", pr
     evaluator = make_evaluator(request)
     train_form, deploy_metrics = evaluator.evaluate(wrapped), evaluator.evaluate(deploy)
     save_checkpoint(work_dir / "deploy.pt", deploy.state_dict(), {**meta, "fused": True}, metrics=deploy_metrics)
-    results = {"task": "seg", "arch": meta["arch"], "block": meta["block"], "head": meta["head"],
+    results = {"task": "seg", "metrics_unit": METRICS_UNIT, "arch": meta["arch"], "block": meta["block"],
+               "head": meta["head"],
                "train_form": train_form, "deploy": deploy_metrics, "mmseg_val": {k: float(v) for k, v in (mmseg_val or {}).items()},
                "max_logit_diff": _max_logit_diff(wrapped, deploy, evaluator),
                "files": {"last": str(work_dir / "last.pt"), "deploy": str(work_dir / "deploy.pt")}}
@@ -249,4 +247,21 @@ def image_pipeline(meta: dict):
     return prepare
 
 
-TASK = TaskRow("seg", "segmentation", "mIoU", build_model_from_meta, make_evaluator)
+def read_checkpoint(path: Path) -> tuple[dict, dict]:
+    """(state, meta) of an mmengine ``iter_*.pth`` of a segmentation run (its config travels in the file)."""
+    return _mm().read_mmengine_checkpoint(path)
+
+
+def prepare_image(meta: dict, size: int | None = None, source: str = "checkpoint"):
+    """The checkpoint's mmseg test pipeline without its annotation steps (it carries its own resize)."""
+    pipeline = image_pipeline(meta)
+    return lambda path, img: (pipeline(path), {})
+
+
+def class_names(meta: dict) -> list[str] | None:
+    return meta.get("names") or (dataset_class_names(meta) if meta.get("mmseg_config") else None)
+
+
+TASK = TaskRow("seg", "segmentation", "mIoU", build_model_from_meta, make_evaluator, free_size_export=True,
+               read_checkpoint=read_checkpoint, prepare_image=prepare_image, class_names=class_names,
+               prediction="mask", batch_size=4)

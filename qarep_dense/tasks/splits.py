@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler, Subset
 
 from ..data.preprocess import Preprocess
-from ..evaluation.evaluators import EvalRequest, Evaluator
+from ..evaluation.evaluators import BATCH_SIZE, EvalRequest, Evaluator
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def task_data(request: EvalRequest, calib_images: int, selection_images: int = 2
     return TaskData(evaluator, calibration, selection, evaluator.preprocess, disjoint)
 
 
-def request_for(checkpoint: str | Path, meta: dict, data: str | Path | None = None, batch_size: int = 32,
+def request_for(checkpoint: str | Path, meta: dict, data: str | Path | None = None, batch_size: int = BATCH_SIZE,
                 workers: int = 0, device: str = "cpu", image_size: int | None = None,
                 progress: bool = True) -> EvalRequest:
     """The :class:`EvalRequest` a tool builds from its command line (paths typed here once)."""

@@ -1,8 +1,8 @@
 """MMSegmentation 1.x adapter: the ONLY package of qarep_dense that imports mmengine, mmseg or mmcv.
 
 Configs import it through ``custom_imports``; the tools through ``qarep_dense.tasks.segmentation``. It
-imports nothing above ``engine/``, ``models/``, ``data/`` and ``layers/`` (the task layer passes it a
-checkpoint loader, :func:`set_model_loader`). By job:
+imports nothing above ``engine/``, ``models/``, ``data/`` and ``layers/`` (a Hyper-Search checkpoint is read
+with ``engine.checkpoint.load_hs_model``, like the recipes do). By job:
 
 * :mod:`.shims`: ``mmcv.ops`` under mmcv-lite and ``mmseg::`` config bases without ``pkg_resources``
   (imported first: mmseg needs both when it is imported);

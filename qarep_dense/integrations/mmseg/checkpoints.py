@@ -9,14 +9,13 @@ recommends ``weights_only=False``) or as a bare ``EOFError``.
 from __future__ import annotations
 
 import pickle
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer
 
-from ...engine.checkpoint import CheckpointError, _unsafe_message
+from ...engine.checkpoint import CheckpointError, read_torch_file
 
 
 def _numpy_globals() -> list:
@@ -65,14 +64,7 @@ def check_mmengine_checkpoint(path: str | Path, role: str, resume: bool = False)
         raise CheckpointError(f"{role} {path}: checkpoint file not found")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{role} {path}: empty file (0 bytes), not a checkpoint")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "weights only load failed" in str(err).lower():
-            raise CheckpointError(f"{role} {_unsafe_message(path, err)}") from None
-        raise CheckpointError(f"{role} {path}: cannot read checkpoint (truncated or corrupt file?): {err}") from err
-    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError) as err:
-        raise CheckpointError(f"{role} {path}: cannot read checkpoint (truncated or corrupt file?): {err}") from err
+    payload = read_torch_file(path, role)
     if not isinstance(payload, dict) or (resume and "state_dict" not in payload):
         raise CheckpointError(f"{role} {path}: not an mmengine checkpoint (a dict with a 'state_dict' entry); a project "
                               "checkpoint (last.pt) is evaluated with tools/eval_seg.py, not resumed")

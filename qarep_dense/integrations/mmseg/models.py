@@ -8,12 +8,14 @@ checkpoint stores and the model it describes.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
 from mmengine.config import Config
 from mmseg.registry import MODELS
 from torch import nn
 
+from ...engine.checkpoint import CheckpointError
 from .runner import config_from_text
 
 
@@ -117,5 +119,18 @@ def model_from_meta(meta: dict) -> SegmentorLogits:
     return SegmentorLogits(build_segmentor(model_cfg))
 
 
+def read_mmengine_checkpoint(path: str | Path) -> tuple[dict, dict]:
+    """(state dict of :class:`SegmentorLogits`, metadata) of a checkpoint mmengine's Runner wrote during a
+    segmentation run (``iter_*.pth``): its config is in the file, its weights are the segmentor's."""
+    from .checkpoints import check_mmengine_checkpoint
+
+    payload = check_mmengine_checkpoint(path, "checkpoint", resume=True)
+    text = (payload.get("meta") or {}).get("cfg")
+    if not isinstance(text, str):
+        raise CheckpointError(f"{path}: an mmengine checkpoint without its config (meta['cfg']); evaluate the "
+                              "project's last.pt / deploy.pt of the run instead")
+    return {f"segmentor.{k}": v for k, v in payload["state_dict"].items()}, seg_meta(config_from_text(text))
+
+
 __all__ = ["build_segmentor", "SegmentorLogits", "DeploySegmentorLogits", "fold_conv_module_bn", "revert_sync_bn",
-           "seg_meta", "model_from_meta"]
+           "seg_meta", "model_from_meta", "read_mmengine_checkpoint"]

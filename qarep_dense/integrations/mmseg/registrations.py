@@ -8,13 +8,11 @@
   the ignore index (mmseg's metric would silently drop them);
 * ``RepOptimizerConstructor`` (OPTIM_WRAPPER_CONSTRUCTORS): RepOptimizer SGD with the gradient masks of
   a Hyper-Search classification checkpoint on the backbone, plain SGD on the heads. It reads that
-  checkpoint through the loader the application layer sets (:func:`set_model_loader`): this layer does
-  not import ``qarep_dense.tasks``.
+  checkpoint with :func:`~qarep_dense.engine.checkpoint.load_hs_model`, the recipes' own loader.
 """
 from __future__ import annotations
 
 import logging
-from typing import Callable
 
 import numpy as np
 from mmengine.model import is_model_wrapper
@@ -23,22 +21,11 @@ from mmseg.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS, TRANSFORMS
 from mmseg.utils import register_all_modules
 from torch import nn
 
-from ...engine.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from ...engine.checkpoint import CheckpointError, load_checkpoint, load_hs_model, load_model_state
 from ...models.backbones.rep_trunk import OUTPUT_STRIDES, RepTrunk
 
 log = logging.getLogger(__name__)
 register_all_modules(init_default_scope=False)
-
-# (path, task) -> (model in eval mode, meta): how RepOptimizerConstructor reads a classification checkpoint.
-ModelLoader = Callable[[str, str], tuple[nn.Module, dict]]
-_MODEL_LOADER: ModelLoader | None = None
-
-
-def set_model_loader(loader: ModelLoader | None) -> None:
-    """Set the checkpoint loader :class:`RepOptimizerConstructor` uses (``qarep_dense.tasks.registry.load_model``)."""
-    global _MODEL_LOADER
-    _MODEL_LOADER = loader
-
 
 @MODELS.register_module()
 class QARepVGGBackbone(RepTrunk):
@@ -164,16 +151,9 @@ class RepOptimizerConstructor:
         from ...optim.repopt import RepOptimizerSGD, extract_scales, gradient_masks, init_target_from_scales
         from ...optim.weight_decay import param_groups
 
-        if _MODEL_LOADER is None:
-            raise RuntimeError("RepOptimizerConstructor needs a checkpoint loader to read its Hyper-Search checkpoint; "
-                               "train with tools/train_seg.py (it sets one), or call "
-                               "qarep_dense.integrations.mmseg.set_model_loader(qarep_dense.tasks.registry.load_model)")
         model = model.module if is_model_wrapper(model) else model
         backbone = model.backbone
-        hs_model, meta = _MODEL_LOADER(self.hs_checkpoint, "cls")
-        if meta.get("block") != "hs" or meta.get("fused") or meta.get("arch") != backbone.arch:
-            raise CheckpointError(f"{self.hs_checkpoint}: expected an unfused 'hs' classifier of arch {backbone.arch!r}, "
-                                  f"got block {meta.get('block')!r}, arch {meta.get('arch')!r}")
+        hs_model = load_hs_model(self.hs_checkpoint, "cls", "paramwise_cfg.hs_checkpoint", arch=backbone.arch)
         if backbone.block != "repopt":
             raise ValueError(f"RepOptimizerConstructor trains block 'repopt', the backbone has {backbone.block!r}")
         scales = extract_scales(hs_model)  # keys "stages.N.M": the trunk's own module names
@@ -192,4 +172,4 @@ class RepOptimizerConstructor:
         return OPTIM_WRAPPERS.build(dict(type=wrapper_type, optimizer=optimizer, **cfg))
 
 
-__all__ = ["QARepVGGBackbone", "CheckSegLabels", "RepOptimizerConstructor", "ModelLoader", "set_model_loader"]
+__all__ = ["QARepVGGBackbone", "CheckSegLabels", "RepOptimizerConstructor"]

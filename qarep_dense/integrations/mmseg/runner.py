@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import fnmatch
 import inspect
 import logging
 import os
@@ -21,7 +20,7 @@ from mmengine.config import Config
 from mmengine.hooks import Hook
 
 from ...config import suggest_key
-from ...engine.checkpoint import CheckpointError
+from ...engine.checkpoint import check_resume_config as check_changes
 
 log = logging.getLogger(__name__)
 
@@ -172,39 +171,19 @@ RESUME_CHANGEABLE = ("work_dir", "launcher", "resume", "load_from", "data_root",
                      "env_cfg.*", "log_level", "visualizer.*", "log_processor.*")
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict) and data:
-        flat: dict[str, Any] = {}
-        for key, value in data.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        return flat
-    return {prefix[:-1]: data}
-
-
 def check_resume_config(path: Path, saved_text: str | None, cfg: Config) -> None:
-    """Refuse a resume whose config differs from the one the checkpoint recorded, outside run context.
-
-    mmengine restores the model, optimizer (lr, momentum) and schedule from the checkpoint; a changed
-    model or recipe would be written into the run's config but not run (a changed block fails deep in
-    the optimizer's state). Raises :class:`CheckpointError` listing each changed key.
-    """
+    """Refuse a resume whose config differs from the one the checkpoint recorded, outside run context
+    (:func:`~qarep_dense.engine.checkpoint.check_resume_config` with ``RESUME_CHANGEABLE``; a key added or removed
+    counts). mmengine restores the model, optimizer (lr, momentum) and schedule from the checkpoint; a changed
+    model or recipe would be written into the run's config but not run."""
     if not saved_text:
         log.warning("%s records no config; cannot check that --resume continues the same recipe", path)
         return
-    saved = _flatten(config_from_text(saved_text).to_dict())
-    current = _flatten(config_from_text(cfg.pretty_text).to_dict())  # the same round trip as the saved text
-    differ = sorted(k for k in set(saved) | set(current) if saved.get(k, "<absent>") != current.get(k, "<absent>"))
-    changed = [k for k in differ if not any(fnmatch.fnmatchcase(k, p) for p in RESUME_CHANGEABLE)]
-    for key in differ:
-        if key not in changed and key not in ("work_dir", "resume", "load_from"):
-            log.info("resuming with %s changed: %r -> %r", key, saved.get(key, "<absent>"), current.get(key, "<absent>"))
-    if changed:
-        listed = ", ".join(f"{k} ({saved.get(k, '<absent>')!r} -> {current.get(k, '<absent>')!r})" for k in changed[:8])
-        more = f" (+{len(changed) - 8} more)" if len(changed) > 8 else ""
-        raise CheckpointError(f"--resume {path}: this config changes {listed}{more}; a resumed run restores the "
-                              "model, optimizer and schedule from the checkpoint, so the change would be recorded "
-                              "but not run. Resume with the checkpoint's config, or start a new run (another "
-                              f"--work-dir, or --overwrite). Changeable on resume: {', '.join(RESUME_CHANGEABLE)}")
+    saved = config_from_text(saved_text).to_dict()
+    current = config_from_text(cfg.pretty_text).to_dict()  # the same round trip as the saved text
+    for key, (old, new) in check_changes(path, saved, current, RESUME_CHANGEABLE, only_recorded=False).items():
+        if key not in ("work_dir", "resume", "load_from"):
+            log.info("resuming with %s changed: %r -> %r", key, old, new)
 
 
 def build_runner(cfg: Config):
