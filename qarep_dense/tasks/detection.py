@@ -23,7 +23,9 @@ from ..config import ConfigError, config_to_dict, require
 from ..data.coco import DetAugment
 from ..data.det_loader import make_det_loader
 from ..data.preprocess import DETECTION, Preprocess
+from ..data.digits_canvas import CanvasSpec, digits_canvas_paths, generate_digits_canvas
 from ..data.synthetic.coco import generate_coco, synthetic_coco_paths
+from ..engine.checkpoint import load_pretrained_trunk
 from ..engine.distributed import DistInfo, barrier
 from ..engine.hooks import CheckpointHook, EMAHook, EpochCallbackHook, EvalHook, LoggerHook, YoloV6LRHook
 from ..engine.logging import MetricLogger
@@ -32,8 +34,8 @@ from ..evaluation.detection import DetEvalSettings
 from ..evaluation.evaluators import DetectionEvaluator, EvalRequest
 from ..layers import BLOCK_TYPES
 from ..losses import DetectionLoss
-from ..models.detector import TORCH_BN_EPS, TORCH_BN_MOMENTUM, Detector, build_detector
-from ..models.zoo import DETECTOR_SCALES, detector_scale
+from ..models.detector import TORCH_BN_EPS, TORCH_BN_MOMENTUM, Detector, build_detector, build_trunk_detector
+from ..models.zoo import CLASSIFIER_ARCHS, DETECTOR_SCALES, detector_scale
 from ..ops import make_anchor_points
 from .base import TaskRow, require_meta
 from .common import RepOptConfig, TrainConfig, finalize_run, run_training
@@ -53,12 +55,16 @@ class DetModelConfig:
     reg_max: int = 16
     head_act: str = "silu"
     bn_eps: float = 1e-3            # YOLOv6's BatchNorm settings (its initialize_weights), on every BN
-    bn_momentum: float = 0.03
+    bn_momentum: float = 0.03       # (with backbone "trunk": on the neck and head; the trunk keeps the classifier's)
+    backbone: Literal["efficientrep", "trunk"] = "efficientrep"  # trunk: a classifier's stages (pretrainable)
+    arch: str = "A0h"               # backbone "trunk": the CLASSIFIER_ARCHS row
+    stem_stride: int = 2            # backbone "trunk": the classifier's (1 for the digits classifiers)
+    backbone_init: str = ""         # backbone "trunk": a train-form classification checkpoint to start from
 
 
 @dataclass
 class DetDataConfig:
-    kind: Literal["coco", "synthetic"] = "coco"
+    kind: Literal["coco", "synthetic", "digits_canvas"] = "coco"
     root: str = "data/coco"         # COCO 2017 layout; the synthetic export is written here if absent
     train_images: str = "images/train2017"  # relative to root
     train_ann: str = "annotations/instances_train2017.json"
@@ -72,7 +78,10 @@ class DetDataConfig:
     synthetic_val: int = 100
     synthetic_image_size: int = 256
     synthetic_classes: int = 6
-    seed: int = 0
+    canvas_size: int = 64           # digit canvases (kind = "digits_canvas"): side, digit sizes, passes (train, val)
+    canvas_scales: tuple[int, ...] = (16, 24, 32)
+    canvas_passes: tuple[int, int] = (4, 2)
+    seed: int = 0                   # synthetic / canvas layout seed; canvases split the digits as data.seed 0 does
 
 
 @dataclass
@@ -136,6 +145,11 @@ class DetConfig:
             (m.bn_eps > 0 and 0 < m.bn_momentum <= 1,
              f"model.bn_eps must be > 0 and model.bn_momentum in (0, 1]; got {m.bn_eps}, {m.bn_momentum}"),
             (self.loss.iou_type in ("", "giou", "siou", "ciou"), f"loss.iou_type {self.loss.iou_type!r} unknown"),
+            (d.kind != "digits_canvas" or m.num_classes == 10, "data.kind 'digits_canvas' needs model.num_classes = 10"),
+            (m.backbone == "trunk" or not m.backbone_init,
+             f"model.backbone_init is set but model.backbone is {m.backbone!r}; a classifier initialises a 'trunk'"),
+            (m.arch in CLASSIFIER_ARCHS, f"model.arch {m.arch!r} is not one of {sorted(CLASSIFIER_ARCHS)}"),
+            (m.stem_stride in (1, 2), f"model.stem_stride must be 1 or 2, got {m.stem_stride}"),
             (not self.repopt.hs_checkpoint or m.block == "repopt",
              f"repopt.hs_checkpoint is set but model.block is {m.block!r}; RepOptimizer trains block 'repopt'"),
         ])
@@ -146,9 +160,14 @@ def det_meta(cfg: DetConfig, category_ids: list[int], names: list[str]) -> dict:
     m = cfg.model
     return {"task": "det", "scale": m.scale, "block": m.block, "num_classes": m.num_classes,
             "use_dfl": m.use_dfl, "reg_max": m.reg_max, "head_act": m.head_act, "bn_eps": m.bn_eps,
-            "bn_momentum": m.bn_momentum, "fused": False, "fold_bn": True,
+            "bn_momentum": m.bn_momentum, "fused": False, "fold_bn": True, **backbone_meta(m),
             "image_size": cfg.data.image_size, "preprocess": DETECTION.as_dict(), "category_ids": category_ids,
             "names": names, "config": config_to_dict(cfg)}
+
+
+def backbone_meta(m: DetModelConfig) -> dict:
+    """The backbone's part of the metadata: {"backbone"} plus, for a trunk, its arch and stem stride."""
+    return {"backbone": m.backbone, **({"arch": m.arch, "stem_stride": m.stem_stride} if m.backbone == "trunk" else {})}
 
 
 # --- builders ------------------------------------------------------------------------------------
@@ -160,16 +179,24 @@ def data_paths(cfg: DetDataConfig, generate: bool = True) -> dict[str, Path]:
     ``generate=False``: a synthetic config reads an existing export's layout and never writes.
     """
     root = Path(cfg.root)
+    if cfg.kind == "digits_canvas":
+        spec = CanvasSpec(cfg.canvas_size, tuple(cfg.canvas_scales), passes=tuple(cfg.canvas_passes), seed=cfg.seed)
+        return generate_digits_canvas(root, spec) if generate else existing_paths(digits_canvas_paths(root), root)
     if cfg.kind == "synthetic" and not generate:
         return synthetic_coco_paths(root)
     if cfg.kind == "synthetic":
         return generate_coco(root, cfg.synthetic_train, cfg.synthetic_val, cfg.synthetic_image_size, seed=cfg.seed,
                              num_classes=cfg.synthetic_classes)
-    paths = {k: root / getattr(cfg, k) for k in ("train_images", "train_ann", "val_images", "val_ann")}
+    return existing_paths({k: root / getattr(cfg, k) for k in ("train_images", "train_ann", "val_images", "val_ann")},
+                          root)
+
+
+def existing_paths(paths: dict[str, Path], root: Path) -> dict[str, Path]:
+    """``paths`` if they all exist, else FileNotFoundError naming the missing ones."""
     missing = [str(p) for p in paths.values() if not p.exists()]
     if missing:
-        raise FileNotFoundError(f"data.root {root}: missing {missing} (expected the COCO 2017 layout; "
-                                "see README 'Real datasets')")
+        raise FileNotFoundError(f"data.root {root}: missing {missing} (expected the COCO 2017 layout, or the "
+                                "export data.kind names; see README 'Real datasets')")
     return paths
 
 
@@ -186,6 +213,19 @@ def build_det_loaders(cfg: DetConfig, paths: dict[str, Path], dist: DistInfo):
         raise ConfigError(f"model.num_classes is {cfg.model.num_classes} but {paths['train_ann']} has "
                           f"{train.dataset.num_classes} categories")
     return train, val
+
+
+def build_model(m: DetModelConfig) -> Detector:
+    """The train-form detector of ``m``; a "trunk" with ``backbone_init`` starts from that classifier's stages."""
+    if m.backbone == "efficientrep":
+        return build_detector(m.scale, m.block, m.num_classes, m.use_dfl, m.reg_max, m.head_act, m.bn_eps,
+                              m.bn_momentum)
+    model = build_trunk_detector(m.arch, m.block, m.scale, m.num_classes, m.stem_stride, m.use_dfl, m.reg_max,
+                                 m.head_act, m.bn_eps, m.bn_momentum)
+    if m.backbone_init:
+        load_pretrained_trunk(model.backbone, m.backbone_init)
+        log.info("detector backbone %s/%s initialised from %s", m.arch, m.block, m.backbone_init)
+    return model
 
 
 def build_loss(cfg: DetConfig, model: Detector) -> DetectionLoss:
@@ -251,9 +291,7 @@ def build_det_trainer(cfg: DetConfig, work_dir: Path, dist: DistInfo, device: to
     barrier()  # other ranks wait for rank 0's export
     paths = paths or data_paths(cfg.data)
     train_loader, val_loader = build_det_loaders(cfg, paths, dist)
-    m = cfg.model
-    model = build_detector(m.scale, m.block, m.num_classes, m.use_dfl, m.reg_max, m.head_act, m.bn_eps,
-                           m.bn_momentum).to(device)
+    model = build_model(cfg.model).to(device)
     per_process = cfg.data.batch_size // dist.world_size
     accumulate = accumulate_steps(cfg.optim.nominal_batch, per_process, dist.world_size)
     optimizer = build_det_optimizer(cfg, model, accumulate, per_process, dist.world_size, reinit=not resume)
@@ -307,8 +345,9 @@ def train(cfg: DetConfig, work_dir: str | os.PathLike, resume: bool = False, dev
     # with model.bn_eps=1e-5 model.bn_momentum=0.1 and is refused under other BN settings (they would silently
     # change its numerics).
     return run_training(cfg, work_dir, resume, device, build, ("task", "scale", "block", "num_classes", "use_dfl",
-                                                              "bn_eps", "bn_momentum"), overwrite=overwrite,
-                        unrecorded={"bn_eps": TORCH_BN_EPS, "bn_momentum": TORCH_BN_MOMENTUM})
+                                                              "bn_eps", "bn_momentum", "backbone", "arch"),
+                        overwrite=overwrite, unrecorded={"bn_eps": TORCH_BN_EPS, "bn_momentum": TORCH_BN_MOMENTUM,
+                                                         "backbone": "efficientrep"})
 
 
 # --- saved checkpoints (the task's row) ---------------------------------------------------------
@@ -347,6 +386,12 @@ def build_model_from_meta(meta: dict, source: str = "checkpoint") -> nn.Module:
     (1e-5 / 0.1) and is rebuilt with them, so its outputs do not change.
     """
     require_meta(meta, ("scale", "block", "num_classes"), source)
+    if meta.get("backbone", "efficientrep") == "trunk":
+        require_meta(meta, ("arch", "stem_stride"), source)
+        return build_trunk_detector(meta["arch"], meta["block"], meta["scale"], meta["num_classes"],
+                                    meta["stem_stride"], use_dfl=meta.get("use_dfl", False),
+                                    reg_max=meta.get("reg_max", 16), head_act=meta.get("head_act", "silu"),
+                                    bn_eps=meta["bn_eps"], bn_momentum=meta["bn_momentum"])
     return build_detector(meta["scale"], meta["block"], meta["num_classes"], use_dfl=meta.get("use_dfl", False),
                           reg_max=meta.get("reg_max", 16), head_act=meta.get("head_act", "silu"),
                           bn_eps=meta.get("bn_eps", TORCH_BN_EPS),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -47,17 +48,26 @@ def _rank() -> int:
 
 
 def prepare_synthetic(cfg: Any, timeout_s: float = 900.0) -> None:
-    """Write the synthetic scenes ``cfg.synthetic_cityscapes`` asks for into ``cfg.data_root`` (rank 0;
-    other torchrun ranks wait for its manifest)."""
-    spec = cfg.get("synthetic_cityscapes")
-    if not spec:
-        return
-    from ..data.synthetic.cityscapes import generate_cityscapes
-
+    """Write the generated data the config asks for into ``cfg.data_root`` (rank 0; other torchrun ranks wait
+    for its manifest): ``synthetic_cityscapes = dict(...)`` street scenes or ``digits_canvas = dict(...)``
+    handwritten digit canvases (the keys of :class:`~qarep_dense.data.digits_canvas.CanvasSpec`)."""
     root = Path(cfg.train_dataloader.dataset.data_root)
-    args = dict(num_train=spec["num_train"], num_val=spec["num_val"], size=tuple(spec["size"]), seed=spec["seed"])
+    if cfg.get("synthetic_cityscapes"):
+        from ..data.synthetic.cityscapes import generate_cityscapes
+
+        spec = cfg.synthetic_cityscapes
+        args = dict(num_train=spec["num_train"], num_val=spec["num_val"], size=tuple(spec["size"]), seed=spec["seed"])
+        write = partial(generate_cityscapes, root, **args)
+    elif cfg.get("digits_canvas"):
+        from ..data.digits_canvas import CanvasSpec, generate_digits_canvas
+
+        canvas = CanvasSpec(**{k: tuple(v) if isinstance(v, (list, tuple)) else v
+                               for k, v in dict(cfg.digits_canvas).items()})
+        write = partial(generate_digits_canvas, root, canvas)
+    else:
+        return
     if _rank() == 0:
-        generate_cityscapes(root, **args)
+        write()
         return
     deadline = time.monotonic() + timeout_s
     while not (root / "manifest.json").is_file() or \
