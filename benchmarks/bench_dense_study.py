@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import time
 from dataclasses import asdict
@@ -61,10 +62,36 @@ def run_dir(work: Path, recipe: str, task: str, row: str, seed: int, block: str)
 
 
 def classifier(models_root: Path, block: str, seed: int) -> Path:
+    """The classifier a pretrained row starts from: its final train-form checkpoint."""
     return models_root / f"{BLOCKS[block]}_s{seed}" / "last.pt"
 
 
 # --- training ------------------------------------------------------------------------------------
+
+LOCK = ".study.lock"  # holds the pid of the process running the folder's job
+
+
+def claim(run: Path) -> bool:
+    """Take the job of ``run`` for this process; False when another live process holds it (several invocations
+    may share a work dir and split its jobs). A lock whose process is gone is taken over."""
+    run.mkdir(parents=True, exist_ok=True)
+    lock = run / LOCK
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            pid = int(lock.read_text().strip() or 0)
+            if pid <= 0:
+                raise ValueError(pid)
+            os.kill(pid, 0)
+            return False
+        except (ProcessLookupError, ValueError):
+            lock.unlink(missing_ok=True)
+            return claim(run)
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
+
 
 
 def train_run(run: Path, recipe: str, task: str, row: str, block: str, seed: int, init: Path | None,
@@ -259,24 +286,40 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--report-only", action="store_true", help="rebuild the tables from the finished runs")
+    p.add_argument("--wait-minutes", type=float, default=0.0,
+                   help="wait this long for classifiers still in training (their folder has no results.json yet)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/dense_study.md"))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
-    for recipe in [] if args.report_only else args.recipes:
-        for seed in args.seeds:
-            for task in args.tasks:
-                for row in [r for r in rows_of(task) if r in args.rows]:
-                    for block in args.blocks:
-                        init = classifier(args.models_root, block, seed) if row == "pretrained" else None
-                        if init is not None and not init.is_file():
-                            print(f"skip {task}/{row}/s{seed}_{block}: {init} not found", flush=True)
-                            continue
-                        run = run_dir(args.work_dir, recipe, task, row, seed, block)
-                        train_run(run, recipe, task, row, block, seed, init, args.data_root)
-                        quant_row(run, task, init, args.calib_batches, args.batch_size)
-                        print(recipe, task, row, seed, block, "done", flush=True)
-                        write_report(args.work_dir, args.recipes, args.out)
+    jobs = [] if args.report_only else [
+        (recipe, task, row, seed, block) for recipe in args.recipes for row in args.rows for seed in args.seeds
+        for task in args.tasks if row in rows_of(task) for block in args.blocks]
+    deadline = time.monotonic() + 60 * args.wait_minutes
+    while jobs:
+        waiting = []
+        for recipe, task, row, seed, block in jobs:
+            init = classifier(args.models_root, block, seed) if row == "pretrained" else None
+            if init is not None and not (init.parent / "results.json").is_file():  # not trained yet, or training
+                waiting.append((recipe, task, row, seed, block))
+                continue
+            run = run_dir(args.work_dir, recipe, task, row, seed, block)
+            if not claim(run):
+                print(recipe, task, row, seed, block, "is being run by another process", flush=True)
+                continue
+            try:
+                train_run(run, recipe, task, row, block, seed, init, args.data_root)
+                quant_row(run, task, init, args.calib_batches, args.batch_size)
+            finally:
+                (run / LOCK).unlink(missing_ok=True)
+            print(recipe, task, row, seed, block, "done", flush=True)
+            write_report(args.work_dir, args.recipes, args.out)
+        if waiting and time.monotonic() < deadline:
+            time.sleep(30)
+        elif waiting:
+            print("not run (classifier not finished):", waiting, flush=True)
+            waiting = []
+        jobs = waiting
     study = write_report(args.work_dir, args.recipes, args.out)
     print(render(study))
     return study
