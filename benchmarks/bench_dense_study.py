@@ -185,8 +185,9 @@ def quant_row(run: Path, task: str, init: Path | None, calib_batches: int, batch
 # --- the report ----------------------------------------------------------------------------------
 
 
-def collect(work: Path, recipes: list[str]) -> dict:
-    """Every finished row under ``work`` (run folders with both results), per recipe."""
+def collect(work: Path, recipes: list[str], expected: list[tuple[str, str, int, str]]) -> dict:
+    """Every finished row under ``work`` (run folders with both results), per recipe, and which of ``expected``
+    ((task, row, seed, block) jobs) have not finished."""
     study: dict = {"criteria": {t: {**asdict(c), "fp32_gap": FP32_GAP} for t, c in CRITERIA.items()}, "recipes": {}}
     for recipe in recipes:
         rows = []
@@ -197,8 +198,10 @@ def collect(work: Path, recipes: list[str]) -> dict:
             results = json.loads((run / "results.json").read_text())
             rows.append({"task": task, "row": row, "seed": int(seed), "block": block,
                          "wall_seconds": results.get("wall_seconds"), **json.loads(cache.read_text())})
+        done = {(r["task"], r["row"], r["seed"], r["block"]) for r in rows}
         if rows:
             study["recipes"][recipe] = {"sets": RECIPES.get(recipe), "rows": rows,
+                                        "missing": [list(job) for job in expected if job not in done],
                                         "verdict": {t: task_verdict(rows, t) for t in TASKS}}
     return study
 
@@ -231,6 +234,8 @@ def render(study: dict) -> str:
              "of the trunk (classifier → fine-tuned); max w: its largest fused weight.", ""]
     for recipe, entry in study["recipes"].items():
         lines += [f"## recipe `{recipe}`", "", f"overrides: `{json.dumps(entry['sets'])}`", ""]
+        if entry["missing"]:
+            lines += ["Not finished: " + ", ".join(f"{t}/{r} s{s} {b}" for t, r, s, b in entry["missing"]) + ".", ""]
         for task in TASKS:
             rows = sorted((r for r in entry["rows"] if r["task"] == task), key=lambda r: (r["row"], r["seed"], r["block"]))
             if rows:
@@ -261,10 +266,10 @@ def _task_table(task: str, rows: list[dict]) -> list[str]:
     return lines
 
 
-def write_report(work: Path, recipes: list[str], out: Path) -> dict:
+def write_report(work: Path, recipes: list[str], out: Path, expected: list[tuple[str, str, int, str]]) -> dict:
     from qarep_dense.fileio import write_json_atomic, write_text_atomic
 
-    study = collect(work, recipes)
+    study = collect(work, recipes, expected)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out.with_suffix(".json"), study, indent=1)
     write_text_atomic(out, render(study))
@@ -292,9 +297,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
-    jobs = [] if args.report_only else [
-        (recipe, task, row, seed, block) for recipe in args.recipes for row in args.rows for seed in args.seeds
-        for task in args.tasks if row in rows_of(task) for block in args.blocks]
+    expected = [(task, row, seed, block) for row in args.rows for seed in args.seeds for task in args.tasks
+                if row in rows_of(task) for block in args.blocks]
+    jobs = [] if args.report_only else [(recipe, *job) for recipe in args.recipes for job in expected]
     deadline = time.monotonic() + 60 * args.wait_minutes
     while jobs:
         waiting = []
@@ -313,14 +318,14 @@ def main(argv: list[str] | None = None) -> dict:
             finally:
                 (run / LOCK).unlink(missing_ok=True)
             print(recipe, task, row, seed, block, "done", flush=True)
-            write_report(args.work_dir, args.recipes, args.out)
+            write_report(args.work_dir, args.recipes, args.out, expected)
         if waiting and time.monotonic() < deadline:
             time.sleep(30)
         elif waiting:
             print("not run (classifier not finished):", waiting, flush=True)
             waiting = []
         jobs = waiting
-    study = write_report(args.work_dir, args.recipes, args.out)
+    study = write_report(args.work_dir, args.recipes, args.out, expected)
     print(render(study))
     return study
 
