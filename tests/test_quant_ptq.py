@@ -88,6 +88,22 @@ def test_dead_identity_bn_gives_outlier_and_int8_error_qarepvgg_does_not():
     assert errors["qarepvgg"] < 1e-3
 
 
+def test_one_side_int8_puts_the_outliers_error_on_the_weights():
+    """The outlier weight breaks the weight side: weights-only INT8 keeps the W8A8 error, activations-only loses it."""
+    from qarep_dense.quant import quantize_one_side
+
+    rep, _ = planted_pair()
+    loader = image_loader(size=12)
+    x = IMAGENET(loader[0][0])
+    qmodel, _ = quantize_ptq(rep, loader, IMAGENET, QuantConfig(), progress=False)
+    both = rel_err(rep, qmodel, x)
+    weights = rel_err(rep, quantize_one_side(qmodel, "weights"), x)
+    acts = rel_err(rep, quantize_one_side(qmodel, "activations"), x)  # the same model, switched again
+    assert weights > 0.5 * both and acts < 0.1 * weights, (both, weights, acts)
+    with pytest.raises(ValueError, match="side must be one of"):
+        quantize_one_side(qmodel, "bias")
+
+
 # --- calibrators ------------------------------------------------------------------------------
 
 def heavy_tailed_loader():

@@ -264,3 +264,25 @@ def load_model_state(model: nn.Module, state: dict, source: str = "checkpoint") 
                 parts.append(f"{len(keys)} {label}: {shown}")
         raise CheckpointError(f"{source} does not fit the model ({type(model).__name__}): " + "; ".join(parts))
     model.load_state_dict(state, strict=True)
+
+
+def load_pretrained_trunk(trunk: nn.Module, path: str | os.PathLike) -> dict:
+    """Load a train-form classification checkpoint's ``stages.*`` into ``trunk`` (a ``RepTrunk``), strictly.
+
+    The trunk's ``arch`` and ``block`` must be the checkpoint's; its classifier head (``fc.*``) is dropped.
+    Every other mismatch (a missing or mis-shaped stage key) raises :class:`CheckpointError` naming the file.
+    Returns the checkpoint's metadata. Used by the detector's ``model.backbone_init`` and by the mmseg
+    backbone's ``init_cfg=dict(type='Pretrained', ...)``: one way to start a dense model from a classifier.
+    """
+    payload = load_checkpoint(path)
+    meta = payload["meta"]
+    if meta.get("task") != "cls" or meta.get("fused"):
+        raise CheckpointError(f"{path}: a pretrained backbone needs a train-form classification checkpoint; "
+                              f"this one has task {meta.get('task')!r}, fused {meta.get('fused')!r}")
+    for key in ("arch", "block"):
+        if meta.get(key) != getattr(trunk, key):
+            raise CheckpointError(f"{path}: checkpoint {key} {meta.get(key)!r} does not match the backbone's "
+                                  f"{getattr(trunk, key)!r}")
+    state = {k: v for k, v in payload["model"].items() if not k.startswith("fc.")}
+    load_model_state(trunk, state, source=str(path))
+    return meta

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..layers import block_spec
 from ..ops import make_anchor_points
-from .backbones import EfficientRep
+from .backbones import EfficientRep, RepTrunk
 from .heads import EffiDeHead
 from .necks import RepPANNeck
 from .zoo import YOLOV6_BASE_CHANNELS, YOLOV6_BASE_REPEATS, detector_scale
@@ -96,12 +96,47 @@ def build_detector(scale: str, block: str = "qarepvgg", num_classes: int = 80, u
     """
     spec = detector_scale(scale)
     block_spec(block)
+    repeats, channels = scaled_repeats(spec.depth), scaled_channels(spec.width)
+    backbone = EfficientRep(channels[:5], repeats[:5], block)
+    return set_batchnorm(_with_neck_and_head(backbone, (8, 16, 32), scale, block, num_classes, use_dfl, reg_max,
+                                             head_act), bn_eps, bn_momentum)
+
+
+def _with_neck_and_head(backbone: nn.Module, strides: tuple[int, int, int], scale: str, block: str, num_classes: int,
+                        use_dfl: bool | None, reg_max: int, head_act: str | None) -> Detector:
+    """``backbone`` (three outputs at ``strides``) under the Rep-PAN neck and the efficient head of ``scale``."""
+    spec = detector_scale(scale)
     if use_dfl is None:
         use_dfl = False  # every scale in our table is an n/t/s-class model (no DFL in v2.0)
     if use_dfl and reg_max < 1:
         raise ValueError(f"use_dfl=True needs reg_max >= 1, got reg_max={reg_max}")
     repeats, channels = scaled_repeats(spec.depth), scaled_channels(spec.width)
-    backbone = EfficientRep(channels[:5], repeats[:5], block)
-    neck = RepPANNeck(backbone.out_channels, channels[5:], repeats[5:], block)
+    neck = RepPANNeck(backbone.out_channels, channels[5:], repeats[5:], block, strides=strides)
     head = EffiDeHead(neck.out_channels, num_classes, reg_max if use_dfl else 0, head_act)
-    return set_batchnorm(Detector(backbone, neck, head), bn_eps, bn_momentum)
+    return Detector(backbone, neck, head)
+
+
+# The trunk stages that feed the neck: 2, 3, 4 (strides 4/8/16 at stem stride 1, 8/16/32 at stem stride 2).
+TRUNK_OUT_INDICES = (2, 3, 4)
+
+
+def build_trunk_detector(arch: str, block: str, scale: str, num_classes: int, stem_stride: int = 2,
+                         use_dfl: bool | None = None, reg_max: int = 16, head_act: str | None = "silu",
+                         bn_eps: float = YOLOV6_BN_EPS, bn_momentum: float = YOLOV6_BN_MOMENTUM) -> Detector:
+    """The classification zoo's trunk (row ``arch``) under the Rep-PAN neck and efficient head of ``scale``.
+
+    The backbone of a detector fine-tuned from a classifier, as the paper's downstream models start from
+    ImageNet backbones: its ``stages.*`` keys are a classifier checkpoint's (load them with
+    :func:`qarep_dense.engine.checkpoint.load_pretrained_trunk`). ``stem_stride``: the classifier's (1 for
+    the digits classifiers, 2 for ImageNet's). The trunk's BatchNorms keep the classifier's settings
+    (PyTorch's eps 1e-5, momentum 0.1): a pretrained channel means what it meant in pretraining; YOLOv6's
+    ``bn_eps`` / ``bn_momentum`` go to the neck and head.
+    """
+    if stem_stride not in (1, 2):
+        raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
+    block_spec(block)
+    trunk = RepTrunk(arch, block, out_indices=TRUNK_OUT_INDICES, strides=(stem_stride, 2, 2, 2, 2))
+    detector = _with_neck_and_head(trunk, trunk.out_strides, scale, block, num_classes, use_dfl, reg_max, head_act)
+    set_batchnorm(detector.neck, bn_eps, bn_momentum)
+    set_batchnorm(detector.head, bn_eps, bn_momentum)
+    return detector

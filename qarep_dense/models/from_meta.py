@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from .classifier import build_classifier
-from .detector import TORCH_BN_EPS, TORCH_BN_MOMENTUM, build_detector
+from .detector import TORCH_BN_EPS, TORCH_BN_MOMENTUM, build_detector, build_trunk_detector
 
 # The metadata keys each family needs (the callers name a file that lacks one).
 REQUIRED_KEYS = {"cls": ("arch", "block", "num_classes"), "det": ("scale", "block", "num_classes")}
@@ -22,7 +22,13 @@ def classifier_from_meta(meta: dict) -> nn.Module:
 
 def detector_from_meta(meta: dict) -> nn.Module:
     """The train-form detector of ``meta``. A checkpoint without ``bn_eps`` / ``bn_momentum`` was trained with
-    PyTorch's BatchNorm defaults (1e-5 / 0.1) and is rebuilt with them, so its outputs do not change."""
+    PyTorch's BatchNorm defaults (1e-5 / 0.1) and is rebuilt with them, so its outputs do not change. A
+    detector on the zoo trunk (``backbone`` "trunk") also needs ``arch`` and ``stem_stride``."""
+    if meta.get("backbone", "efficientrep") == "trunk":
+        return build_trunk_detector(meta["arch"], meta["block"], meta["scale"], meta["num_classes"],
+                                    meta["stem_stride"], use_dfl=meta.get("use_dfl", False),
+                                    reg_max=meta.get("reg_max", 16), head_act=meta.get("head_act", "silu"),
+                                    bn_eps=meta["bn_eps"], bn_momentum=meta["bn_momentum"])
     return build_detector(meta["scale"], meta["block"], meta["num_classes"], use_dfl=meta.get("use_dfl", False),
                           reg_max=meta.get("reg_max", 16), head_act=meta.get("head_act", "silu"),
                           bn_eps=meta.get("bn_eps", TORCH_BN_EPS), bn_momentum=meta.get("bn_momentum", TORCH_BN_MOMENTUM))

@@ -19,7 +19,7 @@ from .calibration import collect_batches
 from .config import CALIBRATORS, QuantConfig
 from .export import OrtModule, OrtReport, check_ort_int8, export_qdq_onnx
 from .bias_correction import BiasCorrectionReport, correct_bias
-from .ptq import PTQReport, check_fused, quantize_ptq, rebuild_fakequant
+from .ptq import QUANTIZED_SIDES, PTQReport, check_fused, quantize_one_side, quantize_ptq, rebuild_fakequant
 from .qat import fold_after_qat, prepare_qat, qat_finetune
 from .repair import RepairEntry, RepairReport, find_dead_inputs, repair_dead_channels
 from .sensitivity import LayerSensitivity, quantize_partial, rank_layers, sensitivity
@@ -43,6 +43,7 @@ def ort_quantize_static(fused_model: nn.Module, calib_loader: Iterable, preproce
 
 __all__ = [
     "CALIBRATORS", "QuantConfig", "PTQReport", "quantize_ptq", "check_fused", "rebuild_fakequant",
+    "QUANTIZED_SIDES", "quantize_one_side",
     "BiasCorrectionReport", "correct_bias",
     "prepare_qat", "qat_finetune", "fold_after_qat",
     "LayerSensitivity", "sensitivity", "rank_layers", "quantize_partial",

@@ -111,3 +111,23 @@ def rebuild_fakequant(fused_model: nn.Module, config: QuantConfig, example_input
         add_output_quantizers(model, backend, config, example_input.to(device))
     backend.load_calibrated(model, {k: v.to(device) for k, v in state.items()})
     return model.eval()
+
+
+QUANTIZED_SIDES = ("weights", "activations")
+
+
+def quantize_one_side(qmodel: nn.Module, side: str, backend_name: str | None = None) -> nn.Module:
+    """Keep only the ``side`` ("weights" or "activations") of a calibrated fake-quant model in INT8, in place.
+
+    Which side of W8A8 breaks a model: the other side's quantizers are switched off (float), nothing is
+    recalibrated. A quantizer calibration left without a range stays off. Returns ``qmodel``.
+    """
+    if side not in QUANTIZED_SIDES:
+        raise ValueError(f"quantize_one_side: side must be one of {QUANTIZED_SIDES}, got {side!r}")
+    backend = get_backend(backend_name or QuantConfig().backend)
+    weights = {id(backend.layer_quantizers(m)["weight"]) for m in qmodel.modules() if backend.is_quant_layer(m)}
+    for m in qmodel.modules():
+        if backend.is_quantizer(m):
+            on = (id(m) in weights) == (side == "weights")
+            backend.set_enabled(m, on and backend.amax(m) is not None)
+    return qmodel

@@ -46,7 +46,7 @@ class TaskRow:
     class_names(meta) -> the names of the classes the checkpoint predicts, None when it cannot tell.
     prediction: what a prediction is, for drawing: "labels" (top-k), "boxes" or "mask".
     batch_size: the default ``--batch-size`` of the task's own evaluation tool (``tools/eval_det.py``: 16,
-        ``tools/test_seg.py``: 4); the INT8 tools use ``evaluation.evaluators.BATCH_SIZE`` for every task.
+        ``tools/eval_seg.py``: 4); the INT8 tools use ``evaluation.evaluators.BATCH_SIZE`` for every task.
     read_checkpoint(path) -> (state dict of the train-form model, metadata) of a checkpoint the task's training
         framework wrote (segmentation: mmengine's ``iter_*.pth``); None: only the project's own files.
     free_size_export: the ONNX graph keeps height and width free (a segmentor's logits come back at the input

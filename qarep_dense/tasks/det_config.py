@@ -13,7 +13,7 @@ from ..data.coco import DetAugment
 from ..data.preprocess import DETECTION
 from ..evaluation.detection import DetEvalSettings
 from ..layers import BLOCK_TYPES
-from ..models.zoo import DETECTOR_SCALES
+from ..models.zoo import CLASSIFIER_ARCHS, DETECTOR_SCALES
 from .common import RepOptConfig, TrainConfig
 
 
@@ -30,12 +30,16 @@ class DetModelConfig:
     reg_max: int = 16
     head_act: str = "silu"
     bn_eps: float = 1e-3            # YOLOv6's BatchNorm settings (its initialize_weights), on every BN
-    bn_momentum: float = 0.03
+    bn_momentum: float = 0.03       # (with backbone "trunk": on the neck and head; the trunk keeps the classifier's)
+    backbone: Literal["efficientrep", "trunk"] = "efficientrep"  # trunk: a classifier's stages (pretrainable)
+    arch: str = "A0h"               # backbone "trunk": the CLASSIFIER_ARCHS row
+    stem_stride: int = 2            # backbone "trunk": the classifier's (1 for the digits classifiers)
+    backbone_init: str = ""         # backbone "trunk": a train-form classification checkpoint to start from
 
 
 @dataclass
 class DetDataConfig:
-    kind: Literal["coco", "synthetic"] = "coco"
+    kind: Literal["coco", "synthetic", "digits_canvas"] = "coco"
     root: str = "data/coco"         # COCO 2017 layout; the synthetic export is written here if absent
     train_images: str = "images/train2017"  # relative to root
     train_ann: str = "annotations/instances_train2017.json"
@@ -49,7 +53,10 @@ class DetDataConfig:
     synthetic_val: int = 100
     synthetic_image_size: int = 256
     synthetic_classes: int = 6
-    seed: int = 0
+    canvas_size: int = 64           # digit canvases (kind = "digits_canvas"): side, digit sizes, passes (train, val)
+    canvas_scales: tuple[int, ...] = (16, 24, 32)
+    canvas_passes: tuple[int, int] = (4, 2)
+    seed: int = 0                   # synthetic / canvas layout seed; canvases split the digits as data.seed 0 does
 
 
 @dataclass
@@ -113,6 +120,11 @@ class DetConfig:
             (m.bn_eps > 0 and 0 < m.bn_momentum <= 1,
              f"model.bn_eps must be > 0 and model.bn_momentum in (0, 1]; got {m.bn_eps}, {m.bn_momentum}"),
             (self.loss.iou_type in ("", "giou", "siou", "ciou"), f"loss.iou_type {self.loss.iou_type!r} unknown"),
+            (d.kind != "digits_canvas" or m.num_classes == 10, "data.kind 'digits_canvas' needs model.num_classes = 10"),
+            (m.backbone == "trunk" or not m.backbone_init,
+             f"model.backbone_init is set but model.backbone is {m.backbone!r}; a classifier initialises a 'trunk'"),
+            (m.arch in CLASSIFIER_ARCHS, f"model.arch {m.arch!r} is not one of {sorted(CLASSIFIER_ARCHS)}"),
+            (m.stem_stride in (1, 2), f"model.stem_stride must be 1 or 2, got {m.stem_stride}"),
             (not self.repopt.hs_checkpoint or m.block == "repopt",
              f"repopt.hs_checkpoint is set but model.block is {m.block!r}; RepOptimizer trains block 'repopt'"),
         ])
@@ -123,8 +135,11 @@ def det_meta(cfg: DetConfig, category_ids: list[int], names: list[str]) -> dict:
     m = cfg.model
     return {"task": "det", "scale": m.scale, "block": m.block, "num_classes": m.num_classes,
             "use_dfl": m.use_dfl, "reg_max": m.reg_max, "head_act": m.head_act, "bn_eps": m.bn_eps,
-            "bn_momentum": m.bn_momentum, "fused": False, "fold_bn": True,
+            "bn_momentum": m.bn_momentum, "fused": False, "fold_bn": True, **backbone_meta(m),
             "image_size": cfg.data.image_size, "preprocess": DETECTION.as_dict(), "category_ids": category_ids,
             "names": names, "config": config_to_dict(cfg)}
 
 
+def backbone_meta(m: DetModelConfig) -> dict:
+    """The backbone's part of the metadata: {"backbone"} plus, for a trunk, its arch and stem stride."""
+    return {"backbone": m.backbone, **({"arch": m.arch, "stem_stride": m.stem_stride} if m.backbone == "trunk" else {})}

@@ -21,19 +21,20 @@ from torch import nn
 from ..config import ConfigError
 from ..data.det_loader import make_det_loader
 from ..data.preprocess import DETECTION
+from ..data.digits_canvas import CanvasSpec, digits_canvas_paths, generate_digits_canvas
 from ..data.synthetic.coco import generate_coco, synthetic_coco_paths
-from ..engine.checkpoint import load_hs_model
+from ..engine.checkpoint import load_hs_model, load_pretrained_trunk
 from ..engine.distributed import DistInfo, barrier
 from ..engine.hooks import CheckpointHook, EMAHook, EpochCallbackHook, EvalHook, LoggerHook, YoloV6LRHook
 from ..engine.logging import MetricLogger
 from ..engine.trainer import Trainer, accumulate_steps
 from ..evaluation.evaluators import DetectionEvaluator
 from ..losses import DetectionLoss
-from ..models.detector import TORCH_BN_EPS, TORCH_BN_MOMENTUM, Detector, build_detector
+from ..models.detector import TORCH_BN_EPS, TORCH_BN_MOMENTUM, Detector, build_detector, build_trunk_detector
 from ..models.zoo import detector_scale
 from ..ops import make_anchor_points
 from .common import finalize_run, run_training
-from .det_config import DetDataConfig, DetConfig, det_meta
+from .det_config import DetDataConfig, DetConfig, DetModelConfig, det_meta
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +50,36 @@ def data_paths(cfg: DetDataConfig, generate: bool = True) -> dict[str, Path]:
     root = Path(cfg.root)
     if cfg.kind == "synthetic" and not generate:
         return synthetic_coco_paths(root)
+    if cfg.kind == "digits_canvas":
+        spec = CanvasSpec(cfg.canvas_size, tuple(cfg.canvas_scales), passes=tuple(cfg.canvas_passes), seed=cfg.seed)
+        return generate_digits_canvas(root, spec) if generate else existing_paths(digits_canvas_paths(root), root)
     if cfg.kind == "synthetic":
         return generate_coco(root, cfg.synthetic_train, cfg.synthetic_val, cfg.synthetic_image_size, seed=cfg.seed,
                              num_classes=cfg.synthetic_classes)
-    paths = {k: root / getattr(cfg, k) for k in ("train_images", "train_ann", "val_images", "val_ann")}
+    return existing_paths({k: root / getattr(cfg, k) for k in ("train_images", "train_ann", "val_images", "val_ann")},
+                          root)
+
+
+def existing_paths(paths: dict[str, Path], root: Path) -> dict[str, Path]:
+    """``paths`` if they all exist, else FileNotFoundError naming the missing ones."""
     missing = [str(p) for p in paths.values() if not p.exists()]
     if missing:
-        raise FileNotFoundError(f"data.root {root}: missing {missing} (expected the COCO 2017 layout; "
-                                "see README 'Real datasets')")
+        raise FileNotFoundError(f"data.root {root}: missing {missing} (expected the COCO 2017 layout, or the "
+                                "export data.kind names; see README 'Real datasets')")
     return paths
+
+
+def build_model(m: DetModelConfig) -> Detector:
+    """The train-form detector of ``m``; a "trunk" with ``backbone_init`` starts from that classifier's stages."""
+    if m.backbone == "efficientrep":
+        return build_detector(m.scale, m.block, m.num_classes, m.use_dfl, m.reg_max, m.head_act, m.bn_eps,
+                              m.bn_momentum)
+    model = build_trunk_detector(m.arch, m.block, m.scale, m.num_classes, m.stem_stride, m.use_dfl, m.reg_max,
+                                 m.head_act, m.bn_eps, m.bn_momentum)
+    if m.backbone_init:
+        load_pretrained_trunk(model.backbone, m.backbone_init)
+        log.info("detector backbone %s/%s initialised from %s", m.arch, m.block, m.backbone_init)
+    return model
 
 
 def build_det_loaders(cfg: DetConfig, paths: dict[str, Path], dist: DistInfo):
@@ -132,9 +154,7 @@ def build_det_trainer(cfg: DetConfig, work_dir: Path, dist: DistInfo, device: to
     barrier()  # other ranks wait for rank 0's export
     paths = paths or data_paths(cfg.data)
     train_loader, val_loader = build_det_loaders(cfg, paths, dist)
-    m = cfg.model
-    model = build_detector(m.scale, m.block, m.num_classes, m.use_dfl, m.reg_max, m.head_act, m.bn_eps,
-                           m.bn_momentum).to(device)
+    model = build_model(cfg.model).to(device)
     per_process = cfg.data.batch_size // dist.world_size
     accumulate = accumulate_steps(cfg.optim.nominal_batch, per_process, dist.world_size)
     optimizer = build_det_optimizer(cfg, model, accumulate, per_process, dist.world_size, reinit=not resume)
@@ -188,7 +208,8 @@ def train(cfg: DetConfig, work_dir: str | os.PathLike, resume: bool = False, dev
     # with model.bn_eps=1e-5 model.bn_momentum=0.1 and is refused under other BN settings (they would silently
     # change its numerics).
     return run_training(cfg, work_dir, resume, device, build, ("task", "scale", "block", "num_classes", "use_dfl",
-                                                              "bn_eps", "bn_momentum"), overwrite=overwrite,
-                        unrecorded={"bn_eps": TORCH_BN_EPS, "bn_momentum": TORCH_BN_MOMENTUM})
+                                                              "bn_eps", "bn_momentum", "backbone", "arch"),
+                        overwrite=overwrite, unrecorded={"bn_eps": TORCH_BN_EPS, "bn_momentum": TORCH_BN_MOMENTUM,
+                                                         "backbone": "efficientrep"})
 
 

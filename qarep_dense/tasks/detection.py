@@ -57,6 +57,8 @@ def loaders_from_meta(meta: dict, source: str, data_root: str | os.PathLike | No
 def build_model_from_meta(meta: dict, source: str = "checkpoint") -> nn.Module:
     """The train-form detector a checkpoint's metadata describes (``models.from_meta.detector_from_meta``)."""
     require_meta(meta, REQUIRED_KEYS["det"], source)
+    if meta.get("backbone", "efficientrep") == "trunk":
+        require_meta(meta, ("arch", "stem_stride"), source)
     return detector_from_meta(meta)
 
 

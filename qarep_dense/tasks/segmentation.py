@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,20 +46,29 @@ def _rank() -> int:
 
 
 def prepare_synthetic(cfg: Any, timeout_s: float = 900.0) -> None:
-    """Write the synthetic scenes ``cfg.synthetic_cityscapes`` asks for into ``cfg.data_root`` (rank 0;
-    other torchrun ranks wait until it is sealed)."""
-    spec = cfg.get("synthetic_cityscapes")
-    if not spec:
-        return
-    from ..data.synthetic.cityscapes import generate_cityscapes
-
+    """Write the generated data the config asks for into ``cfg.data_root`` (rank 0; other torchrun ranks wait
+    until it is sealed): ``synthetic_cityscapes = dict(...)`` street scenes or ``digits_canvas = dict(...)``
+    handwritten digit canvases (the keys of :class:`~qarep_dense.data.digits_canvas.CanvasSpec`)."""
     root = Path(cfg.train_dataloader.dataset.data_root)
-    args = dict(num_train=spec["num_train"], num_val=spec["num_val"], size=tuple(spec["size"]), seed=spec["seed"])
+    if cfg.get("synthetic_cityscapes"):
+        from ..data.synthetic.cityscapes import generate_cityscapes
+
+        spec = cfg.synthetic_cityscapes
+        args = dict(num_train=spec["num_train"], num_val=spec["num_val"], size=tuple(spec["size"]), seed=spec["seed"])
+        write, owner = partial(generate_cityscapes, root, **args), "synthetic-cityscapes"
+    elif cfg.get("digits_canvas"):
+        from ..data.digits_canvas import DIGITS_CANVAS_OWNER, CanvasSpec, generate_digits_canvas
+
+        canvas = CanvasSpec(**{k: tuple(v) if isinstance(v, (list, tuple)) else v
+                               for k, v in dict(cfg.digits_canvas).items()})
+        write, owner = partial(generate_digits_canvas, root, canvas), DIGITS_CANVAS_OWNER
+    else:
+        return
     if _rank() == 0:
-        generate_cityscapes(root, **args)
+        write()
         return
     deadline = time.monotonic() + timeout_s
-    while sealed(root, "synthetic-cityscapes", verify=False) is None:  # rank 0 is writing
+    while sealed(root, owner, verify=False) is None:  # rank 0 is writing
         if time.monotonic() > deadline:
             raise TimeoutError(f"{root}: rank 0 did not finish the synthetic export in {timeout_s:.0f} s")
         time.sleep(1.0)

@@ -21,7 +21,7 @@ from mmseg.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS, TRANSFORMS
 from mmseg.utils import register_all_modules
 from torch import nn
 
-from ...engine.checkpoint import CheckpointError, load_checkpoint, load_hs_model, load_model_state
+from ...engine.checkpoint import CheckpointError, load_hs_model, load_pretrained_trunk
 from ...models.backbones.rep_trunk import OUTPUT_STRIDES, RepTrunk
 
 log = logging.getLogger(__name__)
@@ -68,17 +68,7 @@ class QARepVGGBackbone(RepTrunk):
         if self.init_cfg is None:
             return
         path = str(self.init_cfg["checkpoint"])
-        payload = load_checkpoint(path)
-        meta = payload["meta"]
-        if meta.get("task") != "cls" or meta.get("fused"):
-            raise CheckpointError(f"{path}: a pretrained backbone needs a train-form classification checkpoint; "
-                                  f"this one has task {meta.get('task')!r}, fused {meta.get('fused')!r}")
-        for key in ("arch", "block"):
-            if meta.get(key) != getattr(self, key):
-                raise CheckpointError(f"{path}: checkpoint {key} {meta.get(key)!r} does not match the backbone's "
-                                      f"{getattr(self, key)!r}")
-        state = {k: v for k, v in payload["model"].items() if not k.startswith("fc.")}
-        load_model_state(self, state, source=path)  # strict: names missing / unexpected / mis-shaped keys
+        load_pretrained_trunk(self, path)  # strict: names missing / unexpected / mis-shaped keys
         log.info("backbone %s/%s loaded from %s", self.arch, self.block, path)
         self._freeze_stages()
 

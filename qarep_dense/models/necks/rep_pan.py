@@ -10,7 +10,7 @@ from ..backbones.efficientrep import RepBlock
 
 
 class RepPANNeck(nn.Module):
-    """Fuse backbone features (C3, C4, C5) at strides (8, 16, 32) into (P3, P4, P5).
+    """Fuse backbone features (C3, C4, C5) at strides (8, 16, 32) (or any s, 2s, 4s) into (P3, P4, P5).
 
     in_channels: backbone widths (c3, c4, c5). channels: the six neck widths of YOLOv6's channel
     list (reduce0, reduce1 = P3 out, down0, P4 out, down1, P5 out). repeats: blocks in the four
@@ -24,11 +24,13 @@ class RepPANNeck(nn.Module):
     """
 
     def __init__(self, in_channels: tuple[int, int, int], channels: tuple[int, ...], repeats: tuple[int, ...],
-                 block: str = "qarepvgg", act: str | None = "relu"):
+                 block: str = "qarepvgg", act: str | None = "relu", strides: tuple[int, int, int] = (8, 16, 32)):
         super().__init__()
         if len(in_channels) != 3 or len(channels) != 6 or len(repeats) != 4:
             raise ValueError(f"RepPANNeck needs 3 in_channels, 6 channels and 4 repeats, got "
                              f"in_channels={in_channels}, channels={channels}, repeats={repeats}")
+        if len(strides) != 3 or strides[0] < 1 or tuple(strides[1:]) != (2 * strides[0], 4 * strides[0]):
+            raise ValueError(f"RepPANNeck: the input strides must double from level to level, got {strides}")
         c3, c4, c5 = in_channels
         reduce0, out3, down0, out4, down1, out5 = channels
         # One Concat per site: a quantizer attaches per-module observers, and a shared module
@@ -47,7 +49,7 @@ class RepPANNeck(nn.Module):
         self.downsample1 = ConvBNAct(out4, down1, 3, 2, act=act)
         self.bu_p5 = RepBlock(down1 + reduce0, out5, repeats[3], block, act)
         self.out_channels: tuple[int, int, int] = (out3, out4, out5)
-        self.strides: tuple[int, int, int] = (8, 16, 32)
+        self.strides: tuple[int, int, int] = tuple(int(v) for v in strides)  # a trunk at stem stride 1: 4/8/16
 
     def forward(self, feats: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
