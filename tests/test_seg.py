@@ -158,7 +158,11 @@ def test_every_config_loads_and_heads_fit_the_backbone(path):
     widths = classifier_arch(b.arch).widths
     out_indices = b.get("out_indices", (1, 2, 3, 4))
     for head in (cfg.model.decode_head, cfg.model.get("auxiliary_head")):
-        if head is not None:
+        if head is None:
+            continue
+        if isinstance(head.in_index, (list, tuple)):  # input_transform "resize_concat": one width per input
+            assert list(head.in_channels) == [widths[out_indices[i]] for i in head.in_index], (path.name, head.type)
+        else:
             assert head.in_channels == widths[out_indices[head.in_index]], (path.name, head.type)
     if cfg.model.decode_head.type == "DepthwiseSeparableASPPHead":
         assert cfg.model.decode_head.c1_in_channels == widths[out_indices[0]]

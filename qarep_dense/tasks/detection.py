@@ -21,7 +21,8 @@ from ..models.from_meta import REQUIRED_KEYS, detector_from_meta
 from .base import TaskRow, recorded_preprocess, require_meta, require_size
 from .det_config import (DetModelConfig, DetDataConfig, DetOptimConfig, DetLossConfig, DetTrainConfig,
                          DetRepOptConfig, DetConfig, det_meta)  # noqa: F401  (one import path for the task)
-from .det_recipe import (data_paths, build_det_loaders, build_loss, base_lr, build_det_optimizer, make_det_step,
+from .det_recipe import (data_paths, build_model, build_det_loaders, build_loss, base_lr, build_det_optimizer,
+                         make_det_step,
                          make_det_evaluator, build_det_trainer, finalize, train)  # noqa: F401
 
 
