@@ -2,8 +2,9 @@
 
 The engine (module swap, calibration, QAT, sensitivity, export) talks to a :class:`QuantBackend`
 only; models never see it. A backend is imported on first use, so ``import qarep_dense`` (and
-``import qarep_dense.quant``) loads no quantization library. Adding nvidia-modelopt later means
-writing one class with these methods and one line in ``_BACKENDS``.
+``import qarep_dense.quant``) loads no quantization library. Two are registered: NVIDIA's
+pytorch-quantization 2.1.3 (the paper's toolkit, deprecated by NVIDIA) and its maintained successor
+nvidia-modelopt; both share :class:`~.tensor_quantizer.TensorQuantizerBackend`.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from torch import nn
 # name -> "module:Class", imported lazily (no quantization library at package import).
 _BACKENDS: dict[str, str] = {
     "pytorch_quantization": "qarep_dense.quant.backends.pytorch_quant:PytorchQuantizationBackend",
+    "modelopt": "qarep_dense.quant.backends.modelopt:ModeloptBackend",
 }
 _CACHE: dict[str, "QuantBackend"] = {}
 
