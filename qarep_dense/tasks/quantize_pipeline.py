@@ -64,6 +64,7 @@ class QuantizeOptions:
     allow_qat: fine-tune the best candidate with QAT if PTQ misses the budget (classifiers and detectors).
     selection_images: training images set aside to score candidates (after the calibration images).
     bias_correction: "auto" (candidates with and without it compete), "on" (only corrected ones) or "off".
+    backend: the fake-quant backend (``QuantConfig.backend``): "pytorch_quantization" or "modelopt".
     """
 
     checkpoint: Path
@@ -78,6 +79,7 @@ class QuantizeOptions:
     calibrators: tuple[str, ...] = CALIBRATORS
     transforms: tuple[str, ...] = TRANSFORMS
     bias_correction: str = "auto"
+    backend: str = "pytorch_quantization"
     calib_batches: int = 8
     batch_size: int = 32
     selection_images: int = 256
@@ -111,7 +113,8 @@ class QuantizeOptions:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.bias_correction not in BIAS_CORRECTION:
             raise ValueError(f"--bias-correction {self.bias_correction!r}: expected one of {list(BIAS_CORRECTION)}")
-        self.specs()  # names checked here, before any work
+        QuantConfig(backend=self.backend)  # the backend's name checked here, before any work
+        self.specs()
         return self
 
     def specs(self) -> list:
@@ -316,7 +319,7 @@ def quantize_checkpoint(opts: QuantizeOptions) -> dict:
     diagnosis = _diagnose(model, data, preprocess, opts) if opts.diagnose else None
     t = lap("diagnosis", t)
 
-    base = QuantConfig(num_calib_batches=len(data.calib))
+    base = QuantConfig(num_calib_batches=len(data.calib), backend=opts.backend)
     specs = opts.specs()
     results, qmodels, floats = run_search(fused, data, preprocess, specs, base, classification, opts.device,
                                           opts.progress)
@@ -420,7 +423,7 @@ def _report(opts, meta, metric_name, fp32, int8_all, final, chosen, results, par
     return {
         "checkpoint": str(opts.checkpoint), "task": meta["task"], "metric": metric_name,
         "arch": meta.get("arch") or meta.get("scale"), "block": meta.get("block"),
-        "converted_from": opts.source,
+        "converted_from": opts.source, "backend": opts.backend,
         "fp32": fp32, "int8": final["metric"], "int8_all_int8_choice": int8_all, "int8_ort": ort["int8_ort"],
         "drop": drop, "max_drop": opts.max_drop, "budget_met": bool(drop <= opts.max_drop),
         "how": final["how"],

@@ -20,6 +20,8 @@ _BACKENDS: dict[str, str] = {
     "pytorch_quantization": "qarep_dense.quant.backends.pytorch_quant:PytorchQuantizationBackend",
     "modelopt": "qarep_dense.quant.backends.modelopt:ModeloptBackend",
 }
+# name -> the package its quantizer modules come from (to tell a model's backend without importing it).
+_PACKAGES: dict[str, str] = {"pytorch_quantization": "pytorch_quantization", "modelopt": "modelopt"}
 _CACHE: dict[str, "QuantBackend"] = {}
 
 
@@ -80,6 +82,11 @@ class QuantBackend(Protocol):
         ...
 
 
+def backend_names() -> list[str]:
+    """The registered backends' names (nothing is imported)."""
+    return sorted(_BACKENDS)
+
+
 def get_backend(name: str) -> QuantBackend:
     """The backend registered under ``name`` (imported on first use)."""
     if name not in _BACKENDS:
@@ -93,6 +100,24 @@ def get_backend(name: str) -> QuantBackend:
                               "Install the 'quant' extra (pip install .[quant]).") from err
         _CACHE[name] = getattr(module, class_name)()
     return _CACHE[name]
+
+
+def backend_of(model: nn.Module, name: str | None = None) -> QuantBackend:
+    """The backend named ``name``, or (None) the one whose quantizers ``model`` holds.
+
+    Lets the steps after PTQ (export, QAT, BN folding) follow the backend a fake-quant model was built
+    with, without every caller passing its name along. Raises for a model with no quantizer, or with
+    quantizers of two backends.
+    """
+    if name is not None:
+        return get_backend(name)
+    found = {backend for m in model.modules() for backend, package in _PACKAGES.items()
+             if type(m).__module__.split(".")[0] == package and type(m).__name__.endswith("TensorQuantizer")}
+    if len(found) != 1:
+        what = "no quantizer" if not found else f"quantizers of {sorted(found)}"
+        raise ValueError(f"cannot tell the model's quantization backend: it has {what}; quantize it with "
+                         "quantize_ptq first (or pass the backend's name)")
+    return get_backend(found.pop())
 
 
 def iter_quantizers(model: nn.Module, backend: QuantBackend) -> Iterator[tuple[str, nn.Module]]:

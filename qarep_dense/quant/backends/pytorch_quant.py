@@ -68,19 +68,20 @@ class PytorchQuantizationBackend(TensorQuantizerBackend):
 
     def quant_layer(self, layer: nn.Module, weight_bits: int, act_bits: int, calibrator: str,
                     num_bins: int) -> nn.Module:
+        # torch's own classes (nn.modules.X): the package's quant_modules.initialize() patch replaces nn.X.
         desc_in, desc_w = self._descriptors(self.weight_axis(layer), weight_bits, act_bits, calibrator)
         kw = dict(quant_desc_input=desc_in, quant_desc_weight=desc_w)
         has_bias = layer.bias is not None
         with _quiet_absl():
-            if type(layer) is nn.Conv2d:
+            if type(layer) is nn.modules.Conv2d:
                 q = pq_nn.QuantConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
                                       _explicit_padding(layer), layer.dilation, layer.groups, has_bias,
                                       layer.padding_mode, **kw)
-            elif type(layer) is nn.ConvTranspose2d:
+            elif type(layer) is nn.modules.ConvTranspose2d:
                 q = pq_nn.QuantConvTranspose2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
                                                layer.padding, layer.output_padding, layer.groups, has_bias,
                                                layer.dilation, layer.padding_mode, **kw)
-            elif type(layer) is nn.Linear:
+            elif type(layer) is nn.modules.Linear:
                 q = pq_nn.QuantLinear(layer.in_features, layer.out_features, has_bias, **kw)
             else:
                 raise TypeError(f"no quantized counterpart for {type(layer).__name__}")
