@@ -45,20 +45,14 @@ from qarep_dense.deploy.ort import export_graph  # noqa: E402
 from qarep_dense.tasks.quantize_pipeline import QuantizeOptions, quantize_checkpoint  # noqa: E402
 from qarep_dense.tasks.registry import load_fused  # noqa: E402
 from qarep_dense.tasks.splits import request_for, task_data  # noqa: E402
-from _timing import append_report  # noqa: E402
+from _timing import append_report, digits_models_parser, trained_models  # noqa: E402
 
 NAMES = ("repvgg_custom", "qarepvgg")
 CALIB_BATCHES, BATCH = 8, 32
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", type=Path, default=Path("/work/runs/pipeline_models"))
-    p.add_argument("--data", type=Path, default=None, help="digits root (default: MODELS/data/digits24)")
-    p.add_argument("--names", nargs="+", default=list(NAMES), choices=list(NAMES))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--work", type=Path, required=True, help="per-model outputs (pipeline folders, rows.json)")
-    p.add_argument("--results", type=Path, default=None, help="append to RESULTS.md / RESULTS.json")
+    p = digits_models_parser(__doc__.split("\n\n")[0], list(NAMES))
     p.add_argument("--skip-pipeline", action="store_true", help="only the modelopt rows (no tools/quantize.py runs)")
     return p.parse_args()
 
@@ -214,15 +208,10 @@ def main() -> None:
     data = args.data or args.models / "data" / "digits24"
     start = time.time()
     results = {}
-    for name in args.names:
-        for seed in args.seeds:
-            checkpoint = args.models / f"{name}_s{seed}" / "deploy.pt"
-            if not checkpoint.is_file():
-                print(f"skip {checkpoint}: not trained (yet)", flush=True)
-                continue
-            results[f"{name}_s{seed}"] = one_model(checkpoint, data, args.work / f"{name}_s{seed}",
-                                                   not args.skip_pipeline)
-            print(table({f"{name}_s{seed}": results[f"{name}_s{seed}"]}).split("\n\n")[0].splitlines()[-1], flush=True)
+    for name, seed, checkpoint in trained_models(args):
+        key = f"{name}_s{seed}"
+        results[key] = one_model(checkpoint, data, args.work / key, not args.skip_pipeline)
+        print(table({key: results[key]}).split("\n\n")[0].splitlines()[-1], flush=True)
     text = (f"## backends side by side ({time.strftime('%Y-%m-%d %H:%M')}, {platform.processor() or platform.machine()}, "
             f"torch threads 1, {time.time() - start:.0f} s)\n\n" + table(results))
     print(text)

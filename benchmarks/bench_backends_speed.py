@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _timing import append_report, median_ms
+from _timing import append_report, median_ms, ort_speed_parser
 from bench_backends import ort_fix_config
 from bench_ort_kernels import fused_model, random_images
 from qarep_dense.data.preprocess import IMAGENET
@@ -46,15 +46,7 @@ SHOWN = ("QLinearConv", "QuantizeLinear", "DequantizeLinear", "Relu", "Conv", "F
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--arch", default="A0")
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--threads", type=int, default=2, help="ORT intra-op threads")
-    p.add_argument("--repeats", type=int, default=10, help="timed runs per variant and batch (median)")
-    p.add_argument("--calib-images", type=int, default=8)
-    p.add_argument("--out", type=Path, default=None, help="append the Markdown table to this file")
-    return p.parse_args()
+    return ort_speed_parser(__doc__.split("\n\n")[0], repeats=10, calib_images=8).parse_args()
 
 
 def modelopt_unsigned(fused, calib: list[torch.Tensor], path: Path) -> Path:
