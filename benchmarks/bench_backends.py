@@ -154,11 +154,22 @@ def pipeline_row(checkpoint: Path, data: Path, out: Path, backend: str) -> dict:
 
 
 def one_model(checkpoint: Path, data: Path, work: Path, pipeline: bool) -> dict:
+    """Every row of one model; the rows already in WORK/rows.json are kept (the pipeline rows added later)."""
     done = work / "rows.json"
-    if done.is_file():
-        cached = json.loads(done.read_text())
-        if not pipeline or "quantize_mo" in cached["rows"]:
-            return cached
+    result = json.loads(done.read_text()) if done.is_file() else None
+    if result is None:
+        result = modelopt_rows(checkpoint, data)
+    if pipeline:
+        for key, backend in (("quantize_pq", "pytorch_quantization"), ("quantize_mo", "modelopt")):
+            if key not in result["rows"]:
+                result["rows"][key] = pipeline_row(checkpoint, data, work / key, backend)
+    work.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def modelopt_rows(checkpoint: Path, data: Path) -> dict:
+    """FP32 and the three modelopt rows, calibrated on the pipeline's calibration batches."""
     fused, meta = load_fused(checkpoint, "cls")
     split = task_data(request_for(checkpoint, meta, data, BATCH, progress=False), BATCH * (CALIB_BATCHES + 1), 256)
     batches = []
@@ -172,13 +183,7 @@ def one_model(checkpoint: Path, data: Path, work: Path, pipeline: bool) -> dict:
         return float(split.evaluator.evaluate(model)[metric])
 
     first_layer = next(n for n, m in fused.named_modules() if isinstance(m, nn.Conv2d))
-    result = {"fp32": evaluate(fused), "rows": mtq_rows(fused, batches, split.preprocess, evaluate, first_layer)}
-    if pipeline:
-        for key, backend in (("quantize_pq", "pytorch_quantization"), ("quantize_mo", "modelopt")):
-            result["rows"][key] = pipeline_row(checkpoint, data, work / key, backend)
-    work.mkdir(parents=True, exist_ok=True)
-    done.write_text(json.dumps(result, indent=1))
-    return result
+    return {"fp32": evaluate(fused), "rows": mtq_rows(fused, batches, split.preprocess, evaluate, first_layer)}
 
 
 COLUMNS = ("mtq_default", "mtq_ort_fix", "autoquant", "quantize_pq", "quantize_mo")
