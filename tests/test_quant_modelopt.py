@@ -22,7 +22,7 @@ from qarep_dense.quant import (QuantConfig, check_ort_int8, export_qdq_onnx, fol
                                qat_finetune, quantize_ptq, rebuild_fakequant)
 from qarep_dense.quant.backends import backend_of, get_backend, iter_quantizers  # noqa: E402
 from qarep_dense.quant.cle import equalize  # noqa: E402
-from support import uint8_batches  # noqa: E402
+from support import tool_module, uint8_batches  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 BACKENDS = ("pytorch_quantization", "modelopt")
@@ -140,6 +140,21 @@ def test_backend_of_refuses_a_float_model_and_names_a_quantized_one(bn_randomize
     # The output quantizer modelopt gives every layer stays off: the engine places its own.
     assert all(not q.is_enabled for n, q in quantizers.items() if n.endswith("output_quantizer"))
     assert sum(q.is_enabled for q in quantizers.values()) == 7 + 8
+
+
+def test_tools_pass_the_backend_through(tmp_path):
+    """--backend on tools/ptq_eval.py and tools/quantize.py reaches QuantConfig.backend; a bad name is refused."""
+    ptq_eval, quantize = tool_module("ptq_eval"), tool_module("quantize")
+    args = ptq_eval.parse_args(["--checkpoints", "a.pt", "--backend", "modelopt"])
+    assert ptq_eval.study_of(args).base.backend == "modelopt"
+    assert ptq_eval.study_of(ptq_eval.parse_args(["--checkpoints", "a.pt"])).base.backend == "pytorch_quantization"
+    assert quantize.parse_args(["a.pt", "--out", "o", "--backend", "modelopt"]).backend == "modelopt"
+    checkpoint = tmp_path / "a.pt"
+    checkpoint.write_bytes(b"")
+    from qarep_dense.tasks.quantize_pipeline import QuantizeOptions
+
+    with pytest.raises(ValueError, match="QuantConfig.backend: unknown backend 'pytorch-quantization'"):
+        QuantizeOptions(checkpoint, None, tmp_path / "out", backend="pytorch-quantization").validate()
 
 
 _BOTH_ORDERS = r"""
