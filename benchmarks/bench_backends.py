@@ -54,6 +54,7 @@ CALIB_BATCHES, BATCH = 8, 32
 def parse_args() -> argparse.Namespace:
     p = digits_models_parser(__doc__.split("\n\n")[0], list(NAMES))
     p.add_argument("--skip-pipeline", action="store_true", help="only the modelopt rows (no tools/quantize.py runs)")
+    p.add_argument("--report-only", action="store_true", help="run nothing: the table of what WORK already holds")
     return p.parse_args()
 
 
@@ -153,6 +154,17 @@ def pipeline_row(checkpoint: Path, data: Path, out: Path, backend: str) -> dict:
             "choice": report["chosen"]["candidate"], "int8_ort": report["int8_ort"], "fp32": report["fp32"]}
 
 
+def finished(checkpoint: Path, data: Path, work: Path) -> dict | None:
+    """The rows WORK already holds for one model (pipeline rows whose report is there), or None."""
+    if not (work / "rows.json").is_file():
+        return None
+    result = json.loads((work / "rows.json").read_text())
+    for key, backend in (("quantize_pq", "pytorch_quantization"), ("quantize_mo", "modelopt")):
+        if key not in result["rows"] and (work / key / "report.json").is_file():
+            result["rows"][key] = pipeline_row(checkpoint, data, work / key, backend)
+    return result
+
+
 def one_model(checkpoint: Path, data: Path, work: Path, pipeline: bool) -> dict:
     """Every row of one model; the rows already in WORK/rows.json are kept (the pipeline rows added later)."""
     done = work / "rows.json"
@@ -215,6 +227,10 @@ def main() -> None:
     results = {}
     for name, seed, checkpoint in trained_models(args):
         key = f"{name}_s{seed}"
+        if args.report_only:
+            if (held := finished(checkpoint, data, args.work / key)) is not None:
+                results[key] = held
+            continue
         results[key] = one_model(checkpoint, data, args.work / key, not args.skip_pipeline)
         print(table({key: results[key]}).split("\n\n")[0].splitlines()[-1], flush=True)
     text = (f"## backends side by side ({time.strftime('%Y-%m-%d %H:%M')}, {platform.processor() or platform.machine()}, "
