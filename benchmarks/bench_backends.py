@@ -233,7 +233,8 @@ def main() -> None:
             continue
         results[key] = one_model(checkpoint, data, args.work / key, not args.skip_pipeline)
         print(table({key: results[key]}).split("\n\n")[0].splitlines()[-1], flush=True)
-    text = (f"## backends side by side ({time.strftime('%Y-%m-%d %H:%M')}, {platform.processor() or platform.machine()}, "
+    machine = platform.processor() or platform.machine()
+    text = (f"## backends side by side ({time.strftime('%Y-%m-%d %H:%M')}, {machine}, "
             f"torch threads 1, {time.time() - start:.0f} s)\n\n" + table(results))
     print(text)
     if args.results is not None:

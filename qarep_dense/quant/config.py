@@ -82,7 +82,8 @@ class QuantConfig:
             raise ValueError("QuantConfig: num_bins >= 16, hist_start_bin >= 1 and hist_stride >= 1 are required, "
                              f"got {self.num_bins}, {self.hist_start_bin}, {self.hist_stride}")
         if self.backend not in backend_names():
-            raise ValueError(f"QuantConfig.backend: unknown backend {self.backend!r}; expected one of {backend_names()}")
+            raise ValueError(f"QuantConfig.backend: unknown backend {self.backend!r}; "
+                             f"expected one of {backend_names()}")
         if self.hist_start_bin >= self.num_bins:
             raise ValueError(f"QuantConfig.hist_start_bin ({self.hist_start_bin}) must be below num_bins ({self.num_bins})")
         return self
