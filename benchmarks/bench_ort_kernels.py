@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from _timing import append_report, median_ms
+from _timing import append_report, median_ms, ort_speed_parser
 from qarep_dense.data.preprocess import IMAGENET
 from qarep_dense.deploy.onnx import export_onnx
 from qarep_dense.deploy.ort import cpu_int8_features, make_session, relative_error, run_session
@@ -56,15 +56,7 @@ VARIANTS = [
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--arch", default="A0")
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--threads", type=int, default=2, help="ORT intra-op threads")
-    p.add_argument("--repeats", type=int, default=15, help="timed runs per variant and batch (median)")
-    p.add_argument("--calib-images", type=int, default=16)
-    p.add_argument("--out", type=Path, default=None, help="append the Markdown table to this file")
-    return p.parse_args()
+    return ort_speed_parser(__doc__.split("\n\n")[0], repeats=15, calib_images=16).parse_args()
 
 
 def random_images(n: int, size: int, seed: int) -> torch.Tensor:

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from qarep_dense.tasks.quantize_pipeline import QuantizeOptions, quantize_checkpoint  # noqa: E402
-from _timing import append_report  # noqa: E402
+from _timing import append_report, digits_models_parser, trained_models  # noqa: E402
 
 # The main job's classification recipe as train_cls.py arguments (the recipe study's s24_nowarm_e40).
 RECIPE = ["--set", "optim.lr=0.4", "--set", "optim.weight_decay=5e-4", "--set", "optim.warmup_epochs=0",
@@ -43,13 +43,7 @@ FIXED = {"max": "max", "repair": "max+repair", "cle": "max+cle", "cle+repair": "
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", type=Path, default=Path("/work/runs/pipeline_models"))
-    p.add_argument("--data", type=Path, default=None, help="digits root (default: MODELS/data/digits24)")
-    p.add_argument("--names", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--work", type=Path, required=True, help="pipeline output folders go here (one per model)")
-    p.add_argument("--results", type=Path, default=None, help="append to RESULTS.md / RESULTS.json")
+    p = digits_models_parser(__doc__.split("\n\n")[0], list(CONFIGS))
     p.add_argument("--max-drop", type=float, default=1.0)
     p.add_argument("--selection-images", type=int, default=256, help="the pipeline's selection split size")
     p.add_argument("--train", action="store_true", help="train the missing models first (about 4 min each, 1 thread)")
@@ -127,17 +121,12 @@ def digits(args: argparse.Namespace) -> list[dict]:
     if args.train:
         train_missing(args.models, data, args.names, args.seeds)
     rows = []
-    for seed in args.seeds:
-        for name in args.names:
-            ckpt = args.models / f"{name}_s{seed}" / "deploy.pt"
-            if not ckpt.is_file():
-                print(f"skip {ckpt}: not trained (yet)", flush=True)
-                continue
-            tag = "" if args.selection_images == 256 else f"_sel{args.selection_images}"
-            report = run_one(ckpt, data, args.work / f"{name}_s{seed}{tag}", args.max_drop,
-                             selection_images=args.selection_images)
-            rows.append(row(name, seed, report, args.max_drop))
-            print(table(rows[-1:], args.max_drop).split("\n\n")[0].splitlines()[-1], flush=True)
+    for name, seed, ckpt in trained_models(args):
+        tag = "" if args.selection_images == 256 else f"_sel{args.selection_images}"
+        report = run_one(ckpt, data, args.work / f"{name}_s{seed}{tag}", args.max_drop,
+                         selection_images=args.selection_images)
+        rows.append(row(name, seed, report, args.max_drop))
+        print(table(rows[-1:], args.max_drop).split("\n\n")[0].splitlines()[-1], flush=True)
     return rows
 
 

@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bias-correction", action="store_true",
                    help="after calibration, correct each quantized layer's bias by the mean shift quantization put on "
                         "its output (measured on the calibration images)")
+    p.add_argument("--backend", choices=["pytorch-quantization", "modelopt"], default="pytorch-quantization",
+                   help="fake-quant library (docs/quantization.md says when to pick which)")
     p.add_argument("--ort", action="store_true", help="also evaluate the exported QDQ model in onnxruntime")
     p.add_argument("--ort-static", action="store_true",
                    help="also evaluate onnxruntime's own quantize_static model (max/percentile/entropy)")
@@ -69,7 +71,7 @@ def study_of(args: argparse.Namespace) -> PtqStudy:
     base = QuantConfig(calibrator=args.calibrator[0], percentile=args.percentile,
                        num_calib_batches=args.calib_batches, weight_bits=args.weight_bits,
                        act_bits=args.act_bits, repair_dead_channels=args.repair,
-                       bias_correction=args.bias_correction)
+                       bias_correction=args.bias_correction, backend=args.backend.replace("-", "_"))
     return PtqStudy(args.task, list(args.checkpoints), args.out, args.data, list(args.calibrator), base,
                     args.batch_size, args.workers, args.image_size, args.ort, args.ort_static, args.ort_precision,
                     args.device, progress=not args.no_progress)

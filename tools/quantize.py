@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="calibrators to try (default: max percentile mse entropy)")
     p.add_argument("--bias-correction", choices=["auto", "on", "off"], default="auto",
                    help="bias correction after calibration: auto = candidates with and without it compete")
+    p.add_argument("--backend", choices=["pytorch-quantization", "modelopt"], default="pytorch-quantization",
+                   help="fake-quant library (docs/quantization.md says when to pick which)")
     p.add_argument("--calib-batches", type=int, default=8, help="calibration batches from the training split")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     p.add_argument("--selection-images", type=int, default=256, help="training images set aside to pick a candidate")
@@ -65,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
                            args.int8_only, args.allow_qat, args.ort_precision, calib_batches=args.calib_batches,
                            batch_size=args.batch_size, selection_images=args.selection_images,
                            image_size=args.image_size, data_config=args.data_config, block=args.block,
-                           bias_correction=args.bias_correction, device=args.device,
+                           bias_correction=args.bias_correction, backend=args.backend.replace("-", "_"),
+                           device=args.device,
                            progress=not args.no_progress)
     if args.calibrators:
         opts.calibrators = tuple(args.calibrators)

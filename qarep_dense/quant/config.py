@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from .backends import backend_names
+
 # "max" keeps the largest |x| seen; the histogram methods pick a clipping amax from a
 # 2048-bin histogram of |x| (percentile of the mass, min MSE, min KL divergence).
 CALIBRATORS: tuple[str, ...] = ("max", "percentile", "mse", "entropy")
@@ -36,7 +38,9 @@ class QuantConfig:
         so onnxruntime runs every conv as an integer kernel. Found from the data flow of one
         forward pass; a classifier (each conv read by one quantizer) gets none.
     num_bins / hist_start_bin / hist_stride: histogram calibrator settings.
-    backend: name of the fake-quant backend (see :mod:`qarep_dense.quant.backends`).
+    backend: the fake-quant library, "pytorch_quantization" (the paper's toolkit) or "modelopt" (NVIDIA
+        Model Optimizer, its maintained successor); the same settings give the same model in either
+        (see :mod:`qarep_dense.quant.backends` and docs/quantization.md).
     """
 
     calibrator: str = "max"
@@ -77,6 +81,9 @@ class QuantConfig:
         if self.num_bins < 16 or self.hist_start_bin < 1 or self.hist_stride < 1:
             raise ValueError("QuantConfig: num_bins >= 16, hist_start_bin >= 1 and hist_stride >= 1 are required, "
                              f"got {self.num_bins}, {self.hist_start_bin}, {self.hist_stride}")
+        if self.backend not in backend_names():
+            raise ValueError(f"QuantConfig.backend: unknown backend {self.backend!r}; "
+                             f"expected one of {backend_names()}")
         if self.hist_start_bin >= self.num_bins:
             raise ValueError(f"QuantConfig.hist_start_bin ({self.hist_start_bin}) must be below num_bins ({self.num_bins})")
         return self

@@ -31,7 +31,7 @@ from torch import nn
 
 from ..deploy.ort import (KernelChoice, OrtModule, choose_int8_kernels, export_graph, make_session,  # noqa: F401
                           relative_error, run_session)
-from .backends import get_backend
+from .backends import backend_of
 from .calibration import flatten_outputs
 
 log = logging.getLogger(__name__)
@@ -46,19 +46,20 @@ _CONV_PRODUCERS = frozenset({"Conv", "ConvTranspose"})
 
 def export_qdq_onnx(qmodel: nn.Module, example_input: torch.Tensor, path: str | Path, opset: int = 13,
                     ort_friendly: bool = True, dynamic_batch: bool = True,
-                    backend: str = "pytorch_quantization", dynamic_hw: bool = False) -> Path:
+                    backend: str | None = None, dynamic_hw: bool = False) -> Path:
     """Export a calibrated fake-quant model to QDQ ONNX (input "input", outputs "output[_i]").
 
     example_input: a preprocessed float batch (N, 3, H, W). ``ort_friendly`` adds the two exact
     onnxruntime rewrites (see module doc: Q/DQ before ReLU, uint8 activations); keep it False for
     TensorRT, which wants int8 (zero point 0) activations. dynamic_hw: free input height and width.
+    backend: the fake-quant backend's name; None: the one whose quantizers ``qmodel`` holds.
     """
     import onnx  # lazy: deployment-only dependency
 
     if opset < 13:
         raise ValueError(f"export_qdq_onnx: per-channel QDQ needs opset >= 13, got {opset}")
     path = Path(path)
-    b = get_backend(backend)
+    b = backend_of(qmodel, backend)
     device = next(qmodel.parameters()).device
     with b.export_mode(qmodel) as model, torch.no_grad():
         export_graph(model, example_input.to(device), path, opset, dynamic_batch, quiet=True, dynamic_hw=dynamic_hw)

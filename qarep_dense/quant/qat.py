@@ -18,17 +18,21 @@ from tqdm import tqdm
 from ..data.preprocess import Preprocess
 from ..layers import kernels
 from ..layers.conv import ConvAct, ConvBNAct
-from .backends import get_backend, iter_quantizers
+from .backends import backend_of, iter_quantizers
 
 log = logging.getLogger(__name__)
 
 
-def prepare_qat(qmodel: nn.Module, backend: str = "pytorch_quantization") -> nn.Module:
+def prepare_qat(qmodel: nn.Module, backend: str | None = None) -> nn.Module:
     """Put a calibrated fake-quant model (from ``quantize_ptq``) in training mode, IN PLACE.
 
-    Refuses a model without quantizers or one that was never calibrated.
+    Refuses a model without quantizers or one that was never calibrated. backend: the fake-quant
+    backend's name; None (here and in the other QAT steps): the one whose quantizers the model holds.
     """
-    b = get_backend(backend)
+    try:
+        b = backend_of(qmodel, backend)
+    except ValueError:
+        raise ValueError("prepare_qat: the model has no quantizers; quantize it with quantize_ptq first") from None
     quantizers = list(iter_quantizers(qmodel, b))
     if not quantizers:
         raise ValueError("prepare_qat: the model has no quantizers; quantize it with quantize_ptq first")
@@ -62,7 +66,7 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
 def qat_finetune(model: nn.Module, loader: Iterable, preprocess: Preprocess,
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None, epochs: int = 10,
                  warmup_epochs: int = 3, lr: float = 0.01, device: str | torch.device = "cpu",
-                 momentum: float = 0.9, weight_decay: float = 1e-4, backend: str = "pytorch_quantization",
+                 momentum: float = 0.9, weight_decay: float = 1e-4, backend: str | None = None,
                  progress: bool = True, batch_loss: Callable[[nn.Module, Any], torch.Tensor] | None = None
                  ) -> list[float]:
     """SGD fine-tuning of a :func:`prepare_qat` model; returns the mean training loss per epoch.
@@ -75,7 +79,7 @@ def qat_finetune(model: nn.Module, loader: Iterable, preprocess: Preprocess,
         batch_loss = supervised_loss(loss_fn, preprocess, device)
     if epochs < 1 or warmup_epochs < 0:
         raise ValueError(f"qat_finetune: epochs >= 1 and warmup_epochs >= 0 required, got {epochs}, {warmup_epochs}")
-    b = get_backend(backend)
+    b = backend_of(model, backend)
     model.to(device).train()
     steps_per_epoch = len(loader) if hasattr(loader, "__len__") else None
     if not steps_per_epoch:
@@ -103,14 +107,14 @@ def qat_finetune(model: nn.Module, loader: Iterable, preprocess: Preprocess,
 
 
 @torch.no_grad()
-def fold_after_qat(model: nn.Module, backend: str = "pytorch_quantization") -> nn.Module:
+def fold_after_qat(model: nn.Module, backend: str | None = None) -> nn.Module:
     """Fold every post-BN kept for QAT into its quantized conv, IN PLACE; returns the eval-mode model.
 
     ConvBNAct(quant conv, BN, act) becomes ConvAct(quant conv, act) with w' = w*s, b' = (b-mean)*s+beta,
     s = gamma/sqrt(var+eps). Per-channel symmetric weight quantization commutes with that per-channel
     scaling, so the weight amax is re-calibrated (max |w'| per channel) and the INT8 weights are unchanged.
     """
-    b = get_backend(backend)
+    b = backend_of(model, backend)
     model.eval()
 
     def walk(module: nn.Module) -> None:

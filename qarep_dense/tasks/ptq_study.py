@@ -142,7 +142,8 @@ def evaluate_row(label: str, model: nn.Module, meta: dict, fp32: float, evaluato
     report = quantize_and_check(model, evaluator.calibration_loader(), evaluator.preprocess, config, evaluator,
                                 options, fp32=fp32)
     row = {"model": label, "block": meta.get("block"), "arch": meta.get("arch") or meta.get("scale"),
-           "calibrator": config.calibrator, "scheme": config.scheme, "fp32": fp32, "int8": report.int8,
+           "calibrator": config.calibrator, "backend": config.backend, "scheme": config.scheme, "fp32": fp32,
+           "int8": report.int8,
            "drop": report.drop, "calib_seconds": report.ptq.calib_seconds}
     if report.ptq.repair is not None:
         repair = report.ptq.repair
@@ -185,7 +186,8 @@ def markdown_table(rows: list[dict], metric: str, total: int | None = None) -> s
     # "INT8" only for W8A8: a W4A8 table must not be read as INT8 numbers.
     cols = [(k, h.replace("INT8", scheme) if scheme != "W8A8" else h) for k, h in _COLUMNS if any(k in r for r in rows)]
     lines = [partial_line(len(rows), total), ""] if total is not None and len(rows) < total else []
-    lines += [f"{metric}, {scheme}",
+    backend = rows[0].get("backend") if rows else None
+    lines += [f"{metric}, {scheme}" + (f", backend {backend}" if backend else ""),
               "",
               "| " + " | ".join(h for _, h in cols) + " |",
               "|" + "|".join("---" for _ in cols) + "|"]

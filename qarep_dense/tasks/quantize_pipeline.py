@@ -71,6 +71,7 @@ class QuantizeOptions:
     allow_qat: fine-tune the best candidate with QAT if PTQ misses the budget (classifiers and detectors).
     selection_images: training images set aside to score candidates (after the calibration images).
     bias_correction: "auto" (candidates with and without it compete), "on" (only corrected ones) or "off".
+    backend: the fake-quant backend (``QuantConfig.backend``): "pytorch_quantization" or "modelopt".
     """
 
     checkpoint: Path
@@ -85,6 +86,7 @@ class QuantizeOptions:
     calibrators: tuple[str, ...] = CALIBRATORS
     transforms: tuple[str, ...] = TRANSFORMS
     bias_correction: str = "auto"
+    backend: str = "pytorch_quantization"
     calib_batches: int = 8
     batch_size: int = BATCH_SIZE
     selection_images: int = 256
@@ -121,7 +123,8 @@ class QuantizeOptions:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.bias_correction not in BIAS_CORRECTION:
             raise ValueError(f"--bias-correction {self.bias_correction!r}: expected one of {list(BIAS_CORRECTION)}")
-        self.specs()  # names checked here, before any work
+        QuantConfig(backend=self.backend)  # the backend's name checked here, before any work
+        self.specs()
         return self
 
     def specs(self) -> list:
@@ -296,7 +299,7 @@ def _quantize(opts: QuantizeOptions, claimed: ExitStack) -> dict:
     diagnosis = _diagnose(model, data, preprocess, opts) if opts.diagnose else None
     t = lap("diagnosis", t)
 
-    base = QuantConfig(num_calib_batches=len(data.calib))
+    base = QuantConfig(num_calib_batches=len(data.calib), backend=opts.backend)
     results, qmodels, floats = run_search(fused, data, preprocess, opts.specs(), base, row.selection_score == "kl",
                                           opts.device, opts.progress)
     chosen = choose(results)
@@ -426,7 +429,7 @@ def _report(opts, meta, metric_name, fp32, final, chosen, results, strategy, ort
     return {
         "checkpoint": str(opts.checkpoint), "task": meta["task"], "metric": metric_name,
         "arch": meta.get("arch") or meta.get("scale"), "block": meta.get("block"),
-        "converted_from": opts.source, "fp32": fp32, "int8_ort": ort["int8_ort"],
+        "converted_from": opts.source, "backend": opts.backend, "fp32": fp32, "int8_ort": ort["int8_ort"],
         **_budget_fields(opts, fp32, strategy, ort, resolution),
         "chosen": {"candidate": chosen.spec.name, "calibrator": chosen.spec.calibrator, "repair": chosen.spec.repair,
                    "cle": chosen.spec.cle, "bias_correction": chosen.spec.bias_correction,

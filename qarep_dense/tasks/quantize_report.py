@@ -68,7 +68,8 @@ def render_report(report: dict) -> str:
         f"# INT8 quantization of {report['checkpoint']}",
         "",
         f"{report['task']} {report['arch']} ({report['block']})"
-        + (f", converted from {report['converted_from']}" if report["converted_from"] else ""),
+        + (f", converted from {report['converted_from']}" if report["converted_from"] else "")
+        + f"; quantization backend {report.get('backend', 'pytorch_quantization')}",
         "",
         "## Result",
         "",

@@ -2,8 +2,9 @@
 
 The engine (module swap, calibration, QAT, sensitivity, export) talks to a :class:`QuantBackend`
 only; models never see it. A backend is imported on first use, so ``import qarep_dense`` (and
-``import qarep_dense.quant``) loads no quantization library. Adding nvidia-modelopt later means
-writing one class with these methods and one line in ``_BACKENDS``.
+``import qarep_dense.quant``) loads no quantization library. Two are registered: NVIDIA's
+pytorch-quantization 2.1.3 (the paper's toolkit, deprecated by NVIDIA) and its maintained successor
+nvidia-modelopt; both share :class:`~.tensor_quantizer.TensorQuantizerBackend`.
 """
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ from torch import nn
 # name -> "module:Class", imported lazily (no quantization library at package import).
 _BACKENDS: dict[str, str] = {
     "pytorch_quantization": "qarep_dense.quant.backends.pytorch_quant:PytorchQuantizationBackend",
+    "modelopt": "qarep_dense.quant.backends.modelopt:ModeloptBackend",
 }
+# name -> the package its quantizer modules come from (to tell a model's backend without importing it).
+_PACKAGES: dict[str, str] = {"pytorch_quantization": "pytorch_quantization", "modelopt": "modelopt"}
 _CACHE: dict[str, "QuantBackend"] = {}
 
 
@@ -78,6 +82,11 @@ class QuantBackend(Protocol):
         ...
 
 
+def backend_names() -> list[str]:
+    """The registered backends' names (nothing is imported)."""
+    return sorted(_BACKENDS)
+
+
 def get_backend(name: str) -> QuantBackend:
     """The backend registered under ``name`` (imported on first use)."""
     if name not in _BACKENDS:
@@ -91,6 +100,24 @@ def get_backend(name: str) -> QuantBackend:
                               "Install the 'quant' extra (pip install .[quant]).") from err
         _CACHE[name] = getattr(module, class_name)()
     return _CACHE[name]
+
+
+def backend_of(model: nn.Module, name: str | None = None) -> QuantBackend:
+    """The backend named ``name``, or (None) the one whose quantizers ``model`` holds.
+
+    Lets the steps after PTQ (export, QAT, BN folding) follow the backend a fake-quant model was built
+    with, without every caller passing its name along. Raises for a model with no quantizer, or with
+    quantizers of two backends.
+    """
+    if name is not None:
+        return get_backend(name)
+    found = {backend for m in model.modules() for backend, package in _PACKAGES.items()
+             if type(m).__module__.split(".")[0] == package and type(m).__name__.endswith("TensorQuantizer")}
+    if len(found) != 1:
+        what = "no quantizer" if not found else f"quantizers of {sorted(found)}"
+        raise ValueError(f"cannot tell the model's quantization backend: it has {what}; quantize it with "
+                         "quantize_ptq first (or pass the backend's name)")
+    return get_backend(found.pop())
 
 
 def iter_quantizers(model: nn.Module, backend: QuantBackend) -> Iterator[tuple[str, nn.Module]]:
