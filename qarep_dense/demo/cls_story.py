@@ -21,19 +21,6 @@ log = logging.getLogger(__name__)
 VARIANTS = ("fp32", "int8_max", "int8_hist", "weights_only", "acts_only", "int8_max_repair")
 
 
-def _only(qmodel: nn.Module, keep: str, backend_name: str) -> nn.Module:
-    """Switch off every quantizer except the weight ones (``keep="weight"``) or except them ("act")."""
-    from ..quant.backends import get_backend
-
-    backend = get_backend(backend_name)
-    weights = {id(backend.layer_quantizers(m)["weight"]) for m in qmodel.modules() if backend.is_quant_layer(m)}
-    for m in qmodel.modules():
-        if backend.is_quantizer(m):
-            on = (id(m) in weights) == (keep == "weight")
-            backend.set_enabled(m, on and backend.amax(m) is not None)
-    return qmodel
-
-
 def quant_variants(deploy_path: str | os.PathLike, data_root: str | os.PathLike, hist_calibrator: str = "entropy",
                    calib_batches: int = 4, batch_size: int = 64, progress: bool = False) -> dict:
     """Top-1 (%) of a fused classifier checkpoint in FP32 and the INT8 variants of :data:`VARIANTS`.
@@ -43,6 +30,7 @@ def quant_variants(deploy_path: str | os.PathLike, data_root: str | os.PathLike,
     zeroed) and "repair" (the repair's summary: channels dead on calibration but alive on the held-out batch,
     FP32 agreement there).
     """
+    from ..quant.ptq import quantize_one_side
     from ..tasks.quant_check import QuantConfig, quantize_ptq
     from ..tasks.registry import get_task, load_model
     from ..tasks.splits import request_for
@@ -64,9 +52,9 @@ def quant_variants(deploy_path: str | os.PathLike, data_root: str | os.PathLike,
     out: dict = {"fp32": top1(model)}
     q, report = ptq("max")
     out["int8_max"], out["calib_images"] = top1(q), int(report.calib_images)  # what calibration saw
-    out["weights_only"] = top1(_only(q, "weight", QuantConfig().backend))
+    out["weights_only"] = top1(quantize_one_side(q, "weights"))
     q, _ = ptq("max")
-    out["acts_only"] = top1(_only(q, "act", QuantConfig().backend))
+    out["acts_only"] = top1(quantize_one_side(q, "activations"))
     q, _ = ptq(hist_calibrator)
     out["int8_hist"], out["hist_calibrator"] = top1(q), hist_calibrator
     q, report = ptq("max", repair=True)
