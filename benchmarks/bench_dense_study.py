@@ -111,7 +111,7 @@ def train_run(run: Path, recipe: str, task: str, row: str, block: str, seed: int
     else:
         from qarep_dense.tasks.segmentation import train
 
-        config = ROOT / "configs" / "seg" / f"fcn_{block}-a0h_1xb16-700it_digits-canvas-64x64.py"
+        config = ROOT / "configs" / "seg" / f"fcn_{block}-a0h_1xb16-2000it_digits-canvas-64x64.py"
         options = {**RECIPES[recipe]["seg"], "randomness.seed": seed,
                    "model.backbone.init_cfg": None if init is None else dict(type="Pretrained", checkpoint=str(init))}
         data_root.mkdir(parents=True, exist_ok=True)

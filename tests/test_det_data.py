@@ -144,6 +144,11 @@ def test_malformed_entries_named(tmp_path, syn):
         CocoDetection(tmp_path, _one_image_json(tmp_path, syn, ann), 64)
     with pytest.raises(FileNotFoundError, match="nope.json: annotation file not found"):
         CocoDetection(tmp_path, tmp_path / "nope.json", 64)
+    # two boxes under one id: pycocotools would keep one of them twice in the evaluation's ground truth
+    ann = [{"id": 3, "image_id": 5, "category_id": 1, "bbox": [1, 2, 3, 4]},
+           {"id": 3, "image_id": 5, "category_id": 1, "bbox": [9, 9, 5, 5]}]
+    with pytest.raises(AnnotationError, match=r"ann.json: duplicate ids in 'annotations' \(e.g. \[3\]\)"):
+        CocoDetection(tmp_path, _one_image_json(tmp_path, syn, ann), 64)
 
 
 def test_missing_image_named_at_construction(tmp_path, syn):

@@ -104,3 +104,17 @@ def test_refuses_to_write_over_a_folder_it_did_not_write(tmp_path):
 def test_bad_spec_is_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         CanvasSpec(**kwargs)
+
+
+def test_annotation_ids_are_unique_and_every_box_reaches_the_evaluation(export):
+    """pycocotools indexes ground truth by annotation id: a repeated id would drop boxes from the AP."""
+    from qarep_dense.evaluation.coco import _coco_from_file
+
+    for split in ("train", "val"):
+        ann_file = export / "annotations" / f"instances_{split}.json"
+        coco = _coco_from_file(ann_file)
+        listed = _coco(export, split)["annotations"]
+        assert len({a["id"] for a in listed}) == len(listed)
+        indexed = [coco.loadAnns(coco.getAnnIds(imgIds=[img])) for img in coco.getImgIds()]
+        assert sum(len(anns) for anns in indexed) == len(listed)
+        assert sorted(tuple(a["bbox"]) for anns in indexed for a in anns) == sorted(tuple(a["bbox"]) for a in listed)

@@ -2,7 +2,7 @@
 # 8/8/16/32/64) started from the quickstart classifier (tools/train_cls.py configs/cls/synthetic_test.toml
 # --work-dir work_dirs/cls/quickstart), one pass of 32x32 canvases, 2 iterations.
 # From scratch: --cfg-options model.backbone.init_cfg=None
-_base_ = ['./fcn_qarepvgg-a0h_1xb16-700it_digits-canvas-64x64.py']
+_base_ = ['./fcn_qarepvgg-a0h_1xb16-2000it_digits-canvas-64x64.py']
 data_root = 'data/digits_canvas_test/'
 digits_canvas = dict(canvas=32, scales=(12, 16), passes=(1, 1), seed=0)
 crop_size = (32, 32)

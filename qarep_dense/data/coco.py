@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,12 +79,15 @@ def _check_entries(path: Path, data: dict) -> None:
             missing = [f for f in fields if not isinstance(entry, dict) or f not in entry]
             if missing:
                 raise AnnotationError(f"{path}: {key}[{k}] lacks field(s) {missing}")
-    for key in ("images", "categories"):
+    # pycocotools indexes annotations by id: a repeated id silently replaces one box by another in the
+    # evaluation's ground truth (fewer, duplicated boxes and a wrong AP), so it is refused here
+    for key in ("images", "annotations", "categories"):
         ids = [e["id"] for e in data[key]]
         if not all(isinstance(i, int) for i in ids):
             raise AnnotationError(f"{path}: {key!r} ids must be integers")
         if len(set(ids)) != len(ids):
-            raise AnnotationError(f"{path}: duplicate ids in {key!r}")
+            twice = sorted(i for i, n in Counter(ids).items() if n > 1)
+            raise AnnotationError(f"{path}: duplicate ids in {key!r} (e.g. {twice[:3]})")
     image_ids = {e["id"] for e in data["images"]}
     cat_ids = {e["id"] for e in data["categories"]}
     for ann in data["annotations"]:

@@ -73,7 +73,7 @@ class CanvasSpec:
             raise ValueError(f"passes must be (train, val) counts >= 1, got {self.passes}")
 
     def as_dict(self) -> dict:
-        return {"dataset": "digits-canvas", "version": 1, **{k: list(v) if isinstance(v, tuple) else v
+        return {"dataset": "digits-canvas", "version": 2, **{k: list(v) if isinstance(v, tuple) else v
                                                              for k, v in asdict(self).items()}}
 
 
@@ -161,9 +161,10 @@ def _write_split(root: Path, split_id: int, pool: np.ndarray, grey: np.ndarray, 
                 raise OSError(f"{path}: could not write image")
         images.append({"id": i + 1, "file_name": canvas_files(root, split, i)[0].name, "height": spec.canvas,
                        "width": spec.canvas})
-        annotations += [{"id": len(annotations) + 1, "image_id": i + 1, "category_id": p.digit + 1,
+        first = len(annotations) + 1  # (read once: a comprehension would give every digit of a canvas one id)
+        annotations += [{"id": first + k, "image_id": i + 1, "category_id": p.digit + 1,
                          "bbox": list(p.box), "area": float(p.area), "iscrowd": 0, "source_index": p.source}
-                        for p in pasted]
+                        for k, p in enumerate(pasted)]
     coco = {"info": {"description": f"qarep-dense digit canvases ({split})", "version": 1}, "licenses": [],
             "images": images, "annotations": annotations,
             "categories": [{"id": d + 1, "name": str(d), "supercategory": "digit"} for d in range(10)]}
