@@ -68,14 +68,18 @@ def classifier(models_root: Path, block: str, seed: int) -> Path:
 
 # --- training ------------------------------------------------------------------------------------
 
-LOCK = ".study.lock"  # holds the pid of the process running the folder's job
+LOCK = ".study.lock"  # beside the run folder (the trainer claims the folder itself): the pid running its job
+
+
+def lock_of(run: Path) -> Path:
+    return run.parent / f"{run.name}{LOCK}"
 
 
 def claim(run: Path) -> bool:
     """Take the job of ``run`` for this process; False when another live process holds it (several invocations
     may share a work dir and split its jobs). A lock whose process is gone is taken over."""
-    run.mkdir(parents=True, exist_ok=True)
-    lock = run / LOCK
+    run.parent.mkdir(parents=True, exist_ok=True)
+    lock = lock_of(run)
     try:
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
@@ -316,7 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
                 train_run(run, recipe, task, row, block, seed, init, args.data_root)
                 quant_row(run, task, init, args.calib_batches, args.batch_size)
             finally:
-                (run / LOCK).unlink(missing_ok=True)
+                lock_of(run).unlink(missing_ok=True)
             print(recipe, task, row, seed, block, "done", flush=True)
             write_report(args.work_dir, args.recipes, args.out, expected)
         if waiting and time.monotonic() < deadline:
