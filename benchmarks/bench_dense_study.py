@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from qarep_dense.demo.stage_jobs import checkpoint_mechanism
 from qarep_dense.demo.verdict import Criteria, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,28 +131,6 @@ def train_run(run: Path, recipe: str, task: str, row: str, block: str, seed: int
 # --- measuring -----------------------------------------------------------------------------------
 
 
-def trunk_of(model: torch.nn.Module, task: str) -> torch.nn.Module:
-    """The backbone trunk (``.stages``) of a train-form classifier, detector or segmentor."""
-    return {"cls": lambda m: m, "det": lambda m: m.backbone, "seg": lambda m: m.segmentor.backbone}[task](model)
-
-
-def stage_mechanism(checkpoint: Path, task: str) -> list[dict]:
-    """Per trunk stage: near-dead identity channels (running variance below eps) and the largest |weight| of the
-    fused stage (the identity outliers land there)."""
-    from qarep_dense.analysis import bn_scale_stats
-    from qarep_dense.layers.rep import reparameterize
-    from qarep_dense.tasks.registry import load_model
-
-    model, _ = load_model(checkpoint, task)
-    out = []
-    for k, stage in enumerate(trunk_of(model, task).stages):
-        dead = sum(b.branches["identity"].near_dead for b in bn_scale_stats(stage) if "identity" in b.branches)
-        fused = reparameterize(stage)
-        weight = max(float(m.weight.detach().abs().max()) for m in fused.modules() if isinstance(m, torch.nn.Conv2d))
-        out.append({"stage": k, "dead": int(dead), "max_fused_weight": weight})
-    return out
-
-
 def quant_row(run: Path, task: str, init: Path | None, calib_batches: int, batch_size: int) -> dict:
     """FP32 / INT8 / weights-only / activations-only metrics and the mechanism of ``run``; cached in dense_ptq.json."""
     cache = run / "dense_ptq.json"
@@ -178,8 +157,8 @@ def quant_row(run: Path, task: str, init: Path | None, calib_batches: int, batch
            "weights_only": scores(quantize_one_side(report.model, "weights")),
            "acts_only": scores(quantize_one_side(report.model, "activations")),
            "calib_images": report.ptq.calib_images,
-           "mechanism": {"before": stage_mechanism(init, "cls") if init else None,
-                         "after": stage_mechanism(run / "last.pt", task)}}
+           "mechanism": {"before": checkpoint_mechanism(str(init), "cls") if init else None,
+                         "after": checkpoint_mechanism(str(run / "last.pt"), task)}}
     from qarep_dense.fileio import write_json_atomic
 
     write_json_atomic(cache, row, indent=1)

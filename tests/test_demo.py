@@ -235,8 +235,11 @@ def test_demo_refuses_a_results_folder_made_under_other_settings(tmp_path):
     (older / ".stages" / "cls_train_hs.json").write_text("{}")
     with pytest.raises(ValueError, match="without a record of their settings"):
         Demo(DemoOptions(out=older, tasks=["cls"], profile="tiny")).check_settings()
-    with pytest.raises(ValueError, match=r"seg_seed \(0 -> 3\)"):  # the one segmentation seed follows the first
-        Demo(DemoOptions(out=tmp_path, tasks=["cls"], profile="tiny", seeds=[3])).check_settings()
+    Demo(DemoOptions(out=tmp_path, tasks=["cls"], profile="tiny", seeds=[3])).check_settings()  # seeds add stages
+    recorded = json.loads((tmp_path / "demo_settings.json").read_text())  # a run of another dense recipe
+    (tmp_path / "demo_settings.json").write_text(json.dumps({**recorded, "dense_recipe": {"det": "older.toml"}}))
+    with pytest.raises(ValueError, match=r"dense_recipe \(\{'det': 'older.toml'\}"):
+        Demo(DemoOptions(out=tmp_path, tasks=["det"], profile="tiny")).check_settings()
     assert DemoOptions(profile="quick").out == Path("work_dirs/demo_quick")
 
 
@@ -253,7 +256,7 @@ def test_demo_refuses_a_results_folder_made_under_other_settings(tmp_path):
     ({"threads": 0}, "threads 0: must be at least 1"),
     ({"cls_models": ["qarepvgg", "repopt"]}, "including repvgg_custom and qarepvgg"),
     ({"cls_models": ["repvgg_custom", "qarepvgg", "qarepvgg"]}, "at most once"),
-    ({"det_blocks": ["qarepvgg", "repvgg", "yolo"]}, r"unknown: yolo"),
+    ({"cls_models": ["repvgg_custom", "qarepvgg", "yolo"]}, r"unknown: yolo"),
 ])
 def test_demo_options_are_validated_up_front(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -353,8 +356,8 @@ def test_quick_profile_trains_the_two_models_of_the_story_at_the_full_recipe(tmp
     demo = Demo(DemoOptions(out=tmp_path, profile="quick"))
     assert demo.opts.tasks == ["cls", "det"] and DemoOptions(out=tmp_path).tasks == ["cls", "det", "seg"]
     names = [st.name for st in demo.cls_jobs() + demo.det_jobs()]
-    assert [n for n in names if "_train_" in n] == [
-        "cls_train_repvgg_custom_s2", "cls_train_qarepvgg_s2", "det_train_qarepvgg_s2", "det_train_repvgg_s2"]
+    assert sorted({n for n in names if "_train_" in n}) == [
+        "cls_train_qarepvgg_s2", "cls_train_repvgg_custom_s2", "det_train_qarepvgg_s2", "det_train_repvgg_s2"]
     assert demo.prof.cls_epochs == make_profile(DemoOptions(out=tmp_path)).cls_epochs  # not a shortened recipe
 
 
@@ -362,8 +365,12 @@ def test_trainings_side_by_side_start_after_their_dataset_was_written_once(tmp_p
     demo = Demo(DemoOptions(out=tmp_path, tasks=["cls", "det", "seg"], profile="tiny"))
     stages = demo.cls_jobs() + demo.det_jobs() + demo.seg_jobs()
     for st in stages:
-        if "_train_" in st.name:  # two exports of one folder at once trip over each other
-            assert f"{st.name.split('_')[0]}_data" in st.after, st.name
+        if "_train_" in st.name and st.name != "cls_train_hs":  # two exports of one folder at once trip over each other
+            data = "cls_data" if st.name.startswith("cls_") else "canvas_data"
+            assert data in st.after, st.name
+        if st.name.startswith(("det_train_", "seg_train_")):  # each dense model starts from its block's classifier
+            block, seed = st.name.split("_")[2], st.name.split("_s")[-1]
+            assert f"cls_train_{'repvgg_custom' if block == 'repvgg' else block}_s{seed}" in st.after, st.name
     from qarep_dense.demo.main_job import _prepare_cls_data
 
     root = Path(_prepare_cls_data(str(ROOT / "configs" / "cls" / "digits_repvgg.toml"),
@@ -398,13 +405,13 @@ def test_side_by_side_figures_stack_and_fit_the_page_width(tmp_path):
 
 def test_default_profile_trains_the_story_and_optional_rows_come_back_on_request(tmp_path):
     demo = Demo(DemoOptions(out=tmp_path))
-    trains = [st.name for st in demo.cls_jobs() + demo.det_jobs() if "_train_" in st.name]
+    trains = {st.name for st in demo.cls_jobs() + demo.det_jobs() + demo.seg_jobs() if "_train_" in st.name}
     assert len([n for n in trains if n.startswith("cls_")]) == 10 and "cls_train_repvgg_normal_s0" not in trains
-    assert sorted(n for n in trains if n.startswith("det_")) == ["det_train_qarepvgg_s0", "det_train_repvgg_s0"]
-    every = Demo(DemoOptions(out=tmp_path, cls_models=["repopt", "repvgg_normal", "qarepvgg", "repvgg_custom"],
-                             det_blocks=["qarepvgg", "repvgg", "repopt"]))
+    assert sorted(n for n in trains if n.startswith(("det_", "seg_"))) == [
+        "det_train_qarepvgg_s0", "det_train_repvgg_s0", "seg_train_qarepvgg_s0", "seg_train_repvgg_s0"]
+    every = Demo(DemoOptions(out=tmp_path, cls_models=["repopt", "repvgg_normal", "qarepvgg", "repvgg_custom"]))
     names = [st.name for st in every.cls_jobs() + every.det_jobs()]
-    assert "cls_train_repvgg_normal_s2" in names and "det_train_hs" in names and "det_train_repopt_s0" in names
+    assert "cls_train_repvgg_normal_s2" in names
     assert every.prof.cls_models == ("repvgg_custom", "repvgg_normal", "qarepvgg", "repopt")  # table order
 
 

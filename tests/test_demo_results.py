@@ -16,7 +16,7 @@ from qarep_dense.fileio import RECORD
 
 INFO = {"profile": "full", "threads": 2, "reused_stages": 0, "cls_data": "digits", "cls_seeds": [0, 1],
         "det_seeds": [0, 1], "cls_epochs": 40, "det_epochs": 10, "cls_recipe": ["optim.lr=0.4"],
-        "cls_models": ["repvgg_custom", "qarepvgg"], "det_blocks": ["qarepvgg", "repvgg"], "seg_seed": 0}
+        "cls_models": ["repvgg_custom", "qarepvgg"], "det_blocks": ["qarepvgg", "repvgg"], "seg_seeds": [0, 1]}
 
 
 def _quant(fp32: float, int8: float) -> dict:
@@ -51,9 +51,9 @@ def _records(tmp_path: Path) -> dict:
                     "det_ptq_s0": _ptq_stage(tmp_path, "det_ptq_s0", "AP", [
                         _ptq_row("qarepvgg_s0/deploy", "qarepvgg", 40.0, 39.5, 39.0),
                         _ptq_row("repvgg_s0/deploy", "repvgg", 50.0, 45.0, 44.0)], 64),
-                    "seg_ptq": _ptq_stage(tmp_path, "seg_ptq", "mIoU", [
-                        _ptq_row("qarepvgg/deploy", "qarepvgg", 30.0, 29.0, float("nan")),
-                        _ptq_row("repvgg/deploy", "repvgg", 31.0, 30.5, 30.25)], 96)})
+                    "seg_ptq_s0": _ptq_stage(tmp_path, "seg_ptq_s0", "mIoU", [
+                        _ptq_row("qarepvgg_s0/deploy", "qarepvgg", 30.0, 29.0, float("nan")),
+                        _ptq_row("repvgg_s0/deploy", "repvgg", 31.0, 30.5, 30.25)], 96)})
     return records
 
 

@@ -2,18 +2,18 @@
 
     python tools/demo.py                         # cls, det and seg; writes work_dirs/demo/summary.md
     python tools/demo.py --quick                 # one seed's story, cls and det (work_dirs/demo_quick)
-    python tools/demo.py --out DIR --seeds 0 1 2 3 4
-    python tools/demo.py --cls-models repvgg_custom,repvgg_normal,qarepvgg,repopt \
-        --det-blocks qarepvgg,repvgg,repopt      # every model (about 39 minutes on 2 cores)
+    python tools/demo.py --out DIR --seeds 5 6 7  # all three tasks over seeds 5, 6 and 7
+    python tools/demo.py --cls-models repvgg_custom,repvgg_normal,qarepvgg,repopt   # every classifier
 
 Classification (the story): RepVGG with its authors' recipe (custom L2 + identity-gamma decay),
 QARepVGG and RepOpt-VGG (and, with --cls-models, RepVGG with normal L2) on scikit-learn's digits over
 seeds; FP32, INT8 (max and entropy calibration), weights-only and activations-only INT8, the mechanism
 figures per model (tools/analyze.py), the dead-channel repair, and the paper's Fig. 2-4 for the RepVGG
-seed with the largest INT8 drop above its QARepVGG twin. Detection: the QARepVGG and RepVGG detectors
-(and, with --det-blocks, RepOpt's) over seeds, FP32 vs INT8 (and ONNX Runtime INT8) mAP.
-Segmentation: QARepVGG and RepVGG segmentors, FP32 vs INT8 mIoU. Speed: FP32 vs ORT INT8 latency.
-Pictures: tools/infer.py on a few validation images.
+seed with the largest INT8 drop above its QARepVGG twin. Detection and segmentation (real handwriting: digit
+canvases): each block's classifier of the same seed fine-tuned as a detector and as an FCN segmentor; FP32 vs
+INT8 (and ONNX Runtime INT8) AP / mIoU, tools/quantize.py's all-INT8 choice, and the mechanism per backbone
+stage, classifier -> fine-tuned. Speed: FP32 vs ORT INT8 latency. Pictures: FP32 and INT8 predictions side by
+side on validation canvases.
 
 Independent stages run side by side (--jobs, default 2), each on one thread, so a result does not
 depend on --jobs or on what ran beside it. Every stage leaves a done-marker in OUT/.stages (written
@@ -44,17 +44,16 @@ def parse_args(argv: list[str] | None = None) -> DemoOptions:
     p.add_argument("--tasks", default=None, help="comma-separated subset of cls,det,seg (default all; --quick "
                    "cls,det)")
     p.add_argument("--quick", action="store_true", help="one seed's story: RepVGG (custom L2) and QARepVGG, "
-                   "two detectors, the segmentors")
+                   "and the two detectors fine-tuned from them")
     p.add_argument("--tiny", action="store_true", help="toy models and data (for tests; numbers are meaningless)")
-    p.add_argument("--seeds", type=int, nargs="+", help="training seeds, each once, for cls and det "
-                   "(default: 0 1 2 for cls, 0 for det; --quick 0)")
+    p.add_argument("--seeds", type=int, nargs="+", help="training seeds, each once, for all tasks "
+                   "(default: 0 1 2 for cls, 0 for det and seg; --quick 2)")
     p.add_argument("--cls-epochs", type=int, help="classification epochs, at least 1 (default 40)")
     p.add_argument("--det-epochs", type=int, help="detection epochs, at least 1 (default 10)")
     p.add_argument("--out", type=Path, default=None, help="results folder (default work_dirs/demo, --quick "
                    "work_dirs/demo_quick, --tiny work_dirs/demo_tiny); reused only under the same settings")
     p.add_argument("--cls-models", help="classifiers to train, from repvgg_custom,repvgg_normal,qarepvgg,repopt "
                    "(default repvgg_custom,qarepvgg,repopt; --quick repvgg_custom,qarepvgg)")
-    p.add_argument("--det-blocks", help="detectors to train, from qarepvgg,repvgg,repopt (default qarepvgg,repvgg)")
     p.add_argument("--jobs", type=int, default=2, help="stages run side by side, one thread each (default 2: "
                    "one per core of a 2-core machine); the numbers do not depend on it")
     p.add_argument("--threads", type=int, default=2, help="threads of the latency measurement (speed stages, "
@@ -65,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> DemoOptions:
     try:
         return DemoOptions(out=args.out, tasks=tasks, profile=profile, seeds=args.seeds, cls_epochs=args.cls_epochs,
                            det_epochs=args.det_epochs, threads=args.threads, jobs=args.jobs,
-                           cls_models=_names(args.cls_models), det_blocks=_names(args.det_blocks))
+                           cls_models=_names(args.cls_models))
     except ValueError as err:
         p.error(str(err))
 

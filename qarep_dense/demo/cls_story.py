@@ -3,8 +3,7 @@
 :func:`quant_variants` evaluates the fused model in FP32 and under post-training quantization with the
 paper's setting (max calibration), one histogram calibrator, weights-only and activations-only INT8
 (the other side's quantizers switched off after calibration) and max calibration after the dead-channel
-repair. :func:`quantize_pipeline` runs ``tools/quantize.py``'s search (all INT8, 1-point budget) next to them.
-:func:`mechanism` reads ``tools/analyze.py``'s report.json for the paper's mechanism figures.
+repair. :func:`mechanism` reads ``tools/analyze.py``'s report.json for the paper's mechanism figures.
 """
 from __future__ import annotations
 
@@ -98,20 +97,6 @@ def mechanism(report_path: str | os.PathLike) -> dict:
             "act_max_over_std": _finite_max(ratios),
             "c1_flags": len(report.get("flags", {}).get("C1", [])),
             "c2_flags": len(report.get("flags", {}).get("C2", []))}
-
-
-def quantize_pipeline(deploy_path: str | os.PathLike, data_root: str | os.PathLike, out: str | os.PathLike,
-                      max_drop: float = 1.0) -> dict:
-    """``tools/quantize.py DEPLOY --data DATA --int8-only --max-drop 1`` in-process (its report.json in ``out``);
-    returns the fields the summary shows: FP32 / chosen INT8 / ORT INT8 top-1, the drop, the choice."""
-    from ..tasks.quantize_pipeline import QuantizeOptions, quantize_checkpoint
-
-    report = quantize_checkpoint(QuantizeOptions(checkpoint=Path(deploy_path), data=Path(data_root), out=Path(out),
-                                                 max_drop=max_drop, int8_only=True, diagnose=False,
-                                                 latency_repeats=1, progress=False))
-    return {"fp32": report["fp32"], "int8": report["int8"], "int8_ort": report["int8_ort"], "drop": report["drop"],
-            "budget_met": report["budget_met"], "candidate": report["chosen"]["candidate"],
-            "report": str(Path(out) / "report.md")}
 
 
 def story_figures(base: str | os.PathLike, seed: int, drop: float) -> dict[str, str]:

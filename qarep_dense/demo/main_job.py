@@ -4,10 +4,11 @@
 runs :class:`Demo`. Classification (the story): RepVGG with its authors' recipe (custom L2 + identity-gamma
 decay), QARepVGG and RepOpt-VGG (optionally RepVGG with normal L2) over seeds; FP32, INT8 (max and entropy
 calibration), weights-only and activations-only INT8, the mechanism figures per model, the dead-channel
-repair and the paper's Fig. 2-4 for the RepVGG seed with the largest INT8 drop. Detection: the QARepVGG
-and RepVGG detectors (optionally RepOpt's) over seeds, FP32 vs INT8 (and ONNX Runtime INT8) mAP.
-Segmentation: QARepVGG and RepVGG segmentors, FP32 vs INT8 mIoU. Speed: FP32 vs ORT INT8 latency.
-Pictures: ``tools/infer.py`` on a few validation images.
+repair and the paper's Fig. 2-4 for the RepVGG seed with the largest INT8 drop. Detection and segmentation
+(the paper's Tables 8 and 9 at CPU scale): each block's classifier fine-tuned on the digit canvases as a detector
+and as an FCN segmentor, FP32 vs INT8 (and ONNX Runtime INT8) AP / mIoU, tools/quantize.py's all-INT8 choice,
+and the mechanism per backbone stage. Speed: FP32 vs ORT INT8 latency. Pictures: FP32 and INT8 predictions
+side by side on validation canvases.
 
 Each stage calls the ``tasks`` functions behind the tools, as the tools call them (:mod:`.stage_jobs`), in a
 process of its own that leads its own session, logged to OUT/logs/<stage>.log (:mod:`.processes`): Ctrl-C or
@@ -58,17 +59,27 @@ CLS_MODELS = {  # name -> (config, extra overrides); the RepOpt scales come from
     "qarepvgg": ("digits_qarepvgg.toml", []),
     "repopt": ("digits_repopt.toml", []),
 }
-DET_BLOCKS = ("qarepvgg", "repvgg", "repopt")
-SEG_BLOCKS = ("qarepvgg", "repvgg")
+# Detection and segmentation fine-tune the classification stage's classifiers on the digit canvases (real
+# handwriting; qarep_dense.data.digits_canvas), as the paper's dense models start from ImageNet backbones:
+# each block's detector / segmentor starts from that block's classifier of the same seed.
+BACKBONE_OF = {"qarepvgg": "qarepvgg", "repvgg": "repvgg_custom"}  # dense block -> the classifier it starts from
+DET_BLOCKS = SEG_BLOCKS = tuple(BACKBONE_OF)
+CANVAS_DATA = "digits_canvas"  # OUT/data/<this>: the canvases both dense tasks read (one export)
 STORY_MODELS = ("repvgg_custom", "qarepvgg")  # the comparison every run makes (verdict, figures, speed)
-# The default leaves out two rows that add no new finding, to fit 30 minutes on 2 cores (--cls-models and
-# --det-blocks bring them back): RepVGG with normal L2 (the same mechanism, fewer dead channels) and the
-# RepOpt detector with its Hyper-Search run (three trainings; no detector loses INT8 accuracy at CPU length).
-# Detection trains one seed (--seeds trains the detectors over the same seeds as the classifiers).
+# The default leaves out a row that adds no new finding, to fit 30 minutes on 2 cores (--cls-models brings it
+# back): RepVGG with normal L2 (the same mechanism, fewer dead channels). The dense tasks train the first seed
+# (--seeds trains all three tasks over the given seeds: about 12 more minutes per seed).
 DEFAULT_CLS_MODELS = ("repvgg_custom", "qarepvgg", "repopt")
-DEFAULT_DET_BLOCKS = ("qarepvgg", "repvgg")
+# What decides the dense models besides the seeds: a results folder made with another recipe is refused.
+DENSE_RECIPE = {"det": "configs/det/digits_canvas_<block>.toml", "seg": "configs/seg/fcn_<block>-a0h_1xb16-2000it_"
+                "digits-canvas-64x64.py", "backbone": BACKBONE_OF}
+# The dense models' quantize search leaves the entropy calibrator out: its histogram search took 90 % of the
+# search's time on a detector (280 of 300 s in the tiny profile, dozens of quantizers) and scored last there.
+DENSE_CALIBRATORS = ("max", "percentile", "mse")
+CANVAS_TEXT = ("digit canvases (64x64, 2-3 handwritten digits at 16/24/32 px; validation canvases only from the "
+               "classifiers' validation digits)")
 # --quick: the two models of the story at the main recipe's full 40 epochs (QARepVGG needs them to train,
-# RepVGG to grow its dead channels), one seed, and the two detectors.
+# RepVGG to grow its dead channels), one seed, and the two detectors fine-tuned from them.
 QUICK_TASKS = ("cls", "det")  # 10 minutes leave no room for the segmentors (--tasks cls,det,seg adds them)
 # The seed: with one thread per training (as the main job runs), RepVGG (custom L2) lost 4.7, 18.6 and 23.6
 # points in seeds 0, 1, 2 (measured on this recipe; the two-thread recipe study's ranking differs), and
@@ -81,7 +92,7 @@ class DemoOptions:
     """What the user asked for (tools/demo.py's command line)."""
 
     out: Path | None = None  # default: DEFAULT_OUT of the profile
-    tasks: list[str] | None = None  # default: all three; --quick: cls,det (segmentation shows no INT8 loss)
+    tasks: list[str] | None = None  # default: all three; --quick: cls,det (to fit about 10 minutes)
     profile: str = "full"  # full | quick (one seed, fewer epochs) | tiny (toy models, for the tests)
     seeds: list[int] | None = None  # default: the profile's
     cls_epochs: int | None = None
@@ -89,7 +100,6 @@ class DemoOptions:
     threads: int = 2  # for the latency measurement (the speed stages run alone)
     jobs: int = 2  # stages side by side, one thread each
     cls_models: list[str] | None = None  # default: the profile's
-    det_blocks: list[str] | None = None
 
     def __post_init__(self):
         if self.tasks is None:
@@ -111,8 +121,7 @@ class DemoOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name.replace('_', '-')} {value}: must be at least 1")
-        for name, known, needed in (("cls_models", CLS_MODELS, STORY_MODELS), ("det_blocks", DET_BLOCKS,
-                                                                                 ("qarepvgg", "repvgg"))):
+        for name, known, needed in (("cls_models", CLS_MODELS, STORY_MODELS),):
             chosen = getattr(self, name)
             if chosen is not None:
                 bad = [m for m in chosen if m not in known]
@@ -136,7 +145,6 @@ class Profile:
     cls_models: tuple[str, ...] = tuple(CLS_MODELS)
     det_blocks: tuple[str, ...] = DET_BLOCKS
     cls_sets: list[str] = field(default_factory=list)
-    det_sets: list[str] = field(default_factory=list)
     cls_data: str = "digits"
     speed_repeats: int = 20
 
@@ -149,22 +157,15 @@ def make_profile(opts: DemoOptions) -> Profile:
     if opts.profile == "tiny":
         prof = Profile("tiny", [0], [0], 1, 1, speed_repeats=2, cls_data="synthetic_cls", cls_sets=[
             "model.arch=test", "data.kind=synthetic", "model.num_classes=6", "data.synthetic_per_class_train=16",
-            "data.synthetic_per_class_val=8", "data.batch_size=16"], det_sets=[
-            "model.scale=test", "data.image_size=64", "data.batch_size=4", "data.synthetic_train=8",
-            "data.synthetic_val=4", "data.synthetic_image_size=64", "optim.warmup_min_iters=1",
-            "train.eval_interval=1", "train.mosaic_off_epochs=0"])
+            "data.synthetic_per_class_val=8", "data.batch_size=16"])
     elif opts.profile == "quick":
-        prof = Profile("quick", [QUICK_SEED], [QUICK_SEED], 40, 10, cls_models=STORY_MODELS,
-                       det_blocks=DEFAULT_DET_BLOCKS)
+        prof = Profile("quick", [QUICK_SEED], [QUICK_SEED], 40, 10, cls_models=STORY_MODELS)
     else:
-        prof = Profile("full", [0, 1, 2], [0], 40, 10, cls_models=DEFAULT_CLS_MODELS,
-                       det_blocks=DEFAULT_DET_BLOCKS)
+        prof = Profile("full", [0, 1, 2], [0], 40, 10, cls_models=DEFAULT_CLS_MODELS)
     if opts.seeds:
         prof.cls_seeds = prof.det_seeds = list(opts.seeds)
     if opts.cls_models:  # in the table's order, whatever the command line's
         prof.cls_models = tuple(m for m in CLS_MODELS if m in opts.cls_models)
-    if opts.det_blocks:
-        prof.det_blocks = tuple(b for b in DET_BLOCKS if b in opts.det_blocks)
     prof.cls_epochs = opts.cls_epochs if opts.cls_epochs is not None else prof.cls_epochs
     prof.det_epochs = opts.det_epochs if opts.det_epochs is not None else prof.det_epochs
     return prof
@@ -186,20 +187,6 @@ def _prepare_det_data(config: str, sets: list[str]) -> dict:
     from qarep_dense.tasks.detection import DetConfig, data_paths
 
     return {k: str(v) for k, v in data_paths(load_config(config, DetConfig, sets).data).items()}
-
-
-def _prepare_seg_data(config: str, data_root: str) -> dict:
-    from qarep_dense.tasks.segmentation import configure, prepare_synthetic
-
-    Path(data_root).mkdir(parents=True, exist_ok=True)  # a given --data-root must exist; the demo owns this one
-    prepare_synthetic(configure(config, data_root=data_root))
-    return {"root": data_root}
-
-
-def _task_modules() -> dict:
-    from qarep_dense.tasks.registry import TASKS
-
-    return TASKS
 
 
 class Demo:
@@ -278,8 +265,8 @@ class Demo:
 
     def pipeline(self, tag: str, work: Path, data: Path) -> dict:
         """tools/quantize.py's search on a trained classifier, all INT8 (no float layer), 1-point budget."""
-        return self.in_process(f"cls_pipeline_{tag}", cls_story.quantize_pipeline, work / "deploy.pt", data,
-                               work / "quantize")
+        return self.in_process(f"cls_pipeline_{tag}", stage_jobs.quantize_pipeline, str(work / "deploy.pt"), str(data),
+                               str(work / "quantize"))
 
     def analyze(self, tag: str, work: Path, data: Path) -> dict:
         self.in_process(f"cls_analyze_{tag}", stage_jobs.analyze, str(work / "last.pt"), str(data),
@@ -304,34 +291,101 @@ class Demo:
         figures = self.in_process(f"cls_figures_s{seed}", cls_story.story_figures, base, seed, drop)
         return {"seed": seed, "repvgg_int8_drop": drop, "figures": figures}
 
-    # --- detection -------------------------------------------------------------------------------
+    # --- detection and segmentation: fine-tuned from the classifiers ------------------------------
 
-    def det_sets(self, seed: int) -> list[str]:
-        return [f"optim.epochs={self.prof.det_epochs}", f"train.seed={seed}",
-                f"data.root={self.out / 'data' / 'synthetic_coco'}", "train.deterministic=true", "data.workers=0",
-                "train.progress=false", *self.prof.det_sets]
+    def canvas_data(self) -> Path:
+        return self.out / "data" / (f"{CANVAS_DATA}_test" if self.prof.tiny else CANVAS_DATA)
+
+    def det_config(self, block: str) -> tuple[Path, list[str]]:
+        """The detection config of ``block`` and the overrides the profile adds to it."""
+        if self.prof.tiny:
+            return ROOT / "configs" / "det" / "digits_canvas_test.toml", [f"model.block={block}"]
+        return ROOT / "configs" / "det" / f"digits_canvas_{block}.toml", []
+
+    def seg_config(self, block: str) -> tuple[Path, dict]:
+        if self.prof.tiny:
+            return (ROOT / "configs" / "seg" / "fcn_qarepvgg-test_1xb4-2it_digits-canvas-32x32.py",
+                    {"model.backbone.block": block})
+        return ROOT / "configs" / "seg" / f"fcn_{block}-a0h_1xb16-2000it_digits-canvas-64x64.py", {}
+
+    def classifier(self, block: str, seed: int) -> tuple[Path, str]:
+        """The train-form classifier a ``block`` dense model of ``seed`` starts from, and its training stage."""
+        name = f"{BACKBONE_OF[block]}_s{seed}"
+        return self.out / "cls" / name / "last.pt", f"cls_train_{name}"
+
+    def det_sets(self, block: str, seed: int) -> list[str]:
+        _, extra = self.det_config(block)
+        return [*extra, f"optim.epochs={self.prof.det_epochs}", f"train.seed={seed}",
+                f"data.root={self.canvas_data()}", "train.deterministic=true", "data.workers=0",
+                "train.progress=false", f"model.backbone_init={self.classifier(block, seed)[0]}"]
+
+    def dense_data_stage(self) -> Stage:
+        """The canvases, written once (by the detection config's export; the segmentation configs read the same
+        files), before the trainings that read them start side by side."""
+        first = self.prof.det_blocks[0]
+        return Stage("canvas_data", lambda: self.in_process(
+            "canvas_data", _prepare_det_data, str(self.det_config(first)[0]), self.det_sets(first, 0)))
+
+    def classifier_stages(self, seeds: list[int], blocks: tuple[str, ...]) -> list[Stage]:
+        """The classifier trainings the dense models start from (the classification stages train the same ones
+        when classification runs too: the driver keeps one stage per name)."""
+        data = self.out / "data" / self.prof.cls_data
+        cfg_dir = ROOT / "configs" / "cls"
+        stages = [Stage("cls_data", lambda: self.in_process("cls_data", _prepare_cls_data, str(
+            cfg_dir / CLS_MODELS[BACKBONE_OF[blocks[0]]][0]), self.cls_sets(0, data)))]
+        for seed in seeds:
+            for block in blocks:
+                config, extra = CLS_MODELS[BACKBONE_OF[block]]
+                _, stage = self.classifier(block, seed)
+                work = self.out / "cls" / f"{BACKBONE_OF[block]}_s{seed}"
+                stages.append(Stage(stage, lambda c=config, w=work, s=[*self.cls_sets(seed, data), *extra], t=stage:
+                                    self.train(t, "cls", cfg_dir / c, w, s), ("cls_data",)))
+        return stages
 
     def det_jobs(self) -> list[Stage]:
-        cfg_dir, base = ROOT / "configs" / "det", self.out / "det"
-        hs, blocks = base / "hs", self.prof.det_blocks
-        trains = [Stage("det_data", lambda: self.in_process(
-            "det_data", _prepare_det_data, str(cfg_dir / f"synthetic_{blocks[0]}.toml"), self.det_sets(self.prof.det_seeds[0])))]
-        if "repopt" in blocks:
-            trains.append(Stage("det_train_hs", lambda: self.train(
-                "det_train_hs", "det", cfg_dir / "synthetic_hs.toml", hs, self.det_sets(0)), ("det_data",)))
-        tables: list[Stage] = []
+        base, blocks = self.out / "det", self.prof.det_blocks
+        jobs = [*self.classifier_stages(self.prof.det_seeds, blocks), self.dense_data_stage()]
         for seed in self.prof.det_seeds:
             for block in blocks:
-                sets, after = self.det_sets(seed), ("det_data",)
-                if block == "repopt":
-                    sets, after = [*sets, f"repopt.hs_checkpoint={hs / 'best.pt'}"], ("det_data", "det_train_hs")
                 work, stage = base / f"{block}_s{seed}", f"det_train_{block}_s{seed}"
-                trains.append(Stage(stage, lambda c=cfg_dir / f"synthetic_{block}.toml", w=work, s=sets, st=stage:
-                                    self.train(st, "det", c, w, s), after))
-            tables.append(Stage(f"det_ptq_s{seed}", lambda s=seed: self.ptq_table(
-                f"det_ptq_s{s}", "det", [base / f"{b}_s{s}" / "deploy.pt" for b in blocks], base / f"ptq_s{s}",
-                16), tuple(f"det_train_{b}_s{seed}" for b in blocks)))
-        return trains + tables
+                jobs.append(Stage(stage, lambda b=block, w=work, s=seed, st=stage: self.train(
+                    st, "det", self.det_config(b)[0], w, self.det_sets(b, s)),
+                    ("canvas_data", self.classifier(block, seed)[1])))
+            jobs += self.dense_measure_stages("det", seed, blocks)
+        return jobs
+
+    def seg_jobs(self) -> list[Stage]:
+        base, blocks = self.out / "seg", SEG_BLOCKS
+        jobs = [*self.classifier_stages(self.prof.det_seeds, blocks), self.dense_data_stage()]
+        for seed in self.prof.det_seeds:
+            for block in blocks:
+                stage = f"seg_train_{block}_s{seed}"
+                jobs.append(Stage(stage, lambda b=block, s=seed, st=stage: self.seg_train(st, b, s, base / f"{b}_s{s}"),
+                                  ("canvas_data", self.classifier(block, seed)[1])))
+            jobs += self.dense_measure_stages("seg", seed, blocks)
+        return jobs
+
+    def dense_measure_stages(self, task: str, seed: int, blocks: tuple[str, ...]) -> list[Stage]:
+        """Per seed: the PTQ table of the blocks, tools/quantize.py's all-INT8 search on each model, and the
+        mechanism figure of their backbones (classifier -> fine-tuned)."""
+        base = self.out / task
+        trains = tuple(f"{task}_train_{b}_s{seed}" for b in blocks)
+        works = [base / f"{b}_s{seed}" for b in blocks]
+        jobs = [Stage(f"{task}_ptq_s{seed}", lambda: self.ptq_table(
+            f"{task}_ptq_s{seed}", task, [self.dense_checkpoint(w) for w in works], base / f"ptq_s{seed}",
+            16, self.canvas_data()), trains)]
+        for block, work, train in zip(blocks, works, trains):
+            stage = f"{task}_pipeline_{block}_s{seed}"
+            jobs.append(Stage(stage, lambda w=work, st=stage: self.in_process(
+                st, stage_jobs.quantize_pipeline, str(self.dense_checkpoint(w)), str(self.canvas_data()),
+                str(w / "quantize"), 1.0, DENSE_CALIBRATORS), (train,)))
+        stage = f"{task}_mechanism_s{seed}"
+        pairs = {b: (str(self.classifier(b, seed)[0]), str(w / "last.pt")) for b, w in zip(blocks, works)}
+        jobs.append(Stage(stage, lambda: self.in_process(
+            stage, stage_jobs.dense_mechanism, task, pairs, str(base / f"mechanism_s{seed}.png"),
+            f"{task} backbones of seed {seed}: largest fused weight per stage, classifier -> fine-tuned "
+            "(numbers: near-dead identity channels)"), trains))
+        return jobs
 
     def ptq_table(self, stage: str, task: str, checkpoints: list[Path], out: Path, batch_size: int = 32,
                   data: Path | None = None) -> dict:
@@ -340,52 +394,23 @@ class Demo:
         table = json.loads((out / "ptq_table.json").read_text())
         return {"metric": table["metric"], "rows": table["rows"], "table": str(out / "ptq_table.md")}
 
-    # --- segmentation ----------------------------------------------------------------------------
-
-    def seg_config(self) -> Path | str:
-        """The synthetic segmentation demo config (the block is set per run), or why segmentation cannot run."""
-        done = all(self.stages.done(n) for n in [*(f"seg_train_{b}" for b in SEG_BLOCKS), "seg_ptq"])
-        if not done and "seg" not in _task_modules():  # (a rerun skips this import: torch takes seconds)
-            return "the task registry has no 'seg' task (tools/ptq_eval.py --task seg unavailable)"
-        pattern = "fcn_qarepvgg-test_*synthetic*.py" if self.prof.tiny else "deeplabv3plus_qarepvgg-test_*synthetic*.py"
-        hits = sorted((ROOT / "configs" / "seg").glob(pattern))
-        return hits[0] if hits else f"no configs/seg/{pattern} config"
-
-    def seg_data(self) -> Path:
-        return self.out / "data" / ("synthetic_cityscapes_test" if self.prof.tiny else "synthetic_cityscapes")
-
-    def seg_jobs(self) -> list[Stage]:
-        config = self.seg_config()
-        if isinstance(config, str):
-            self.skipped["seg"] = config
-            return []
-        base = self.out / "seg"
-        jobs = [Stage("seg_data", lambda: self.in_process("seg_data", _prepare_seg_data, str(config),
-                                                          str(self.seg_data())))]
-        jobs += [Stage(f"seg_train_{b}", lambda b=b: self.seg_train(b, config, base / b), ("seg_data",))
-                 for b in SEG_BLOCKS]
-        jobs.append(Stage("seg_ptq", lambda: self.ptq_table(
-            "seg_ptq", "seg", [self.seg_checkpoint(base / b) for b in SEG_BLOCKS], base / "ptq",
-            data=self.seg_data()), tuple(f"seg_train_{b}" for b in SEG_BLOCKS)))
-        return jobs
-
-    def seg_train(self, block: str, config: Path, work: Path) -> dict:
-        """One segmentor: the demo config with ``block`` in its backbone, seed 0."""
+    def seg_train(self, stage: str, block: str, seed: int, work: Path) -> dict:
+        """One segmentor of ``block`` and ``seed``, its backbone started from that block's classifier."""
         if not (work / "results.json").is_file():
-            options = {"model.backbone.block": block, "randomness.seed": self.settings()["seg_seed"]}
-            self.in_process(f"seg_train_{block}", stage_jobs.train_seg, str(config), str(work), str(self.seg_data()),
-                            options, any(work.glob("iter_*.pth")))
+            config, options = self.seg_config(block)
+            init = dict(type="Pretrained", checkpoint=str(self.classifier(block, seed)[0]))
+            options = {**options, "randomness.seed": seed, "model.backbone.init_cfg": init}
+            self.in_process(stage, stage_jobs.train_seg, str(config), str(work), str(self.canvas_data()), options,
+                            any(work.glob("iter_*.pth")))
         results = json.loads((work / "results.json").read_text())
-        return {"checkpoint": str(self.seg_checkpoint(work)), "results": results}
+        return {"checkpoint": str(self.dense_checkpoint(work)), "results": results}
 
     @staticmethod
-    def seg_checkpoint(work: Path, required: bool = True) -> Path | None:
-        for name in ("deploy.pt", "best.pt", "last.pt"):
-            if (work / name).is_file():
-                return work / name
-        if required:
-            raise FileNotFoundError(f"{work}: the segmentation run left no deploy.pt/best.pt/last.pt")
-        return None
+    def dense_checkpoint(work: Path) -> Path:
+        """The fused model a detection or segmentation run left (every training writes deploy.pt last)."""
+        if not (work / "deploy.pt").is_file():
+            raise FileNotFoundError(f"{work}: the training left no deploy.pt")
+        return work / "deploy.pt"
 
     # --- speed and pictures ----------------------------------------------------------------------
 
@@ -409,26 +434,21 @@ class Demo:
                                self.prof.speed_repeats, self.opts.threads, threads=self.opts.threads)
 
     def picture_jobs(self, tasks: list[str]) -> list[Stage]:
-        jobs = []
-        if "det" in tasks:
-            for block in ("repvgg", "qarepvgg"):
-                ckpt = self.out / "det" / f"{block}_s{self.prof.det_seeds[0]}" / "deploy.pt"
-                jobs.append(Stage(f"pictures_det_{block}", lambda c=ckpt, b=block: self.pictures(
-                    f"pictures_det_{b}", c, self.det_images(), self.out / "pictures" / f"det_{b}"),
-                    (f"det_train_{block}_s{self.prof.det_seeds[0]}",)))
-        if "seg" in tasks and "seg" not in self.skipped:
-            for block in SEG_BLOCKS:
-                jobs.append(Stage(f"pictures_seg_{block}", lambda b=block: self.pictures(
-                    f"pictures_seg_{b}", self.seg_checkpoint(self.out / "seg" / b), self.seg_images(),
-                    self.out / "pictures" / f"seg_{b}"), (f"seg_train_{block}",)))
+        """FP32 and ONNX Runtime INT8 predictions side by side on validation canvases, per dense model of the
+        first seed."""
+        seed, jobs = self.prof.det_seeds[0], []
+        for task in ("det", "seg"):
+            if task in tasks:
+                for block in ("repvgg", "qarepvgg"):
+                    stage, work = f"pictures_{task}_{block}", self.out / task / f"{block}_s{seed}"
+                    jobs.append(Stage(stage, lambda st=stage, w=work, t=task, b=block: self.pictures(
+                        st, self.dense_checkpoint(w), self.canvas_images(), self.out / "pictures" / f"{t}_{b}"),
+                        (f"{task}_train_{block}_s{seed}",)))
         return jobs
 
-    # The data are written by the trainings: the images are listed when the picture stage runs.
-    def det_images(self) -> list[Path]:
-        return sorted((self.out / "data" / "synthetic_coco").rglob("val*/*.jpg"))[:3]
-
-    def seg_images(self) -> list[Path]:
-        return sorted((self.seg_data() / "leftImg8bit" / "val").rglob("*.png"))[:3]
+    def canvas_images(self) -> list[Path]:
+        """The first validation canvases (written by the data stage: listed when the picture stage runs)."""
+        return sorted((self.canvas_data() / "leftImg8bit" / "val").glob("*.png"))[:3]
 
     def pictures(self, stage: str, ckpt: Path, images: list[Path], out: Path) -> dict:
         """tools/infer.py's inference in FP32 and in ONNX INT8 on ``images``, then each pair side by side."""
@@ -443,8 +463,7 @@ class Demo:
         reused only under the same settings."""
         p = self.prof
         return {"profile": p.name, "cls_epochs": p.cls_epochs, "det_epochs": p.det_epochs, "cls_recipe": CLS_RECIPE,
-                "cls_sets": p.cls_sets, "det_sets": p.det_sets, "cls_data": p.cls_data,
-                "seg_seed": p.cls_seeds[0],  # the segmentors train one seed, the first; their stages name none
+                "cls_sets": p.cls_sets, "cls_data": p.cls_data, "dense_recipe": DENSE_RECIPE,
                 "stage_threads": STAGE_THREADS}  # a training's numbers depend on its thread count
 
     def check_settings(self) -> None:
@@ -477,9 +496,17 @@ class Demo:
             self.check_settings()
             # Long stages first: the scheduler starts the ready ones in this order, one thread each.
             jobs = {"cls": self.cls_jobs, "det": self.det_jobs, "seg": self.seg_jobs}
-            stages = [st for task in TASKS if task in tasks for st in jobs[task]()]
-            stages = ([st for st in stages if st.name.endswith("_data")]
-                      + [st for st in stages if "_train_" in st.name]
+            # (the dense tasks list the classifier trainings and data they need: one stage per name)
+            listed = [st for task in TASKS if task in tasks for st in jobs[task]()]
+            unique: dict[str, Stage] = {}
+            for st in listed:
+                unique.setdefault(st.name, st)
+            stages = list(unique.values())
+            # the dense models' classifiers, then the dense trainings (the longest), then the other classifiers
+            dense = {n for st in stages if st.name.startswith(("det_train_", "seg_train_")) for n in st.after}
+            trains = sorted((st for st in stages if "_train_" in st.name),
+                            key=lambda st: 0 if st.name in dense else 1 if st.name.startswith(("det_", "seg_")) else 2)
+            stages = ([st for st in stages if st.name.endswith("_data")] + trains
                       + [st for st in stages if "_train_" not in st.name and not st.name.endswith("_data")]
                       + self.picture_jobs(tasks) + self.speed_jobs(tasks))
             with stop_on_signals():
@@ -500,4 +527,5 @@ def vars_for_summary(demo: Demo) -> dict:
     return {"cls_data": data, "cls_seeds": p.cls_seeds, "det_seeds": p.det_seeds, "cls_epochs": p.cls_epochs,
             "det_epochs": p.det_epochs, "cls_recipe": CLS_RECIPE, "profile": p.name,
             "reused_stages": len(demo.stages.reused), "threads": demo.opts.threads, "jobs": demo.opts.jobs,
-            "cls_models": list(p.cls_models), "det_blocks": list(p.det_blocks), "seg_seed": p.cls_seeds[0]}
+            "cls_models": list(p.cls_models), "det_blocks": list(p.det_blocks), "seg_seeds": p.det_seeds,
+            "canvas_data": "digit canvases, 32x32 (toy)" if p.tiny else CANVAS_TEXT}

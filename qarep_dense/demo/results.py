@@ -33,8 +33,8 @@ COLUMNS = {"fp32": "FP32 (fused model)",
            "int8": "W8A8 post-training quantization of the fused model, fake-quantized in PyTorch (see \"int8\")",
            "int8_ort": "the same INT8 model exported as QDQ ONNX and run by ONNX Runtime",
            "pipeline_int8": "tools/quantize.py --int8-only --max-drop 1: the search's all-INT8 choice"}
-SETTINGS = ("profile", "cls_seeds", "det_seeds", "seg_seed", "cls_epochs", "det_epochs", "cls_recipe", "cls_models",
-            "det_blocks")
+SETTINGS = ("profile", "cls_seeds", "det_seeds", "seg_seeds", "cls_epochs", "det_epochs", "cls_recipe", "cls_models",
+            "det_blocks", "canvas_data")
 CLS_METRIC = "top1"  # cls_quant records hold top-1 (%) under their variants' names (cls_story.quant_variants)
 
 
@@ -86,9 +86,7 @@ def _ptq_rows(records: dict, task: str, tables: list[tuple[str, int]]) -> list[d
 
 
 def _ptq_stages(task: str, info: dict) -> list[tuple[str, int]]:
-    if task == "det":
-        return [(f"det_ptq_s{s}", s) for s in info["det_seeds"]]
-    return [("seg_ptq", info["seg_seed"])]  # the segmentors train one seed; the stage's name has none
+    return [(f"{task}_ptq_s{s}", s) for s in info["det_seeds"]]  # the segmentors train the detectors' seeds
 
 
 def build_rows(records: dict, tasks: list[str], info: dict) -> dict[str, list[dict]]:

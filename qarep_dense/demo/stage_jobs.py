@@ -84,3 +84,40 @@ def pictures(checkpoint: str, images: list[str], out: str) -> dict:
             pairs.append(str(plot_side_by_side(drawn, ["FP32", "ONNX Runtime INT8"],
                                                Path(out) / f"{image.stem}_fp32_vs_int8.png")))
     return {**files, "side_by_side": pairs}
+
+
+def quantize_pipeline(deploy_path: str, data_root: str, out: str, max_drop: float = 1.0,
+                      calibrators: tuple[str, ...] | None = None) -> dict:
+    """``tools/quantize.py DEPLOY --data DATA --int8-only --max-drop 1`` in-process (its report.json in ``out``);
+    returns the fields the summary shows: FP32 / chosen INT8 / ORT INT8 (the task's metric), the drop, the choice.
+    Any task: the checkpoint says which. ``calibrators``: ``--calibrators`` (default: all four)."""
+    from ..tasks.quantize_pipeline import QuantizeOptions, quantize_checkpoint
+
+    report = quantize_checkpoint(QuantizeOptions(checkpoint=Path(deploy_path), data=Path(data_root), out=Path(out),
+                                                 max_drop=max_drop, int8_only=True, diagnose=False,
+                                                 **({"calibrators": tuple(calibrators)} if calibrators else {}),
+                                                 latency_repeats=1, progress=False))
+    return {"fp32": report["fp32"], "int8": report["int8"], "int8_ort": report["int8_ort"], "drop": report["drop"],
+            "budget_met": report["budget_met"], "candidate": report["chosen"]["candidate"],
+            "report": str(Path(out) / "report.md")}
+
+
+def checkpoint_mechanism(checkpoint: str, task: str) -> list[dict]:
+    """:func:`~qarep_dense.analysis.trunk.stage_mechanism` of a train-form ``task`` checkpoint (last.pt)."""
+    from ..analysis.trunk import stage_mechanism
+    from ..tasks.registry import load_model
+
+    model, meta = load_model(checkpoint, task)
+    if meta.get("fused"):
+        raise ValueError(f"{checkpoint}: the mechanism needs the train-form checkpoint (last.pt), not a fused one")
+    return stage_mechanism(model, task)
+
+
+def dense_mechanism(task: str, pairs: dict[str, tuple[str, str]], figure: str, title: str) -> dict:
+    """Per block: the per-stage mechanism of the classifier and of the ``task`` model fine-tuned from it
+    (``pairs``: {block: (classifier last.pt, dense last.pt)}), and the figure of both."""
+    from ..analysis.trunk import plot_stage_mechanism
+
+    models = {block: {"before": checkpoint_mechanism(before, "cls"), "after": checkpoint_mechanism(after, task)}
+              for block, (before, after) in pairs.items()}
+    return {"blocks": models, "figure": str(plot_stage_mechanism(models, figure, title))}

@@ -37,18 +37,27 @@ def _per_seed(records: dict, prefix: str, name: str, seeds: list[int]) -> list[t
     return [(s, records[f"{prefix}{name}_s{s}"]) for s in seeds if f"{prefix}{name}_s{s}" in records]
 
 
-def _pipeline_table(out: Path, records: dict, seeds: list[int]) -> list[str]:
-    """tools/quantize.py's all-INT8 choice next to plain max PTQ, per model and seed."""
-    rows = [[m, s, f"{r['fp32']:.2f}", f"{records[f'cls_quant_{m}_s{s}']['int8_max']:.2f}"
-             if f"cls_quant_{m}_s{s}" in records else "-", r["candidate"], f"{r['int8']:.2f}", _g(r["int8_ort"]),
-             f"{r['drop']:.2f}", "yes" if r["budget_met"] else "no", f"[report]({_rel(r['report'], out)})"]
-            for m in ("repvgg_custom", "qarepvgg") for s, r in _per_seed(records, "cls_pipeline_", m, seeds)]
-    if not rows:
+def _pipeline_table(out: Path, records: dict, task: str, rows: list[dict], seeds: list[int]) -> list[str]:
+    """tools/quantize.py's all-INT8 choice next to plain max PTQ (the task table's "int8"), per model and seed."""
+    plain = {(r["model"], r["seed"]): r.get("int8") for r in rows}
+    models = ("repvgg_custom", "qarepvgg") if task == "cls" else ("repvgg", "qarepvgg")
+    table = [[m, s, f"{r['fp32']:.2f}", _g(plain.get((m, s), "-")), r["candidate"], f"{r['int8']:.2f}",
+              _g(r["int8_ort"]), f"{r['drop']:.2f}", "yes" if r["budget_met"] else "no",
+              f"[report]({_rel(r['report'], out)})"]
+             for m in models for s, r in _per_seed(records, f"{task}_pipeline_", m, seeds)]
+    if not table:
         return []
     return ["", "### One command: `tools/quantize.py --int8-only --max-drop 1` (candidates scored on training "
             "images, validation reported)", "",
             *markdown_table(["model", "seed", "FP32", "INT8 max (plain PTQ)", "pipeline's choice", "pipeline INT8",
-                             "ORT INT8", "drop", "within 1 point", "report"], rows)]
+                             "ORT INT8", "drop", "within 1 point", "report"], table)]
+
+
+def _story_verdict(rows: list[dict], seeds: list[int], story: dict[str, str]) -> str:
+    """RepVGG against QARepVGG over the run's seeds (max calibration): the verdict's summary line."""
+    pairs = [{**r, "block": story[r["model"]]} for r in rows if r["model"] in story and "int8" in r]
+    crit = Criteria(min_seeds=max(1, len(seeds)), min_collapsed=max(1, (4 * len(seeds) + 4) // 5))
+    return verdict(pairs, crit)["summary"]
 
 
 def _cls_section(out: Path, records: dict, info: dict, rows: list[dict], how: dict) -> list[str]:
@@ -71,10 +80,8 @@ def _cls_section(out: Path, records: dict, info: dict, rows: list[dict], how: di
     lines += ["", "Other INT8 variants of the same models:", ""]
     lines += markdown_table(["model", *[h for _, h in CLS_COLUMNS], "channels zeroed by repair"], variants)
     # the verdict's two sides: RepVGG with its authors' recipe against QARepVGG (repvgg_normal is also a "repvgg")
-    story = [{**r, "block": STORY[r["model"]]} for r in rows if r["model"] in STORY and "int8" in r]
-    crit = Criteria(min_seeds=max(1, len(seeds)), min_collapsed=max(1, (4 * len(seeds) + 4) // 5))
-    v = verdict(story, crit)
-    lines += ["", f"**Verdict over these seeds** (RepVGG custom vs QARepVGG, max calibration): {v['summary']}.", ""]
+    lines += ["", f"**Verdict over these seeds** (RepVGG custom vs QARepVGG, max calibration): "
+              f"{_story_verdict(rows, seeds, STORY)}.", ""]
     lines += ["### Mechanism (tools/analyze.py on the trained model)", ""]
     mech_rows = []
     for m in models:
@@ -88,7 +95,7 @@ def _cls_section(out: Path, records: dict, info: dict, rows: list[dict], how: di
                 for m in models if m.startswith("repvgg") for s, r in _per_seed(records, "cls_quant_", m, seeds)]
     lines += markdown_table(["model", "seed", "INT8 max before", "after repair", "input channels zeroed",
                              "dead on calibration, alive on held-out", "FP32 rel. change on held-out"], rep_rows)
-    lines += _pipeline_table(out, records, seeds)
+    lines += _pipeline_table(out, records, "cls", rows, seeds)
     fig = next((r for k, r in records.items() if k.startswith("cls_figures")), None)
     if not fig:
         return lines + ["", "### The paper's Fig. 2-4", "", "- no figures"]
@@ -111,31 +118,43 @@ def _ort_convs(records: dict, stages: list[str]) -> str:
                      if "ort_integer_convs" in r) or "not recorded"
 
 
-def _det_section(out: Path, records: dict, info: dict, rows: list[dict], how: dict) -> list[str]:
+DENSE_STORY = {"repvgg": "repvgg", "qarepvgg": "qarepvgg"}
+DENSE_TEXT = {
+    "det": "Detectors (the A0h trunk of the classifiers above, Rep-PAN neck, efficient decoupled head; YOLOv6's "
+           "fine-tuning recipe: `configs/det/digits_canvas_<block>.toml`, {epochs} epochs)",
+    "seg": "FCN segmentors (the A0h trunk of the classifiers above, stroke masks of 11 classes; mmseg's schedule "
+           "with `norm_decay_mult=0`: `configs/seg/fcn_<block>-a0h_1xb16-2000it_digits-canvas-64x64.py`)"}
+
+
+def _dense_section(out: Path, records: dict, info: dict, rows: list[dict], how: dict, task: str) -> list[str]:
+    """Detection or segmentation: each block's model fine-tuned from that block's classifier of the same seed."""
     seeds = info["det_seeds"]
-    stages = [f"det_ptq_s{s}" for s in seeds]
-    lines = [f"Synthetic COCO-format shapes, YOLOv6-n style detectors, {info['det_epochs']} epochs, seeds {seeds}; "
-             f"mean (min-max) over seeds; INT8 = W8A8 PTQ of the fused model ({calibration_text(how)}), ORT INT8 = the "
+    if not rows:
+        return task_table(rows)
+    lines = [DENSE_TEXT[task].format(epochs=info["det_epochs"]) + f", on {info.get('canvas_data', 'digit canvases')}, "
+             f"seeds {seeds}: RepVGG starts from the RepVGG (custom L2) classifier, QARepVGG from the QARepVGG one. "
+             f"INT8 = W8A8 PTQ of the fused model ({calibration_text(how)}), the same for every model; ORT INT8 = the "
              "QDQ export run by ONNX Runtime. The table is results.json's rows.", ""]
-    lines += [*task_table(rows), "", f"Integer convs in ONNX Runtime: {_ort_convs(records, stages)}."]
-    lines += ["", "Per-seed tables: " + ", ".join(f"[seed {s}]({_rel(records[f'det_ptq_s{s}']['table'], out)})"
-                                                    for s in seeds if f"det_ptq_s{s}" in records), "",
-              "Reproducibility: every run uses `train.deterministic=true` and data.workers=0, so a rerun on the "
-              "same machine (same torch build, same thread count) gives the same numbers. Across machines the "
-              "CPU kernels (oneDNN/MKL code paths per instruction set, thread count) round differently; over "
-              "hundreds of SGD steps that changes the trained detector, so AP moves by points from machine to "
-              "machine. Compare the ranges over seeds, not single numbers."]
+    lines += [*task_table(rows), "", f"**Verdict over these seeds** (RepVGG vs QARepVGG, max calibration): "
+              f"{_story_verdict(rows, seeds, DENSE_STORY)}.", "",
+              f"Integer convs in ONNX Runtime: {_ort_convs(records, [f'{task}_ptq_s{s}' for s in seeds])}.", "",
+              "Per-seed tables: " + ", ".join(f"[seed {s}]({_rel(records[f'{task}_ptq_s{s}']['table'], out)})"
+                                              for s in seeds if f"{task}_ptq_s{s}" in records)]
+    lines += _pipeline_table(out, records, task, rows, seeds)
+    for seed in seeds:
+        mech = records.get(f"{task}_mechanism_s{seed}")
+        if mech:
+            cells = [[b, r0["stage"], f"{r0['dead']} -> {r1['dead']}",
+                      f"{r0['max_fused_weight']:.3g} -> {r1['max_fused_weight']:.3g}"]
+                     for b, pair in mech["blocks"].items() for r0, r1 in zip(pair["before"], pair["after"])]
+            lines += ["", f"### Mechanism of the backbones, seed {seed}: classifier -> fine-tuned", "",
+                      *markdown_table(["block", "stage", "near-dead identity channels", "largest fused weight"], cells),
+                      "", f"![mechanism, seed {seed}]({_rel(mech['figure'], out)})"]
+    if task == "det":
+        lines += ["", "Reproducibility: every run uses `train.deterministic=true` and data.workers=0, so a rerun on "
+                  "the same machine (same torch build, same thread count) gives the same numbers; across machines "
+                  "the CPU kernels round differently, so compare the ranges over seeds, not single numbers."]
     return lines
-
-
-def _seg_section(out: Path, records: dict, info: dict, rows: list[dict], how: dict) -> list[str]:
-    ptq = records.get("seg_ptq")
-    if not ptq:
-        return ["Segmentation did not run."]
-    return [f"QARepVGG and RepVGG segmentors on the synthetic segmentation data, one seed ({info['seg_seed']}); "
-            f"INT8 = W8A8 PTQ of the fused model ({calibration_text(how)}). The table is results.json's rows.", "",
-            *task_table(rows), "", f"Integer convs in ONNX Runtime: {_ort_convs(records, ['seg_ptq'])}.", "",
-            f"Table: [{_rel(ptq['table'], out)}]({_rel(ptq['table'], out)})"]
 
 
 def _speed_section(records: dict) -> list[str]:
@@ -206,8 +225,8 @@ def render_summary(out: Path, records: dict, tasks: list[str], skipped: dict[str
         lines += ["", "**Tiny profile: toy models and data for testing the pipeline; the numbers mean nothing.**"]
     rows, how = build_rows(records, tasks, info), int8_settings(records, tasks, info)  # results.json's rows
     parts = {"Classification": ("cls", lambda: _cls_section(out, records, info, rows["cls"], how["cls"])),
-             "Detection": ("det", lambda: _det_section(out, records, info, rows["det"], how["det"])),
-             "Segmentation": ("seg", lambda: _seg_section(out, records, info, rows["seg"], how["seg"])),
+             "Detection": ("det", lambda: _dense_section(out, records, info, rows["det"], how["det"], "det")),
+             "Segmentation": ("seg", lambda: _dense_section(out, records, info, rows["seg"], how["seg"], "seg")),
              "Speed": ("speed", lambda: _speed_section(records)),
              "Pictures": ("pictures", lambda: _pictures_section(out, records))}
     for title in SECTIONS:
