@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from qarep_dense.demo.stage_jobs import checkpoint_mechanism
-from qarep_dense.demo.verdict import Criteria, verdict
+from qarep_dense.demo.verdict import DENSE_CRITERIA, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ("det", "seg")
@@ -49,8 +49,7 @@ RECIPES: dict[str, dict] = {
 }
 # The targets: RepVGG loses >= 3 points in >= 4 of 5 seeds, QARepVGG stays within 1.3 in every seed,
 # FP32 of the two blocks within 2 points (mean over seeds), detection well over 50 AP.
-CRITERIA = {"det": Criteria(collapse_drop=3.0, qa_tolerance=1.3, min_fp32=50.0),
-            "seg": Criteria(collapse_drop=3.0, qa_tolerance=1.3, min_fp32=30.0)}
+CRITERIA = DENSE_CRITERIA
 FP32_GAP = 2.0
 
 

@@ -159,3 +159,19 @@ def test_a_results_json_of_someone_else_is_never_replaced(tmp_path):
     with pytest.raises(FileExistsError, match="results.json exists and was not written by this project"):
         no_stages(Demo(DemoOptions(out=out, tasks=["cls"], profile="tiny"))).run()
     assert (out / "results.json").read_text() == "mine"
+
+
+def test_dense_sections_judge_by_the_dense_thresholds_and_show_pipeline_and_mechanism(tmp_path):
+    """Detection: RepVGG 50 -> 45 (more than 3 AP) collapses, QARepVGG 40 -> 39.5 is below the 50-AP floor
+    (untrained), so no verdict; the quantize pipeline sits beside plain PTQ and the mechanism per stage shows."""
+    records = _records(tmp_path)
+    records["det_pipeline_repvgg_s0"] = {"fp32": 50.0, "int8": 49.4, "int8_ort": 49.2, "drop": 0.6,
+                                         "budget_met": True, "candidate": "mse+repair", "report": "q/report.md"}
+    stage = [{"stage": 0, "dead": 0, "max_fused_weight": 1.5}, {"stage": 1, "dead": 9, "max_fused_weight": 628.0}]
+    records["det_mechanism_s0"] = {"figure": str(tmp_path / "det" / "mechanism_s0.png"),
+                                   "blocks": {"repvgg": {"before": stage, "after": stage}}}
+    text = render_summary(tmp_path, records, ["det"], {}, INFO)
+    assert "repvgg collapsed (INT8 > 3 points below FP32) in 1 of 1 seeds" in text
+    assert "qarepvgg held (within 1.3 points) in 0 of 1" in text
+    assert "| repvgg | 0 | 50.00 | 45 | mse+repair | 49.40 | 49.2 | 0.60 | yes |" in text
+    assert "| repvgg | 1 | 9 -> 9 | 628 -> 628 |" in text and "![mechanism, seed 0](det/mechanism_s0.png)" in text

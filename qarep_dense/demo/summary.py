@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from .results import build_rows, calibration_text, int8_settings, markdown_table, task_table
-from .verdict import Criteria, format_range, seed_range, verdict
+from .verdict import DENSE_CRITERIA, Criteria, format_range, seed_range, verdict
 
 SECTIONS = ("Classification", "Detection", "Segmentation", "Speed", "Pictures")
 # The variants beside the main table's FP32 and INT8 (max): those two come from the rows of results.json.
@@ -53,10 +54,11 @@ def _pipeline_table(out: Path, records: dict, task: str, rows: list[dict], seeds
                              "ORT INT8", "drop", "within 1 point", "report"], table)]
 
 
-def _story_verdict(rows: list[dict], seeds: list[int], story: dict[str, str]) -> str:
-    """RepVGG against QARepVGG over the run's seeds (max calibration): the verdict's summary line."""
+def _story_verdict(rows: list[dict], seeds: list[int], story: dict[str, str], base: Criteria = Criteria()) -> str:
+    """RepVGG against QARepVGG over the run's seeds (max calibration): the verdict's summary line, with
+    ``base``'s thresholds and "most of the run's seeds" (4 of 5) as the count."""
     pairs = [{**r, "block": story[r["model"]]} for r in rows if r["model"] in story and "int8" in r]
-    crit = Criteria(min_seeds=max(1, len(seeds)), min_collapsed=max(1, (4 * len(seeds) + 4) // 5))
+    crit = replace(base, min_seeds=max(1, len(seeds)), min_collapsed=max(1, (4 * len(seeds) + 4) // 5))
     return verdict(pairs, crit)["summary"]
 
 
@@ -136,7 +138,7 @@ def _dense_section(out: Path, records: dict, info: dict, rows: list[dict], how: 
              f"INT8 = W8A8 PTQ of the fused model ({calibration_text(how)}), the same for every model; ORT INT8 = the "
              "QDQ export run by ONNX Runtime. The table is results.json's rows.", ""]
     lines += [*task_table(rows), "", f"**Verdict over these seeds** (RepVGG vs QARepVGG, max calibration): "
-              f"{_story_verdict(rows, seeds, DENSE_STORY)}.", "",
+              f"{_story_verdict(rows, seeds, DENSE_STORY, DENSE_CRITERIA[task])}.", "",
               f"Integer convs in ONNX Runtime: {_ort_convs(records, [f'{task}_ptq_s{s}' for s in seeds])}.", "",
               "Per-seed tables: " + ", ".join(f"[seed {s}]({_rel(records[f'{task}_ptq_s{s}']['table'], out)})"
                                               for s in seeds if f"{task}_ptq_s{s}" in records)]

@@ -24,6 +24,13 @@ class Criteria:
     min_collapsed: int = 4
 
 
+# The paper's Tables 8 and 9 at CPU scale (the dense study's targets, the main job's dense verdicts): RepVGG
+# loses more than 3 AP / mIoU, QARepVGG stays within 1.3; a detector below 50 AP or a segmentor below 30 mIoU
+# on the digit canvases counts as untrained.
+DENSE_CRITERIA = {"det": Criteria(collapse_drop=3.0, qa_tolerance=1.3, min_fp32=50.0),
+                  "seg": Criteria(collapse_drop=3.0, qa_tolerance=1.3, min_fp32=30.0)}
+
+
 def verdict(rows: Iterable[dict], criteria: Criteria = Criteria(), reference: str = "repvgg",
             friendly: str = "qarepvgg") -> dict:
     """The verdict over the seeds that have both a ``reference`` and a ``friendly`` row.
