@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..calibration import entropy_amax, mse_amax
@@ -20,6 +21,16 @@ from ..calibration import entropy_amax, mse_amax
 # A zero amax means "all zeros" to both libraries but a zero scale in ONNX: keep it tiny instead.
 # It stays below their zero threshold (2**-24), so fake quant still outputs zeros.
 MIN_AMAX = 1e-8
+
+
+def histogram_edges(bins: int, edges: np.ndarray) -> np.ndarray:
+    """The ``bins + 1`` edges of a collected histogram. When a later batch widens the range, both libraries
+    rebuild the edges with ``torch.arange(0, x_max + width, width)``, whose float rounding can add one edge
+    more than the ``torch.histc`` bins they count into (seen on a detector: 8984 bins, 8986 edges). histc's
+    bins are equal over [0, last edge], so those are the edges; a histogram whose edges agree is unchanged."""
+    if edges.size == bins + 1:
+        return edges
+    return np.linspace(float(edges[0]), float(edges[-1]), bins + 1, dtype=edges.dtype)
 
 
 def histogram_amax(calibrator: Any, method: str, num_bits: int, unsigned: bool, percentile: float, start_bin: int,
@@ -32,7 +43,7 @@ def histogram_amax(calibrator: Any, method: str, num_bits: int, unsigned: bool, 
         amax = calibrator.compute_amax("percentile", percentile=percentile)
     else:
         hist = torch.as_tensor(calibrator._calib_hist).int().cpu().numpy()
-        edges = torch.as_tensor(calibrator._calib_bin_edges).cpu().numpy()
+        edges = histogram_edges(hist.size, torch.as_tensor(calibrator._calib_bin_edges).cpu().numpy())
         fn = mse_amax if method == "mse" else entropy_amax
         amax = torch.tensor(fn(hist, edges, num_bits, unsigned, start_bin, stride))
     amax = torch.as_tensor(amax)
