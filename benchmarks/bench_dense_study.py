@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from qarep_dense.demo.stage_jobs import checkpoint_mechanism
+from qarep_dense.demo.results import task_table
 from qarep_dense.demo.verdict import DENSE_CRITERIA, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -228,7 +229,10 @@ def render(study: dict) -> str:
 def _task_table(task: str, rows: list[dict]) -> list[str]:
     keys = METRICS[task]
     head = " | ".join(f"{k} FP32 | {k} INT8 | {k} drop" for k in keys)
-    lines = [f"### {task}", "", f"| row | seed | block | {head} | W-only | A-only | dead | max w | train s |",
+    summary = [{"model": f"{r['row']} {r['block']}", "block": r["block"], "seed": r["seed"], "metric": keys[0],
+                "fp32": r["fp32"][keys[0]], "int8": r["int8"][keys[0]]} for r in rows]
+    lines = [f"### {task}", "", f"Over seeds (mean (min-max), {keys[0]}):", "", *task_table(summary), "",
+             f"| row | seed | block | {head} | W-only | A-only | dead | max w | train s |",
              "|---" * (8 + 3 * len(keys)) + "|"]
     for r in rows:
         cells = " | ".join(f"{r['fp32'][k]:.2f} | {r['int8'][k]:.2f} | {r['fp32'][k] - r['int8'][k]:.2f}" for k in keys)
