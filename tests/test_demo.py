@@ -457,3 +457,23 @@ def test_the_quantize_pipeline_runs_on_the_story_pair_and_is_shown_next_to_plain
     text = render_summary(tmp_path, records, ["cls"], {}, _info())
     row = next(line for line in text.splitlines() if line.startswith("| repvgg_custom | 1 | 99.17 | - |"))
     assert "percentile+repair_cle | 98.61 | 98.9 | 0.56 | yes | [report](cls/r.md)" in row
+
+
+def test_dense_stages_start_from_their_blocks_classifier_and_run_the_documented_search(tmp_path, monkeypatch):
+    demo = Demo(DemoOptions(out=tmp_path, tasks=["det", "seg"]))
+    calls = []
+    monkeypatch.setattr(demo, "in_process", lambda stage, fn, *args, **kw: calls.append((stage, fn.__name__, args)))
+    monkeypatch.setattr(Demo, "dense_checkpoint", staticmethod(lambda work: work / "deploy.pt"))
+    stages = {st.name: st for st in demo.det_jobs() + demo.seg_jobs()}
+    stages["det_pipeline_repvgg_s0"].fn()
+    stage, fn, args = calls[-1]
+    assert (stage, fn) == ("det_pipeline_repvgg_s0", "quantize_pipeline")
+    assert args[0] == str(tmp_path / "det" / "repvgg_s0" / "deploy.pt")
+    assert args[3:] == (1.0, ("max", "percentile", "mse"), "off")
+    assert "--calibrators max percentile mse --bias-correction off" in demo.settings()["dense_recipe"]["quantize"]
+    with pytest.raises(FileNotFoundError):  # the training's results are read after the stage process
+        stages["seg_train_repvgg_s0"].fn()
+    stage, fn, args = calls[-1]
+    assert fn == "train_seg" and args[3]["model.backbone.init_cfg"]["checkpoint"] == str(
+        tmp_path / "cls" / "repvgg_custom_s0" / "last.pt")
+    assert stages["det_train_qarepvgg_s0"].after == ("canvas_data", "cls_train_qarepvgg_s0")

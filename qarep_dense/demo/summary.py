@@ -38,7 +38,8 @@ def _per_seed(records: dict, prefix: str, name: str, seeds: list[int]) -> list[t
     return [(s, records[f"{prefix}{name}_s{s}"]) for s in seeds if f"{prefix}{name}_s{s}" in records]
 
 
-def _pipeline_table(out: Path, records: dict, task: str, rows: list[dict], seeds: list[int]) -> list[str]:
+def _pipeline_table(out: Path, records: dict, task: str, rows: list[dict], seeds: list[int],
+                    flags: str = "--int8-only --max-drop 1") -> list[str]:
     """tools/quantize.py's all-INT8 choice next to plain max PTQ (the task table's "int8"), per model and seed."""
     plain = {(r["model"], r["seed"]): r.get("int8") for r in rows}
     models = ("repvgg_custom", "qarepvgg") if task == "cls" else ("repvgg", "qarepvgg")
@@ -48,7 +49,7 @@ def _pipeline_table(out: Path, records: dict, task: str, rows: list[dict], seeds
              for m in models for s, r in _per_seed(records, f"{task}_pipeline_", m, seeds)]
     if not table:
         return []
-    return ["", "### One command: `tools/quantize.py --int8-only --max-drop 1` (candidates scored on training "
+    return ["", f"### One command: `tools/quantize.py {flags}` (candidates scored on training "
             "images, validation reported)", "",
             *markdown_table(["model", "seed", "FP32", "INT8 max (plain PTQ)", "pipeline's choice", "pipeline INT8",
                              "ORT INT8", "drop", "within 1 point", "report"], table)]
@@ -142,7 +143,7 @@ def _dense_section(out: Path, records: dict, info: dict, rows: list[dict], how: 
               f"Integer convs in ONNX Runtime: {_ort_convs(records, [f'{task}_ptq_s{s}' for s in seeds])}.", "",
               "Per-seed tables: " + ", ".join(f"[seed {s}]({_rel(records[f'{task}_ptq_s{s}']['table'], out)})"
                                               for s in seeds if f"{task}_ptq_s{s}" in records)]
-    lines += _pipeline_table(out, records, task, rows, seeds)
+    lines += _pipeline_table(out, records, task, rows, seeds, info.get("dense_quantize", "--int8-only --max-drop 1"))
     for seed in seeds:
         mech = records.get(f"{task}_mechanism_s{seed}")
         if mech:
