@@ -77,11 +77,12 @@ DEFAULT_CLS_MODELS = ("repvgg_custom", "qarepvgg", "repopt")
 # (687-866 of 811-1011 s) and the best candidate without correction was within 1 AP too (seeds 0 and 1: 52.45
 # and 55.53 against FP32 53.35 and 55.85). The full search is that command without the two flags.
 DENSE_CALIBRATORS = ("max", "percentile", "mse")
+DENSE_PTQ_BATCH = 64  # the PTQ tables calibrate on 4 batches: 256 training canvases, as the dense study
 DENSE_BIAS_CORRECTION = "off"
 DENSE_RECIPE = {"det": "configs/det/digits_canvas_<block>.toml", "seg": "configs/seg/fcn_<block>-a0h_1xb16-2000it_"
                 "digits-canvas-64x64.py", "backbone": BACKBONE_OF,
                 "quantize": f"--int8-only --max-drop 1 --calibrators {' '.join(DENSE_CALIBRATORS)} "
-                            f"--bias-correction {DENSE_BIAS_CORRECTION}"}
+                            f"--bias-correction {DENSE_BIAS_CORRECTION}", "ptq_batch": DENSE_PTQ_BATCH}
 CANVAS_TEXT = ("digit canvases (64x64, 2-3 handwritten digits at 16/24/32 px; validation canvases only from the "
                "classifiers' validation digits)")
 # --quick: the two models of the story at the main recipe's full 40 epochs (QARepVGG needs them to train,
@@ -379,7 +380,7 @@ class Demo:
         works = [base / f"{b}_s{seed}" for b in blocks]
         jobs = [Stage(f"{task}_ptq_s{seed}", lambda: self.ptq_table(
             f"{task}_ptq_s{seed}", task, [self.dense_checkpoint(w) for w in works], base / f"ptq_s{seed}",
-            16, self.canvas_data()), trains)]
+            DENSE_PTQ_BATCH, self.canvas_data()), trains)]
         for block, work, train in zip(blocks, works, trains):
             stage = f"{task}_pipeline_{block}_s{seed}"
             jobs.append(Stage(stage, lambda w=work, st=stage: self.in_process(
