@@ -63,13 +63,14 @@ CLS_MODELS = {  # name -> (config, extra overrides); the RepOpt scales come from
 # handwriting; qarep_dense.data.digits_canvas), as the paper's dense models start from ImageNet backbones:
 # each block's detector / segmentor starts from that block's classifier of the same seed.
 BACKBONE_OF = {"qarepvgg": "qarepvgg", "repvgg": "repvgg_custom"}  # dense block -> the classifier it starts from
-DET_BLOCKS = SEG_BLOCKS = tuple(BACKBONE_OF)
+DENSE_BLOCKS = tuple(BACKBONE_OF)  # the blocks of every detection and segmentation row
 CANVAS_DATA = "digits_canvas"  # OUT/data/<this>: the canvases both dense tasks read (one export)
 STORY_MODELS = ("repvgg_custom", "qarepvgg")  # the comparison every run makes (verdict, figures, speed)
 # The default leaves out a row that adds no new finding, to fit 30 minutes on 2 cores (--cls-models brings it
 # back): RepVGG with normal L2 (the same mechanism, fewer dead channels). The dense tasks train the first seed
 # (--seeds trains all three tasks over the given seeds: about 12 more minutes per seed).
 DEFAULT_CLS_MODELS = ("repvgg_custom", "qarepvgg", "repopt")
+CLS_CONFIGS = ROOT / "configs" / "cls"
 # What decides the dense models besides the seeds: a results folder made with another recipe is refused.
 # The dense models' quantize search is tools/quantize.py --int8-only --max-drop 1 --calibrators max percentile
 # mse --bias-correction off. Entropy's histogram search took 90 % of the search's time on a toy detector and
@@ -150,7 +151,6 @@ class Profile:
     cls_epochs: int
     det_epochs: int
     cls_models: tuple[str, ...] = tuple(CLS_MODELS)
-    det_blocks: tuple[str, ...] = DET_BLOCKS
     cls_sets: list[str] = field(default_factory=list)
     cls_data: str = "digits"
     speed_repeats: int = 20
@@ -235,27 +235,17 @@ class Demo:
     def cls_jobs(self) -> list[Stage]:
         """Trainings first (RepOpt's after the Hyper-Search), then per model the PTQ variants and the
         analysis, and the paper's figures once every RepVGG/QARepVGG model has been measured."""
-        cfg_dir, base = ROOT / "configs" / "cls", self.out / "cls"
-        data = self.out / "data" / self.prof.cls_data
-        hs = base / "hs"
-        models = self.prof.cls_models
-        first_config, first_extra = CLS_MODELS[models[0]]
-        trains = [Stage("cls_data", lambda: self.in_process("cls_data", _prepare_cls_data, str(cfg_dir / first_config),
-                                                            [*self.cls_sets(0, data), *first_extra]))]
+        base, data, models = self.out / "cls", self.cls_data(), self.prof.cls_models
+        trains = [self.cls_data_stage()]
         if "repopt" in models:
             trains.append(Stage("cls_train_hs", lambda: self.train(
-                "cls_train_hs", "cls", cfg_dir / "digits_hs.toml", hs, self.cls_sets(0, data)),
+                "cls_train_hs", "cls", CLS_CONFIGS / "digits_hs.toml", base / "hs", self.cls_sets(0, data)),
                 ("cls_data",)))
         measures: list[Stage] = []
         for seed in self.prof.cls_seeds:
             for name in models:
-                config, extra = CLS_MODELS[name]
                 work, tag = base / f"{name}_s{seed}", f"{name}_s{seed}"
-                sets, after = [*self.cls_sets(seed, data), *extra], ("cls_data",)
-                if name == "repopt":
-                    sets, after = [*sets, f"repopt.hs_checkpoint={hs / 'best.pt'}"], ("cls_data", "cls_train_hs")
-                trains.append(Stage(f"cls_train_{tag}", lambda c=config, w=work, s=sets, t=tag: self.train(
-                    f"cls_train_{t}", "cls", cfg_dir / c, w, s), after))
+                trains.append(self.cls_train_stage(name, seed))
                 measures += [
                     Stage(f"cls_quant_{tag}", lambda w=work, t=tag: self.in_process(
                         f"cls_quant_{t}", cls_story.quant_variants, w / "deploy.pt", data), (f"cls_train_{tag}",)),
@@ -269,6 +259,25 @@ class Demo:
         seeds = "-".join(map(str, self.prof.cls_seeds))  # the pick depends on the seeds run
         figures = Stage(f"cls_figures_s{seeds}", lambda: self.cls_figures(base), tuple(pair))
         return trains + measures + [figures]
+
+    def cls_data(self) -> Path:
+        return self.out / "data" / self.prof.cls_data
+
+    def cls_data_stage(self) -> Stage:
+        """The classification data, written once (with the first model's config) before any training."""
+        config, extra = CLS_MODELS[self.prof.cls_models[0]]
+        return Stage("cls_data", lambda: self.in_process("cls_data", _prepare_cls_data, str(CLS_CONFIGS / config),
+                                                         [*self.cls_sets(0, self.cls_data()), *extra]))
+
+    def cls_train_stage(self, name: str, seed: int) -> Stage:
+        """The training of classifier ``name`` (a CLS_MODELS key) of ``seed``; RepOpt's after the Hyper-Search."""
+        config, extra = CLS_MODELS[name]
+        stage, work = f"cls_train_{name}_s{seed}", self.out / "cls" / f"{name}_s{seed}"
+        sets, after = [*self.cls_sets(seed, self.cls_data()), *extra], ("cls_data",)
+        if name == "repopt":
+            sets, after = [*sets, f"repopt.hs_checkpoint={self.out / 'cls' / 'hs' / 'best.pt'}"], ("cls_data",
+                                                                                                    "cls_train_hs")
+        return Stage(stage, lambda: self.train(stage, "cls", CLS_CONFIGS / config, work, sets), after)
 
     def pipeline(self, tag: str, work: Path, data: Path) -> dict:
         """tools/quantize.py's search on a trained classifier, all INT8 (no float layer), 1-point budget."""
@@ -329,48 +338,33 @@ class Demo:
     def dense_data_stage(self) -> Stage:
         """The canvases, written once (by the detection config's export; the segmentation configs read the same
         files), before the trainings that read them start side by side."""
-        first = self.prof.det_blocks[0]
+        first = DENSE_BLOCKS[0]
         return Stage("canvas_data", lambda: self.in_process(
             "canvas_data", _prepare_det_data, str(self.det_config(first)[0]), self.det_sets(first, 0)))
 
-    def classifier_stages(self, seeds: list[int], blocks: tuple[str, ...]) -> list[Stage]:
-        """The classifier trainings the dense models start from (the classification stages train the same ones
-        when classification runs too: the driver keeps one stage per name)."""
-        data = self.out / "data" / self.prof.cls_data
-        cfg_dir = ROOT / "configs" / "cls"
-        stages = [Stage("cls_data", lambda: self.in_process("cls_data", _prepare_cls_data, str(
-            cfg_dir / CLS_MODELS[BACKBONE_OF[blocks[0]]][0]), self.cls_sets(0, data)))]
-        for seed in seeds:
-            for block in blocks:
-                config, extra = CLS_MODELS[BACKBONE_OF[block]]
-                _, stage = self.classifier(block, seed)
-                work = self.out / "cls" / f"{BACKBONE_OF[block]}_s{seed}"
-                stages.append(Stage(stage, lambda c=config, w=work, s=[*self.cls_sets(seed, data), *extra], t=stage:
-                                    self.train(t, "cls", cfg_dir / c, w, s), ("cls_data",)))
-        return stages
-
     def det_jobs(self) -> list[Stage]:
-        base, blocks = self.out / "det", self.prof.det_blocks
-        jobs = [*self.classifier_stages(self.prof.det_seeds, blocks), self.dense_data_stage()]
-        for seed in self.prof.det_seeds:
-            for block in blocks:
-                work, stage = base / f"{block}_s{seed}", f"det_train_{block}_s{seed}"
-                jobs.append(Stage(stage, lambda b=block, w=work, s=seed, st=stage: self.train(
-                    st, "det", self.det_config(b)[0], w, self.det_sets(b, s)),
-                    ("canvas_data", self.classifier(block, seed)[1])))
-            jobs += self.dense_measure_stages("det", seed, blocks)
-        return jobs
+        return self.dense_jobs("det", self.det_train)
 
     def seg_jobs(self) -> list[Stage]:
-        base, blocks = self.out / "seg", SEG_BLOCKS
-        jobs = [*self.classifier_stages(self.prof.det_seeds, blocks), self.dense_data_stage()]
+        return self.dense_jobs("seg", self.seg_train)
+
+    def dense_jobs(self, task: str, train) -> list[Stage]:
+        """The classifiers the ``task`` models start from (the classification section lists the same stages:
+        the driver keeps one per name), the canvases, then per seed and block ``train(stage, block, seed, work)``
+        and the seed's measurements."""
+        jobs = [self.cls_data_stage(), *(self.cls_train_stage(BACKBONE_OF[b], s) for s in self.prof.det_seeds
+                                         for b in DENSE_BLOCKS), self.dense_data_stage()]
         for seed in self.prof.det_seeds:
-            for block in blocks:
-                stage = f"seg_train_{block}_s{seed}"
-                jobs.append(Stage(stage, lambda b=block, s=seed, st=stage: self.seg_train(st, b, s, base / f"{b}_s{s}"),
+            for block in DENSE_BLOCKS:
+                stage, work = f"{task}_train_{block}_s{seed}", self.out / task / f"{block}_s{seed}"
+                jobs.append(Stage(stage, lambda st=stage, b=block, s=seed, w=work: train(st, b, s, w),
                                   ("canvas_data", self.classifier(block, seed)[1])))
-            jobs += self.dense_measure_stages("seg", seed, blocks)
+            jobs += self.dense_measure_stages(task, seed, DENSE_BLOCKS)
         return jobs
+
+    def det_train(self, stage: str, block: str, seed: int, work: Path) -> dict:
+        """One detector of ``block`` and ``seed``, its backbone started from that block's classifier."""
+        return self.train(stage, "det", self.det_config(block)[0], work, self.det_sets(block, seed))
 
     def dense_measure_stages(self, task: str, seed: int, blocks: tuple[str, ...]) -> list[Stage]:
         """Per seed: the PTQ table of the blocks, tools/quantize.py's all-INT8 search on each model, and the
@@ -534,6 +528,6 @@ def vars_for_summary(demo: Demo) -> dict:
     return {"cls_data": data, "cls_seeds": p.cls_seeds, "det_seeds": p.det_seeds, "cls_epochs": p.cls_epochs,
             "det_epochs": p.det_epochs, "cls_recipe": CLS_RECIPE, "profile": p.name,
             "reused_stages": len(demo.stages.reused), "threads": demo.opts.threads, "jobs": demo.opts.jobs,
-            "cls_models": list(p.cls_models), "det_blocks": list(p.det_blocks), "seg_seeds": p.det_seeds,
+            "cls_models": list(p.cls_models), "det_blocks": list(DENSE_BLOCKS), "seg_seeds": p.det_seeds,
             "canvas_data": "digit canvases, 32x32 (toy)" if p.tiny else CANVAS_TEXT,
             "dense_quantize": DENSE_RECIPE["quantize"]}
