@@ -7,10 +7,19 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
 _log = logging.getLogger(__name__)
+
+
+def _root_prints_to_console() -> bool:
+    """Whether the host already prints records on the console (the main job's stage process configures the root
+    logger): ours then reach it through propagation, and a console handler of our own would print every line
+    twice. A test runner's capturing handlers (their own streams) do not count."""
+    return any(isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) in (sys.stdout, sys.stderr)
+               for h in logging.getLogger().handlers)
 
 
 def setup_logging(work_dir: str | os.PathLike | None = None, is_main: bool = True,
@@ -22,7 +31,7 @@ def setup_logging(work_dir: str | os.PathLike | None = None, is_main: bool = Tru
     root = logging.getLogger("qarep_dense")
     root.setLevel(level if is_main else logging.WARNING)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-    if not any(getattr(h, "_qarep_console", False) for h in root.handlers):
+    if not _root_prints_to_console() and not any(getattr(h, "_qarep_console", False) for h in root.handlers):
         console = logging.StreamHandler()
         console.setFormatter(fmt)
         console._qarep_console = True  # type: ignore[attr-defined]
