@@ -87,16 +87,17 @@ def pictures(checkpoint: str, images: list[str], out: str) -> dict:
 
 
 def quantize_pipeline(deploy_path: str, data_root: str, out: str, max_drop: float = 1.0,
-                      calibrators: tuple[str, ...] | None = None, bias_correction: str = "auto") -> dict:
+                      calibrators: tuple[str, ...] | None = None, bias_correction: str = "auto",
+                      backend: str = "pytorch_quantization") -> dict:
     """``tools/quantize.py DEPLOY --data DATA --int8-only --max-drop 1`` in-process (its report.json in ``out``);
     returns the fields the summary shows: FP32 / chosen INT8 / ORT INT8 (the task's metric), the drop, the choice.
     Any task: the checkpoint says which. ``calibrators``: ``--calibrators`` (default: all four);
-    ``bias_correction``: ``--bias-correction``."""
+    ``bias_correction``: ``--bias-correction``; ``backend``: ``--backend``."""
     from ..tasks.quantize_pipeline import QuantizeOptions, quantize_checkpoint
 
     report = quantize_checkpoint(QuantizeOptions(checkpoint=Path(deploy_path), data=Path(data_root), out=Path(out),
                                                  max_drop=max_drop, int8_only=True, diagnose=False,
-                                                 bias_correction=bias_correction,
+                                                 bias_correction=bias_correction, backend=backend,
                                                  **({"calibrators": tuple(calibrators)} if calibrators else {}),
                                                  latency_repeats=1, progress=False))
     return {"fp32": report["fp32"], "int8": report["int8"], "int8_ort": report["int8_ort"], "drop": report["drop"],
