@@ -1,3 +1,4 @@
+import os
 import random
 import sys
 from pathlib import Path
@@ -11,6 +12,13 @@ from torch import nn
 TOOLS = str(Path(__file__).resolve().parents[1] / "tools")
 if TOOLS not in sys.path:
     sys.path.append(TOOLS)
+
+# Under pytest-xdist (scripts/test.sh runs one worker per core) each worker and the tools it starts get one thread:
+# two workers with two OpenMP threads each on two cores oversubscribe, and spin-waiting threads then make small
+# ops many times slower.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
