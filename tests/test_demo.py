@@ -56,6 +56,16 @@ def test_verdict_counts_only_seeds_with_both_blocks_and_names_untrained_runs():
     assert verdict(_rows([(98, 20)] * 5, HOLD), strict)["collapsed"] == []
 
 
+def test_verdict_counts_the_direction_whatever_the_floor():
+    # seed 0: 10 points more; seed 1: 1 point more (under the 8.5-point gap of the default thresholds);
+    # seed 2: RepVGG below the floor but 30 points more; seed 3: QARepVGG lost more
+    v = verdict(_rows([(98, 87), (98, 96), (60, 29), (98, 97.9)], [(98, 97)] * 3 + [(98, 97)]))
+    assert v["more"] == [0, 1, 2] and v["clearly_more"] == [0, 2]
+    assert v["untrained"] == ["repvgg/s2"]
+    assert "not counted, FP32 below 90: repvgg/s2" in v["summary"]
+    assert "lost more than qarepvgg in 3 of 4 seeds, more than 8.5 points more in 2" in v["summary"]
+
+
 def test_seed_range_and_format():
     stats = seed_range([97.0, 99.0, 98.0])
     assert stats == {"mean": 98.0, "min": 97.0, "max": 99.0, "n": 3}

@@ -4,7 +4,8 @@ A row is one trained model: {"seed", "block" ("repvgg" or "qarepvgg"), "fp32", "
 RepVGG *collapses* in a seed when it trained (FP32 >= ``min_fp32``) and its INT8 top-1 is more than
 ``collapse_drop`` points below its FP32; QARepVGG *holds* when it trained and lost at most
 ``qa_tolerance`` points. The recipe reproduces the paper when, over at least ``min_seeds`` seeds,
-RepVGG collapsed in at least ``min_collapsed`` and QARepVGG held in every one.
+RepVGG collapsed in at least ``min_collapsed`` and QARepVGG held in every one. The direction alone (RepVGG
+lost more, by more than ``collapse_drop - qa_tolerance`` points) is counted too, floors or not.
 """
 from __future__ import annotations
 
@@ -53,6 +54,12 @@ def verdict(rows: Iterable[dict], criteria: Criteria = Criteria(), reference: st
     collapsed = [s for s in seeds if trained(by_seed[s][reference]) and drop(by_seed[s][reference]) > c.collapse_drop]
     held = [s for s in seeds if trained(by_seed[s][friendly]) and drop(by_seed[s][friendly]) <= c.qa_tolerance]
     untrained = [f"{b}/s{s}" for s in seeds for b in (reference, friendly) if not trained(by_seed[s][b])]
+    # The direction alone, whatever the floor: the reference lost more, and by more than the gap between the two
+    # thresholds (a collapse against a hold), in how many seeds.
+    gap = c.collapse_drop - c.qa_tolerance
+    margins = {s: drop(by_seed[s][reference]) - drop(by_seed[s][friendly]) for s in seeds}
+    more = [s for s in seeds if margins[s] > 0]
+    clearly = [s for s in seeds if margins[s] > gap]
     ok = len(seeds) >= c.min_seeds and len(collapsed) >= c.min_collapsed and len(held) == len(seeds)
     n = len(seeds)
     summary = (f"{reference} collapsed (INT8 > {c.collapse_drop:g} points below FP32) in {len(collapsed)} of {n} "
@@ -60,8 +67,12 @@ def verdict(rows: Iterable[dict], criteria: Criteria = Criteria(), reference: st
     summary += ("the paper's result is reproduced" if ok else
                 f"not reproduced (needs >= {c.min_collapsed} collapses over >= {c.min_seeds} seeds and "
                 f"{friendly} holding in every seed)")
+    if untrained:
+        summary += f"; not counted, FP32 below {c.min_fp32:g}: {', '.join(untrained)}"
+    summary += (f"; the direction: {reference} lost more than {friendly} in {len(more)} of {n} seeds, more than "
+                f"{gap:g} points more in {len(clearly)}")
     return {"seeds": seeds, "collapsed": collapsed, "held": held, "untrained": untrained, "reproduces": ok,
-            "summary": summary}
+            "more": more, "clearly_more": clearly, "summary": summary}
 
 
 def seed_range(values: Iterable[float]) -> dict:
