@@ -66,7 +66,7 @@ BACKBONE_OF = {"qarepvgg": "qarepvgg", "repvgg": "repvgg_custom"}  # dense block
 DENSE_BLOCKS = tuple(BACKBONE_OF)  # the blocks of every detection and segmentation row
 CANVAS_DATA = "digits_canvas"  # OUT/data/<this>: the canvases both dense tasks read (one export)
 STORY_MODELS = ("repvgg_custom", "qarepvgg")  # the comparison every run makes (verdict, figures, speed)
-# The default leaves out a row that adds no new finding, to fit 30 minutes on 2 cores (--cls-models brings it
+# The default leaves out a row that adds no new finding, to keep the default shorter (--cls-models brings it
 # back): RepVGG with normal L2 (the same mechanism, fewer dead channels). The dense tasks train the first seed
 # (--seeds trains all three tasks over the given seeds: about 12 more minutes per seed).
 DEFAULT_CLS_MODELS = ("repvgg_custom", "qarepvgg", "repopt")
