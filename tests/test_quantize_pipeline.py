@@ -11,8 +11,8 @@ pytest.importorskip("pytorch_quantization")
 from qarep_dense.data.preprocess import Preprocess  # noqa: E402
 from qarep_dense.quant.calibration import entropy_amax  # noqa: E402
 from qarep_dense.quant.search import (BudgetStrategy, CandidateResult, CandidateSpec, SearchData,  # noqa: E402
-                                      SelectionScore, Step, Trial, agreement, candidate_specs, choose, ladder_sizes,
-                                      run_search, spearman)
+                                      SelectionScore, Step, Trial, agreement, candidate_specs, choose,
+                                      corrected_twins, ladder_sizes, run_search, spearman)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,6 +43,15 @@ def test_candidate_specs_cover_calibrators_times_transforms():
         CandidateSpec("minmax")
     with pytest.raises(ValueError, match="transform"):
         CandidateSpec("max", "bias_absorption")
+
+
+def test_corrected_twins_are_those_of_the_best_uncorrected_candidates():
+    results = [_result("max", "none", 0.5), _result("mse", "cle", 0.1), _result("percentile", "repair", 0.3),
+               CandidateResult(CandidateSpec("mse", "cle", True), 1.0, SelectionScore(score=0.05, rel_mse=0.05))]
+    # the best two uncorrected are mse+cle (its twin already scored: left out) and percentile+repair
+    assert corrected_twins(results, 2) == [CandidateSpec("percentile", "repair", True)]
+    assert corrected_twins(results, 3) == [CandidateSpec("percentile", "repair", True), CandidateSpec("max", "none", True)]
+    assert corrected_twins(results, 0) == []
 
 
 def test_agreement_kl_and_top1_for_classifiers():
@@ -95,6 +104,23 @@ def test_search_picks_the_candidate_with_the_best_selection_score():
     assert choose(results).spec.name == "percentile"
     assert set(models) == {"max", "percentile"} and set(floats) == {"none"}
     assert all(r.seconds > 0 for r in results)
+
+
+def test_search_corrects_only_the_best_candidates_biases_when_asked():
+    torch.manual_seed(0)
+    model = _Outlier().eval()
+    g = torch.Generator().manual_seed(0)
+    calib = [torch.randint(0, 20, (16, 3, 8, 8), dtype=torch.uint8, generator=g) for _ in range(2)]
+    calib[0][0, :, 0, 0] = 255
+    sel = [torch.randint(0, 20, (16, 3, 8, 8), dtype=torch.uint8, generator=g) for _ in range(2)]
+    data = SearchData(calib, [calib[1][:8]], sel)
+    specs = [CandidateSpec("max"), CandidateSpec("percentile")]
+    results, models, _ = run_search(model, data, Preprocess(), specs, classification=True, progress=False,
+                                    correct_best=1)
+    names = [r.spec.name for r in results]
+    assert names == ["max", "percentile", "percentile+bc"]  # the twin of the better one only, scored after both
+    assert set(models) == set(names)
+    assert results[2].seconds > results[1].seconds  # charged its uncorrected twin's cost plus its own
 
 
 def test_entropy_calibrator_survives_an_empty_histogram():

@@ -55,7 +55,11 @@ def test_quantize_classifier_end_to_end(cls_setup, capsys):
     assert REPORT_KEYS <= set(report)
     for name in ("report.md", "model_int8.onnx", "model_fakequant.pt", "diagnosis/report.md"):
         assert (out / name).is_file(), name
-    assert len(report["candidates"]) == 20  # 2 calibrators x 5 float transforms x bias correction off / on
+    # 2 calibrators x 5 float transforms, then the 3 best of them again with bias correction
+    names = [c["name"] for c in report["candidates"]]
+    assert len(names) == 13 and not any(n.endswith("+bc") for n in names[:10])
+    best3 = sorted(report["candidates"][:10], key=lambda c: c["selection"]["score"])[:3]
+    assert names[10:] == [c["name"] + "+bc" for c in best3]
     best = min(report["candidates"], key=lambda c: c["selection"]["score"])
     assert report["chosen"]["candidate"] == best["name"]
     assert {"calibrator", "repair", "cle", "bias_correction", "float_layers", "qat"} <= set(report["chosen"])

@@ -44,8 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="onnxruntime INT8 kernels (auto: chosen for this CPU, checked against fake quant)")
     p.add_argument("--calibrators", nargs="+", default=None,
                    help="calibrators to try (default: max percentile mse entropy)")
-    p.add_argument("--bias-correction", choices=["auto", "on", "off"], default="auto",
-                   help="bias correction after calibration: auto = candidates with and without it compete")
+    p.add_argument("--bias-correction", choices=["auto", "all", "on", "off"], default="auto",
+                   help="bias correction after calibration: auto = the 3 best candidates also compete corrected, "
+                        "all = every candidate with and without it")
     p.add_argument("--backend", choices=["pytorch-quantization", "modelopt"], default="pytorch-quantization",
                    help="fake-quant library (docs/quantization.md says when to pick which)")
     p.add_argument("--calib-batches", type=int, default=8, help="calibration batches from the training split")

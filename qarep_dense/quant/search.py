@@ -7,7 +7,10 @@ correction after calibration ("+bc", :mod:`~qarep_dense.quant.bias_correction`).
 the FP32 function (the repair up to channels that are dead on the data it saw, CLE exactly), so
 candidates differ only in how well their INT8 model follows the FP32 one. Bias correction usually
 helps and sometimes does not (a model that already quantizes well can lose a little), so both forms
-compete on the same score.
+compete on the same score. It costs 3-4x a calibration, so by default (``correct_best``) only the best
+few uncorrected candidates get a corrected twin: on the 20 recorded searches of every candidate in both
+forms, the three best kept every model on the same side of its budget at 3-4x less search time
+(benchmarks/bench_search_refine.py).
 
 Candidates are scored on a *selection* split (training images neither calibration nor the repair
 saw), never on the validation split that is reported. Top-1 on training images saturates (most
@@ -184,13 +187,28 @@ def choose(results: Sequence[CandidateResult]) -> CandidateResult:
     """
     if not results:
         raise ValueError("choose: no candidates")
+    return min(results, key=_choice_key)
 
-    def key(r: CandidateResult):
-        s = r.selection.score
-        finite = s == s and s != float("inf")
-        return (not finite, s if finite else 0.0, r.spec.cost_rank())
 
-    return min(results, key=key)
+def _choice_key(r: CandidateResult) -> tuple:
+    s = r.selection.score
+    finite = s == s and s != float("inf")
+    return (not finite, s if finite else 0.0, r.spec.cost_rank())
+
+
+def corrected_twins(results: Sequence[CandidateResult], k: int) -> list[CandidateSpec]:
+    """The bias-corrected twins of the ``k`` best uncorrected candidates of ``results`` (in :func:`choose`'s
+    order), leaving out twins ``results`` already holds."""
+    done = {r.spec for r in results}
+    ranked = sorted((r for r in results if not r.spec.bias_correction), key=_choice_key)[:k]
+    return [t for t in (replace(r.spec, bias_correction=True) for r in ranked) if t not in done]
+
+
+def _then(first: Sequence[CandidateSpec], more: Callable[[], Sequence[CandidateSpec]] | None):
+    """``first``, then what ``more()`` returns once ``first`` has been consumed."""
+    yield from first
+    if more is not None:
+        yield from more()
 
 
 def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
@@ -222,12 +240,16 @@ class SearchData:
 
 def run_search(fused: nn.Module, data: SearchData, preprocess: Preprocess, specs: Sequence[CandidateSpec],
                base: QuantConfig | None = None, classification: bool = False, device: str | torch.device = "cpu",
-               progress: bool = True, entropy_stride: int | None = None
+               progress: bool = True, entropy_stride: int | None = None, correct_best: int = 0
                ) -> tuple[list[CandidateResult], dict[str, nn.Module], dict[str, nn.Module]]:
-    """Quantize and score every candidate. Returns (results in ``specs`` order, {name: fake-quant model},
-    {transform: transformed float model}); each transform is computed once and shared by its calibrators,
-    its time charged to each of them. A bias-corrected candidate starts from a copy of its uncorrected
-    twin when that ran before it (the same calibration), and is charged the twin's cost plus its own.
+    """Quantize and score every candidate. Returns (results in ``specs`` order, then any ``correct_best``
+    twins; {name: fake-quant model}; {transform: transformed float model}); each transform is computed once
+    and shared by its calibrators, its time charged to each of them. A bias-corrected candidate starts from a
+    copy of its uncorrected twin when that ran before it (the same calibration), and is charged the twin's
+    cost plus its own.
+
+    correct_best: after ``specs``, also score the bias-corrected twins of the ``correct_best`` best
+    uncorrected candidates (in :func:`choose`'s order) that ``specs`` did not already hold.
 
     entropy_stride: the entropy calibrator tries every ``entropy_stride``-th histogram bin as its clipping
     point (``QuantConfig.hist_stride``): its KL search is ~1 s per quantizer on a busy CPU at stride 1, which
@@ -239,7 +261,8 @@ def run_search(fused: nn.Module, data: SearchData, preprocess: Preprocess, specs
     floats: dict[str, tuple[nn.Module, dict, float]] = {}
     calibrated: dict[CandidateSpec, tuple[nn.Module, float]] = {}  # uncorrected candidates: (model, seconds)
     results, models = [], {}
-    for spec in tqdm(specs, desc="candidates", disable=not progress):
+    twins = (lambda: corrected_twins(results, correct_best)) if correct_best > 0 else None
+    for spec in tqdm(_then(specs, twins), desc="candidates", disable=not progress):
         if spec.transform not in floats:
             start = time.perf_counter()
             model, info = transform_float(fused, spec.transform, data.calib, data.heldout, preprocess, device)
