@@ -62,6 +62,11 @@ def run_dir(work: Path, recipe: str, task: str, row: str, seed: int, block: str)
     return work / recipe / task / row / f"s{seed}_{block}"
 
 
+def pipeline_dir(work: Path, recipe: str, task: str, row: str, seed: int, block: str) -> Path:
+    """Where --pipeline writes tools/quantize.py's report for a run (outside the run folders the trainer owns)."""
+    return work / "pipeline" / recipe / task / row / f"s{seed}_{block}"
+
+
 def classifier(models_root: Path, block: str, seed: int) -> Path:
     """The classifier a pretrained row starts from: its final train-form checkpoint."""
     return models_root / f"{BLOCKS[block]}_s{seed}" / "last.pt"
@@ -165,6 +170,30 @@ def quant_row(run: Path, task: str, init: Path | None, calib_batches: int, batch
     return row
 
 
+def pipeline_row(run: Path, out: Path, data_root: Path) -> dict:
+    """The main job's quantize search (``tools/quantize.py DEPLOY --int8-only --max-drop 1`` with the main job's
+    dense calibrators and bias correction, :data:`~qarep_dense.demo.main_job.DENSE_RECIPE`) on ``run``'s fused
+    model; its report.json in ``out`` is reused when there."""
+    if not (out / "report.json").is_file():
+        from qarep_dense.demo.main_job import DENSE_BIAS_CORRECTION, DENSE_CALIBRATORS
+        from qarep_dense.demo.stage_jobs import quantize_pipeline
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        quantize_pipeline(str(run / "deploy.pt"), str(data_root), str(out), calibrators=DENSE_CALIBRATORS,
+                          bias_correction=DENSE_BIAS_CORRECTION)
+    return pipeline_fields(out)
+
+
+def pipeline_fields(out: Path) -> dict | None:
+    """What the tables show of a finished pipeline report in ``out`` (None when there is none)."""
+    if not (out / "report.json").is_file():
+        return None
+    report = json.loads((out / "report.json").read_text())
+    return {"fp32": report["fp32"], "int8": report["int8"], "drop": report["drop"], "budget_met": report["budget_met"],
+            "is_int8": report["is_int8"], "candidate": report["chosen"]["candidate"],
+            "seconds": report["seconds"]["total"]}
+
+
 # --- the report ----------------------------------------------------------------------------------
 
 
@@ -179,8 +208,10 @@ def collect(work: Path, recipes: list[str], expected: list[tuple[str, str, int, 
             task, row = run.parent.parent.name, run.parent.name
             seed, block = run.name[1:].split("_", 1)
             results = json.loads((run / "results.json").read_text())
+            pipeline = pipeline_fields(pipeline_dir(work, recipe, task, row, int(seed), block))
             rows.append({"task": task, "row": row, "seed": int(seed), "block": block,
-                         "wall_seconds": results.get("wall_seconds"), **json.loads(cache.read_text())})
+                         "wall_seconds": results.get("wall_seconds"), **json.loads(cache.read_text()),
+                         **({"pipeline": pipeline} if pipeline else {})})
         done = {(r["task"], r["row"], r["seed"], r["block"]) for r in rows}
         if rows:
             study["recipes"][recipe] = {"sets": RECIPES.get(recipe), "rows": rows,
@@ -230,18 +261,23 @@ def _task_table(task: str, rows: list[dict]) -> list[str]:
     keys = METRICS[task]
     head = " | ".join(f"{k} FP32 | {k} INT8 | {k} drop" for k in keys)
     summary = [{"model": f"{r['row']} {r['block']}", "block": r["block"], "seed": r["seed"], "metric": keys[0],
-                "fp32": r["fp32"][keys[0]], "int8": r["int8"][keys[0]]} for r in rows]
+                "fp32": r["fp32"][keys[0]], "int8": r["int8"][keys[0]],
+                **({"pipeline_int8": r["pipeline"]["int8"]} if "pipeline" in r else {})} for r in rows]
     lines = [f"### {task}", "", f"Over seeds (mean (min-max), {keys[0]}):", "", *task_table(summary), "",
-             f"| row | seed | block | {head} | W-only | A-only | dead | max w | train s |",
-             "|---" * (8 + 3 * len(keys)) + "|"]
+             *_pipeline_lines(rows, keys[0]),
+             f"| row | seed | block | {head} | W-only | A-only | pipeline | dead | max w | train s |",
+             "|---" * (9 + 3 * len(keys)) + "|"]
     for r in rows:
         cells = " | ".join(f"{r['fp32'][k]:.2f} | {r['int8'][k]:.2f} | {r['fp32'][k] - r['int8'][k]:.2f}" for k in keys)
         before, after = r["mechanism"]["before"], r["mechanism"]["after"]
         dead = _pair(sum(s["dead"] for s in before) if before else None, sum(s["dead"] for s in after), "d")
         maxw = _pair(max(s["max_fused_weight"] for s in before) if before else None,
                      max(s["max_fused_weight"] for s in after), ".3g")
+        pipe = r.get("pipeline")
+        pipe = f"{pipe['int8']:.2f} ({pipe['candidate']})" if pipe else "-"
         lines.append(f"| {r['row']} | {r['seed']} | {r['block']} | {cells} | {r['weights_only'][keys[0]]:.2f} | "
-                     f"{r['acts_only'][keys[0]]:.2f} | {dead} | {maxw} | {r.get('wall_seconds') or float('nan'):.0f} |")
+                     f"{r['acts_only'][keys[0]]:.2f} | {pipe} | {dead} | {maxw} | "
+                     f"{r.get('wall_seconds') or float('nan'):.0f} |")
     lines += ["", "Per stage (0-4), dead channels / max fused weight, classifier → fine-tuned:", ""]
     for r in rows:
         before = r["mechanism"]["before"] or [None] * len(r["mechanism"]["after"])
@@ -250,6 +286,18 @@ def _task_table(task: str, rows: list[dict]) -> list[str]:
                            for b, a in zip(before, r["mechanism"]["after"]))
         lines.append(f"- {r['row']} s{r['seed']} {r['block']}: {stages}")
     return lines
+
+
+def _pipeline_lines(rows: list[dict], metric: str) -> list[str]:
+    """Per model with pipeline runs: in how many seeds the all-INT8 choice came within the budget."""
+    lines = []
+    for model in dict.fromkeys(f"{r['row']} {r['block']}" for r in rows):
+        runs = [r for r in rows if f"{r['row']} {r['block']}" == model and "pipeline" in r]
+        if runs:
+            met = [r["seed"] for r in runs if r["pipeline"]["budget_met"] and r["pipeline"]["is_int8"]]
+            lines.append(f"- pipeline ({model}): every layer INT8 within 1.0 {metric} of FP32 in {len(met)} of "
+                         f"{len(runs)} seeds" + (f" (seeds {', '.join(map(str, met))})" if met else ""))
+    return [*lines, ""] if lines else []
 
 
 def write_report(work: Path, recipes: list[str], out: Path, expected: list[tuple[str, str, int, str]]) -> dict:
@@ -276,6 +324,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--calib-batches", type=int, default=8, help="calibration batches of --batch-size images")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--pipeline", action="store_true",
+                   help="also run the main job's quantize search on every pretrained row (the 'pipeline' column)")
     p.add_argument("--report-only", action="store_true", help="rebuild the tables from the finished runs")
     p.add_argument("--wait-minutes", type=float, default=0.0,
                    help="wait this long for classifiers still in training (their folder has no results.json yet)")
@@ -301,6 +351,8 @@ def main(argv: list[str] | None = None) -> dict:
             try:
                 train_run(run, recipe, task, row, block, seed, init, args.data_root)
                 quant_row(run, task, init, args.calib_batches, args.batch_size)
+                if args.pipeline and row == "pretrained":
+                    pipeline_row(run, pipeline_dir(args.work_dir, recipe, task, row, seed, block), args.data_root)
             finally:
                 lock_of(run).unlink(missing_ok=True)
             print(recipe, task, row, seed, block, "done", flush=True)
