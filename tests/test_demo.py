@@ -487,3 +487,30 @@ def test_dense_stages_start_from_their_blocks_classifier_and_run_the_documented_
     assert fn == "train_seg" and args[3]["model.backbone.init_cfg"]["checkpoint"] == str(
         tmp_path / "cls" / "repvgg_custom_s0" / "last.pt")
     assert stages["det_train_qarepvgg_s0"].after == ("canvas_data", "cls_train_qarepvgg_s0")
+
+
+def test_repopt_dense_rows_come_on_request_with_their_hyper_search_models(tmp_path, monkeypatch):
+    default = Demo(DemoOptions(out=tmp_path / "d", tasks=["det", "seg"]))
+    assert not any("repopt" in st.name or "hs" in st.name for st in default.det_jobs() + default.seg_jobs())
+    demo = Demo(DemoOptions(out=tmp_path, tasks=["det", "seg"], dense_blocks=["repopt", "qarepvgg", "repvgg"]))
+    assert demo.prof.dense_blocks == ("qarepvgg", "repvgg", "repopt")  # BACKBONE_OF's order
+    stages = {st.name: st for st in demo.det_jobs() + demo.seg_jobs()}
+    assert stages["det_train_hs"].after == ("canvas_data", "cls_train_hs")
+    assert stages["det_train_repopt_s0"].after == ("canvas_data", "cls_train_repopt_s0", "det_train_hs")
+    assert stages["seg_train_repopt_s0"].after == ("canvas_data", "cls_train_repopt_s0")
+    assert stages["cls_train_repopt_s0"].after == ("cls_data", "cls_train_hs") and "cls_train_hs" in stages
+    assert "det_pipeline_repopt_s0" not in stages and "det_pipeline_qarepvgg_s0" in stages  # the story pair only
+    hs = tmp_path / "cls" / "hs"
+    assert f"model.backbone_init={hs / 'last.pt'}" in demo.det_sets("hs", 0)
+    sets = demo.det_sets("repopt", 0)
+    assert f"model.backbone_init={tmp_path / 'cls' / 'repopt_s0' / 'last.pt'}" in sets
+    assert f"repopt.hs_checkpoint={tmp_path / 'det' / 'hs' / 'best.pt'}" in sets
+    calls = []
+    monkeypatch.setattr(demo, "in_process", lambda stage, fn, *args, **kw: calls.append((stage, fn.__name__, args)))
+    with pytest.raises(FileNotFoundError):  # the training's results are read after the stage process
+        stages["seg_train_repopt_s0"].fn()
+    options = calls[-1][2][3]
+    assert options["optim_wrapper.constructor"] == "RepOptimizerConstructor"
+    assert options["optim_wrapper.paramwise_cfg.hs_checkpoint"] == str(hs / "best.pt")
+    with pytest.raises(ValueError, match="dense-blocks repopt: choose each at most once"):
+        DemoOptions(out=tmp_path, dense_blocks=["repopt"])

@@ -109,3 +109,24 @@ def test_bad_trunk_or_canvas_settings_are_refused(model, data, message):
     base = _config()
     with pytest.raises(ValueError, match=message):
         replace(base, model=replace(base.model, **model), data=DetDataConfig(**data))
+
+
+def test_repopt_detector_keeps_its_pretrained_trunk_and_starts_neck_and_head_from_the_scales(tmp_path):
+    from qarep_dense.optim.repopt import RepOptimizerSGD
+
+    classifier = _classifier_checkpoint(tmp_path / "repopt.pt", block="repopt")
+    torch.manual_seed(1)
+    hs = build_trunk_detector("test", "hs", "test", 10, stem_stride=1)
+    save_checkpoint(tmp_path / "hs.pt", hs.state_dict(), {**det_meta(_config(block="hs"), list(range(1, 11)),
+                                                                      [str(d) for d in range(10)]), "fused": False})
+    for init in (str(tmp_path / "repopt.pt"), None):
+        cfg = _config(block="repopt", backbone_init=init)
+        cfg = replace(cfg, repopt=replace(cfg.repopt, hs_checkpoint=str(tmp_path / "hs.pt")))
+        torch.manual_seed(2)
+        det = build_model(cfg.model)
+        neck = {k: v.clone() for k, v in det.neck.state_dict().items()}
+        opt = build_det_optimizer(cfg, det, accumulate=1, per_process_batch=16, world_size=1)
+        assert isinstance(opt, RepOptimizerSGD) and opt.masks
+        trunk_kept = all(torch.equal(v, classifier.state_dict()[k]) for k, v in det.backbone.state_dict().items())
+        assert trunk_kept == (init is not None), init  # from scratch: the trunk starts from the scales too
+        assert any(not torch.equal(v, neck[k]) for k, v in det.neck.state_dict().items())  # re-initialised

@@ -136,6 +136,12 @@ def test_unknown_override_keys_fail_with_the_nearest_key(tmp_path, capsys):
     mm.check_cfg_options(cfg, {"model.backbone.frozen_stages": 1, "randomness.seed": 3, "auto_scale_lr.base_batch_size": 8})
     with pytest.raises(ValueError, match=r"unknown key 'train_cfg.max_iter' \(did you mean 'train_cfg.max_iters'\?\)"):
         mm.check_cfg_options(cfg, {"train_cfg.max_iter": 1})
+    # the RepOptimizer constructor's own paramwise key, which a RepOpt row of a non-RepOpt config adds
+    cfg = mm.load_config(ROOT / "configs" / "seg" / "fcn_qarepvgg-test_1xb4-2it_digits-canvas-32x32.py")
+    mm.check_cfg_options(cfg, {"optim_wrapper.paramwise_cfg.hs_checkpoint": "hs.pt"})
+    with pytest.raises(ValueError, match=r"'optim_wrapper.paramwise_cfg.hs_checkpont' \(did you mean "
+                                         r"'optim_wrapper.paramwise_cfg.hs_checkpoint'\?\)"):
+        mm.check_cfg_options(cfg, {"optim_wrapper.paramwise_cfg.hs_checkpont": "hs.pt"})
 
 
 @pytest.mark.parametrize("option, key", [("optim_wrapper.optimizer.lr=0.5", "optim_wrapper.optimizer.lr"),

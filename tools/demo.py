@@ -54,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> DemoOptions:
                    "work_dirs/demo_quick, --tiny work_dirs/demo_tiny); reused only under the same settings")
     p.add_argument("--cls-models", help="classifiers to train, from repvgg_custom,repvgg_normal,qarepvgg,repopt "
                    "(default repvgg_custom,qarepvgg,repopt; --quick repvgg_custom,qarepvgg)")
+    p.add_argument("--dense-blocks", help="blocks of the detection and segmentation rows, from repvgg,qarepvgg,repopt "
+                   "(default repvgg,qarepvgg; repopt adds its classifier, a Hyper-Search detector and its models)")
     p.add_argument("--jobs", type=int, default=2, help="stages run side by side, one thread each (default 2: "
                    "one per core of a 2-core machine); the numbers do not depend on it")
     p.add_argument("--threads", type=int, default=2, help="threads of the latency measurement (speed stages, "
@@ -64,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> DemoOptions:
     try:
         return DemoOptions(out=args.out, tasks=tasks, profile=profile, seeds=args.seeds, cls_epochs=args.cls_epochs,
                            det_epochs=args.det_epochs, threads=args.threads, jobs=args.jobs,
-                           cls_models=_names(args.cls_models))
+                           cls_models=_names(args.cls_models), dense_blocks=_names(args.dense_blocks))
     except ValueError as err:
         p.error(str(err))
 

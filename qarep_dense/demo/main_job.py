@@ -62,8 +62,11 @@ CLS_MODELS = {  # name -> (config, extra overrides); the RepOpt scales come from
 # Detection and segmentation fine-tune the classification stage's classifiers on the digit canvases (real
 # handwriting; qarep_dense.data.digits_canvas), as the paper's dense models start from ImageNet backbones:
 # each block's detector / segmentor starts from that block's classifier of the same seed.
-BACKBONE_OF = {"qarepvgg": "qarepvgg", "repvgg": "repvgg_custom"}  # dense block -> the classifier it starts from
-DENSE_BLOCKS = tuple(BACKBONE_OF)  # the blocks of every detection and segmentation row
+BACKBONE_OF = {"qarepvgg": "qarepvgg", "repvgg": "repvgg_custom", "repopt": "repopt"}  # dense block -> its classifier
+# The default dense rows: the story's pair. --dense-blocks adds RepOpt-VGG (about 25 more stage-minutes per seed on
+# a 2-core machine: its classifier, a Hyper-Search detector once, a detector and a segmentor per seed).
+DENSE_BLOCKS = ("repvgg", "qarepvgg")
+DENSE_PIPELINE_BLOCKS = ("repvgg", "qarepvgg")  # tools/quantize.py runs on these dense models (the story's pair)
 CANVAS_DATA = "digits_canvas"  # OUT/data/<this>: the canvases both dense tasks read (one export)
 STORY_MODELS = ("repvgg_custom", "qarepvgg")  # the comparison every run makes (verdict, figures, speed)
 # The default leaves out a row that adds no new finding, to keep the default shorter (--cls-models brings it
@@ -108,6 +111,7 @@ class DemoOptions:
     threads: int = 2  # for the latency measurement (the speed stages run alone)
     jobs: int = 2  # stages side by side, one thread each
     cls_models: list[str] | None = None  # default: the profile's
+    dense_blocks: list[str] | None = None  # default: DENSE_BLOCKS
 
     def __post_init__(self):
         if self.tasks is None:
@@ -129,7 +133,8 @@ class DemoOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name.replace('_', '-')} {value}: must be at least 1")
-        for name, known, needed in (("cls_models", CLS_MODELS, STORY_MODELS),):
+        for name, known, needed in (("cls_models", CLS_MODELS, STORY_MODELS),
+                                    ("dense_blocks", BACKBONE_OF, DENSE_BLOCKS)):
             chosen = getattr(self, name)
             if chosen is not None:
                 bad = [m for m in chosen if m not in known]
@@ -151,6 +156,7 @@ class Profile:
     cls_epochs: int
     det_epochs: int
     cls_models: tuple[str, ...] = tuple(CLS_MODELS)
+    dense_blocks: tuple[str, ...] = DENSE_BLOCKS
     cls_sets: list[str] = field(default_factory=list)
     cls_data: str = "digits"
     speed_repeats: int = 20
@@ -173,6 +179,8 @@ def make_profile(opts: DemoOptions) -> Profile:
         prof.cls_seeds = prof.det_seeds = list(opts.seeds)
     if opts.cls_models:  # in the table's order, whatever the command line's
         prof.cls_models = tuple(m for m in CLS_MODELS if m in opts.cls_models)
+    if opts.dense_blocks:
+        prof.dense_blocks = tuple(b for b in BACKBONE_OF if b in opts.dense_blocks)
     prof.cls_epochs = opts.cls_epochs if opts.cls_epochs is not None else prof.cls_epochs
     prof.det_epochs = opts.det_epochs if opts.det_epochs is not None else prof.det_epochs
     return prof
@@ -238,9 +246,7 @@ class Demo:
         base, data, models = self.out / "cls", self.cls_data(), self.prof.cls_models
         trains = [self.cls_data_stage()]
         if "repopt" in models:
-            trains.append(Stage("cls_train_hs", lambda: self.train(
-                "cls_train_hs", "cls", CLS_CONFIGS / "digits_hs.toml", base / "hs", self.cls_sets(0, data)),
-                ("cls_data",)))
+            trains.append(self.cls_hs_stage())
         measures: list[Stage] = []
         for seed in self.prof.cls_seeds:
             for name in models:
@@ -262,6 +268,12 @@ class Demo:
 
     def cls_data(self) -> Path:
         return self.out / "data" / self.prof.cls_data
+
+    def cls_hs_stage(self) -> Stage:
+        """The one Hyper-Search classifier whose scales every RepOpt-VGG model of the run trains with."""
+        return Stage("cls_train_hs", lambda: self.train(
+            "cls_train_hs", "cls", CLS_CONFIGS / "digits_hs.toml", self.out / "cls" / "hs",
+            self.cls_sets(0, self.cls_data())), ("cls_data",))
 
     def cls_data_stage(self) -> Stage:
         """The classification data, written once (with the first model's config) before any training."""
@@ -330,10 +342,14 @@ class Demo:
         return self.out / "cls" / name / "last.pt", f"cls_train_{name}"
 
     def det_sets(self, block: str, seed: int) -> list[str]:
+        """The detection overrides of ``block`` (or "hs": the Hyper-Search detector of the RepOpt row, from the
+        Hyper-Search classifier) and ``seed``; RepOpt's masks come from the Hyper-Search detector."""
         _, extra = self.det_config(block)
+        init = self.out / "cls" / "hs" / "last.pt" if block == "hs" else self.classifier(block, seed)[0]
+        hs = [f"repopt.hs_checkpoint={self.out / 'det' / 'hs' / 'best.pt'}"] if block == "repopt" else []
         return [*extra, f"optim.epochs={self.prof.det_epochs}", f"train.seed={seed}",
                 f"data.root={self.canvas_data()}", "train.deterministic=true", "data.workers=0",
-                "train.progress=false", f"model.backbone_init={self.classifier(block, seed)[0]}"]
+                "train.progress=false", f"model.backbone_init={init}", *hs]
 
     def dense_data_stage(self) -> Stage:
         """The canvases, written once (by the detection config's export; the segmentation configs read the same
@@ -352,14 +368,23 @@ class Demo:
         """The classifiers the ``task`` models start from (the classification section lists the same stages:
         the driver keeps one per name), the canvases, then per seed and block ``train(stage, block, seed, work)``
         and the seed's measurements."""
+        blocks = self.prof.dense_blocks
         jobs = [self.cls_data_stage(), *(self.cls_train_stage(BACKBONE_OF[b], s) for s in self.prof.det_seeds
-                                         for b in DENSE_BLOCKS), self.dense_data_stage()]
+                                         for b in blocks), self.dense_data_stage()]
+        hs_after: tuple[str, ...] = ()
+        if "repopt" in blocks:
+            jobs.append(self.cls_hs_stage())
+            if task == "det":  # the detector's masks: one Hyper-Search detector, from the Hyper-Search classifier
+                jobs.append(Stage("det_train_hs", lambda: self.det_train("det_train_hs", "hs", 0,
+                                                                         self.out / "det" / "hs"),
+                                  ("canvas_data", "cls_train_hs")))
+                hs_after = ("det_train_hs",)
         for seed in self.prof.det_seeds:
-            for block in DENSE_BLOCKS:
+            for block in blocks:
                 stage, work = f"{task}_train_{block}_s{seed}", self.out / task / f"{block}_s{seed}"
-                jobs.append(Stage(stage, lambda st=stage, b=block, s=seed, w=work: train(st, b, s, w),
-                                  ("canvas_data", self.classifier(block, seed)[1])))
-            jobs += self.dense_measure_stages(task, seed, DENSE_BLOCKS)
+                after = ("canvas_data", self.classifier(block, seed)[1], *(hs_after if block == "repopt" else ()))
+                jobs.append(Stage(stage, lambda st=stage, b=block, s=seed, w=work: train(st, b, s, w), after))
+            jobs += self.dense_measure_stages(task, seed, blocks)
         return jobs
 
     def det_train(self, stage: str, block: str, seed: int, work: Path) -> dict:
@@ -376,6 +401,8 @@ class Demo:
             f"{task}_ptq_s{seed}", task, [self.dense_checkpoint(w) for w in works], base / f"ptq_s{seed}",
             DENSE_PTQ_BATCH, self.canvas_data()), trains)]
         for block, work, train in zip(blocks, works, trains):
+            if block not in DENSE_PIPELINE_BLOCKS:
+                continue
             stage = f"{task}_pipeline_{block}_s{seed}"
             jobs.append(Stage(stage, lambda w=work, st=stage: self.in_process(
                 st, stage_jobs.quantize_pipeline, str(self.dense_checkpoint(w)), str(self.canvas_data()),
@@ -401,6 +428,9 @@ class Demo:
             config, options = self.seg_config(block)
             init = dict(type="Pretrained", checkpoint=str(self.classifier(block, seed)[0]))
             options = {**options, "randomness.seed": seed, "model.backbone.init_cfg": init}
+            if block == "repopt":  # the masks its classifier was trained with: the run's Hyper-Search classifier
+                options.update({"optim_wrapper.constructor": "RepOptimizerConstructor",
+                                "optim_wrapper.paramwise_cfg.hs_checkpoint": str(self.out / "cls" / "hs" / "best.pt")})
             self.in_process(stage, stage_jobs.train_seg, str(config), str(work), str(self.canvas_data()), options,
                             any(work.glob("iter_*.pth")))
         results = json.loads((work / "results.json").read_text())
@@ -465,6 +495,7 @@ class Demo:
         p = self.prof
         return {"profile": p.name, "cls_epochs": p.cls_epochs, "det_epochs": p.det_epochs, "cls_recipe": CLS_RECIPE,
                 "cls_sets": p.cls_sets, "cls_data": p.cls_data, "dense_recipe": DENSE_RECIPE,
+                "cls_quantize": cls_quantize_setting(),
                 "stage_threads": STAGE_THREADS}  # a training's numbers depend on its thread count
 
     def check_settings(self) -> None:
@@ -521,6 +552,14 @@ class Demo:
         return path
 
 
+def cls_quantize_setting() -> str:
+    """The classifiers' quantize search as a command line: its default bias correction, which corrects the few
+    best candidates (a folder made when it corrected all of them is not reused)."""
+    from ..tasks.quantize_pipeline import BIAS_CORRECTION
+
+    return f"--int8-only --max-drop 1 --bias-correction auto ({BIAS_CORRECTION['auto'][1]} best corrected)"
+
+
 def vars_for_summary(demo: Demo) -> dict:
     p = demo.prof
     size = f"{CLS_IMAGE_SIZE}x{CLS_IMAGE_SIZE}"
@@ -528,6 +567,6 @@ def vars_for_summary(demo: Demo) -> dict:
     return {"cls_data": data, "cls_seeds": p.cls_seeds, "det_seeds": p.det_seeds, "cls_epochs": p.cls_epochs,
             "det_epochs": p.det_epochs, "cls_recipe": CLS_RECIPE, "profile": p.name,
             "reused_stages": len(demo.stages.reused), "threads": demo.opts.threads, "jobs": demo.opts.jobs,
-            "cls_models": list(p.cls_models), "det_blocks": list(DENSE_BLOCKS), "seg_seeds": p.det_seeds,
+            "cls_models": list(p.cls_models), "det_blocks": list(p.dense_blocks), "seg_seeds": p.det_seeds,
             "canvas_data": "digit canvases, 32x32 (toy)" if p.tiny else CANVAS_TEXT,
             "dense_quantize": DENSE_RECIPE["quantize"]}

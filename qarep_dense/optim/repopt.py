@@ -116,13 +116,16 @@ class RepOptimizerSGD(torch.optim.Optimizer):
 
 
 def build_repopt_sgd(model: nn.Module, hs_model: nn.Module, lr: float, momentum: float = 0.9,
-                     weight_decay: float = 0.0, nesterov: bool = False, reinit: bool = True) -> RepOptimizerSGD:
+                     weight_decay: float = 0.0, nesterov: bool = False, reinit: bool = True,
+                     keep: tuple[str, ...] = ()) -> RepOptimizerSGD:
     """Scales from ``hs_model`` -> (optionally) re-initialise the "repopt" ``model`` -> its RepOptimizer.
 
     Call after moving ``model`` to its device. On resume pass ``reinit=False`` and load the optimizer state.
+    keep: module-name prefixes whose targets keep their weights when re-initialising (a backbone loaded from a
+    RepOpt-VGG classifier was trained under RepOptimizer already; mmseg's constructor keeps it the same way).
     """
     scales = extract_scales(hs_model)
     if reinit:
-        init_target_from_scales(model, scales)
+        init_target_from_scales(model, {n: s for n, s in scales.items() if not n.startswith(keep)} if keep else scales)
     return RepOptimizerSGD(param_groups(model, weight_decay), lr, momentum, weight_decay, nesterov,
                            masks=gradient_masks(model, scales))

@@ -121,7 +121,11 @@ def build_det_optimizer(cfg: DetConfig, model: nn.Module, accumulate: int, per_p
     if cfg.repopt.hs_checkpoint:
         hs_model = load_hs_model(cfg.repopt.hs_checkpoint, "det", scale=cfg.model.scale)
         device = next(model.parameters()).device
-        return build_repopt_sgd(model, hs_model.to(device), base_lr(cfg), o.momentum, wd, o.nesterov, reinit=reinit)
+        # a trunk started from a RepOpt-VGG classifier (model.backbone_init) keeps its weights; the neck and head
+        # start from the scales, as a from-scratch RepOpt detector does
+        keep = ("backbone.",) if cfg.model.backbone_init else ()
+        return build_repopt_sgd(model, hs_model.to(device), base_lr(cfg), o.momentum, wd, o.nesterov, reinit=reinit,
+                                keep=keep)
     return torch.optim.SGD(param_groups(model, wd), lr=base_lr(cfg), momentum=o.momentum, nesterov=o.nesterov,
                            weight_decay=0.0)
 

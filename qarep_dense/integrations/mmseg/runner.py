@@ -24,8 +24,9 @@ from ...engine.checkpoint import check_resume_config as check_changes
 
 log = logging.getLogger(__name__)
 
-# Keys an object takes although its constructor does not list them (the optimizer-wrapper constructor's).
-_EXTRA_KEYS = {"optim_wrapper": ("constructor", "paramwise_cfg")}
+# Keys an object takes although its constructor does not list them: the optimizer-wrapper constructor's, and
+# the RepOptimizerConstructor's (registrations.py) in paramwise_cfg.
+_EXTRA_KEYS = {"optim_wrapper": ("constructor", "paramwise_cfg"), "optim_wrapper.paramwise_cfg": ("hs_checkpoint",)}
 
 
 def _runner_keys() -> set[str]:
