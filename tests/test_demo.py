@@ -493,13 +493,18 @@ def test_repopt_dense_rows_come_on_request_with_their_hyper_search_models(tmp_pa
     default = Demo(DemoOptions(out=tmp_path / "d", tasks=["det", "seg"]))
     assert not any("repopt" in st.name or "hs" in st.name for st in default.det_jobs() + default.seg_jobs())
     demo = Demo(DemoOptions(out=tmp_path, tasks=["det", "seg"], dense_blocks=["repopt", "qarepvgg", "repvgg"]))
-    assert demo.prof.dense_blocks == ("qarepvgg", "repvgg", "repopt")  # BACKBONE_OF's order
+    assert demo.prof.dense_blocks == ("repvgg", "qarepvgg", "repopt")  # BACKBONE_OF's order
+    pair = Demo(DemoOptions(out=tmp_path / "p", tasks=["det"], dense_blocks=["qarepvgg", "repvgg"]))
+    assert {"det_ptq_s0", "det_mechanism_s0"} <= {st.name for st in pair.det_jobs()}  # the default's stages
     stages = {st.name: st for st in demo.det_jobs() + demo.seg_jobs()}
     assert stages["det_train_hs"].after == ("canvas_data", "cls_train_hs")
     assert stages["det_train_repopt_s0"].after == ("canvas_data", "cls_train_repopt_s0", "det_train_hs")
     assert stages["seg_train_repopt_s0"].after == ("canvas_data", "cls_train_repopt_s0")
     assert stages["cls_train_repopt_s0"].after == ("cls_data", "cls_train_hs") and "cls_train_hs" in stages
     assert "det_pipeline_repopt_s0" not in stages and "det_pipeline_qarepvgg_s0" in stages  # the story pair only
+    # measured together under names of their own: a folder of the pair's run measures all three anew
+    assert {"det_ptq_s0_repvgg-qarepvgg-repopt", "seg_mechanism_s0_repvgg-qarepvgg-repopt"} <= set(stages)
+    assert "det_ptq_s0" not in stages
     hs = tmp_path / "cls" / "hs"
     assert f"model.backbone_init={hs / 'last.pt'}" in demo.det_sets("hs", 0)
     sets = demo.det_sets("repopt", 0)

@@ -34,7 +34,7 @@ from . import cls_story, stage_jobs
 from .processes import run_in_process, stop_on_signals
 from .speed import measure_speed
 from .stages import Stage, StageRunner
-from .results import RESULTS_FILE, write_results
+from .results import DENSE_PAIR, RESULTS_FILE, dense_stage, write_results
 from .summary import render_summary
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: tools/ and configs/ live beside the package
@@ -62,10 +62,10 @@ CLS_MODELS = {  # name -> (config, extra overrides); the RepOpt scales come from
 # Detection and segmentation fine-tune the classification stage's classifiers on the digit canvases (real
 # handwriting; qarep_dense.data.digits_canvas), as the paper's dense models start from ImageNet backbones:
 # each block's detector / segmentor starts from that block's classifier of the same seed.
-BACKBONE_OF = {"qarepvgg": "qarepvgg", "repvgg": "repvgg_custom", "repopt": "repopt"}  # dense block -> its classifier
+BACKBONE_OF = {"repvgg": "repvgg_custom", "qarepvgg": "qarepvgg", "repopt": "repopt"}  # dense block -> its classifier
 # The default dense rows: the story's pair. --dense-blocks adds RepOpt-VGG (about 25 more stage-minutes per seed on
 # a 2-core machine: its classifier, a Hyper-Search detector once, a detector and a segmentor per seed).
-DENSE_BLOCKS = ("repvgg", "qarepvgg")
+DENSE_BLOCKS = DENSE_PAIR
 DENSE_PIPELINE_BLOCKS = ("repvgg", "qarepvgg")  # tools/quantize.py runs on these dense models (the story's pair)
 CANVAS_DATA = "digits_canvas"  # OUT/data/<this>: the canvases both dense tasks read (one export)
 STORY_MODELS = ("repvgg_custom", "qarepvgg")  # the comparison every run makes (verdict, figures, speed)
@@ -397,9 +397,10 @@ class Demo:
         base = self.out / task
         trains = tuple(f"{task}_train_{b}_s{seed}" for b in blocks)
         works = [base / f"{b}_s{seed}" for b in blocks]
-        jobs = [Stage(f"{task}_ptq_s{seed}", lambda: self.ptq_table(
-            f"{task}_ptq_s{seed}", task, [self.dense_checkpoint(w) for w in works], base / f"ptq_s{seed}",
-            DENSE_PTQ_BATCH, self.canvas_data()), trains)]
+        ptq = dense_stage("ptq", task, seed, blocks)  # its folder: the name without the task
+        jobs = [Stage(ptq, lambda: self.ptq_table(ptq, task, [self.dense_checkpoint(w) for w in works],
+                                                  base / ptq[len(task) + 1:], DENSE_PTQ_BATCH, self.canvas_data()),
+                      trains)]
         for block, work, train in zip(blocks, works, trains):
             if block not in DENSE_PIPELINE_BLOCKS:
                 continue
@@ -407,10 +408,10 @@ class Demo:
             jobs.append(Stage(stage, lambda w=work, st=stage: self.in_process(
                 st, stage_jobs.quantize_pipeline, str(self.dense_checkpoint(w)), str(self.canvas_data()),
                 str(w / "quantize"), 1.0, DENSE_CALIBRATORS, DENSE_BIAS_CORRECTION), (train,)))
-        stage = f"{task}_mechanism_s{seed}"
+        stage = dense_stage("mechanism", task, seed, blocks)
         pairs = {b: (str(self.classifier(b, seed)[0]), str(w / "last.pt")) for b, w in zip(blocks, works)}
         jobs.append(Stage(stage, lambda: self.in_process(
-            stage, stage_jobs.dense_mechanism, task, pairs, str(base / f"mechanism_s{seed}.png"),
+            stage, stage_jobs.dense_mechanism, task, pairs, str(base / f"{stage[len(task) + 1:]}.png"),
             f"{task} backbones of seed {seed}: largest fused weight per stage, classifier -> fine-tuned "
             "(numbers: near-dead identity channels)"), trains))
         return jobs

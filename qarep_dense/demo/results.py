@@ -28,6 +28,15 @@ from .verdict import format_range, seed_range
 RESULTS_FILE = "results.json"
 TASK_TITLES = {"cls": "Classification", "det": "Detection", "seg": "Segmentation"}
 ROW_FIELDS = ("model", "block", "seed", "fp32", "int8", "int8_ort", "pipeline_int8", "metric")
+DENSE_PAIR = ("repvgg", "qarepvgg")  # the blocks of every detection and segmentation run (--dense-blocks adds more)
+
+
+def dense_stage(kind: str, task: str, seed: int, blocks) -> str:
+    """The name of a stage that measures several dense models together ("ptq", "mechanism"): the pair's plain
+    name, or with the blocks in it when there are more, so a folder rerun with more blocks measures them all
+    anew rather than reusing a table without them."""
+    name = f"{task}_{kind}_s{seed}"
+    return name if set(blocks) <= set(DENSE_PAIR) else f"{name}_{'-'.join(blocks)}"
 VALUE_FIELDS = ("fp32", "int8", "int8_ort", "pipeline_int8")
 COLUMNS = {"fp32": "FP32 (fused model)",
            "int8": "W8A8 post-training quantization of the fused model, fake-quantized in PyTorch (see \"int8\")",
@@ -86,7 +95,8 @@ def _ptq_rows(records: dict, task: str, tables: list[tuple[str, int]]) -> list[d
 
 
 def _ptq_stages(task: str, info: dict) -> list[tuple[str, int]]:
-    return [(f"{task}_ptq_s{s}", s) for s in info["det_seeds"]]  # the segmentors train the detectors' seeds
+    blocks = info.get("det_blocks", DENSE_PAIR)  # the segmentors train the detectors' seeds and blocks
+    return [(dense_stage("ptq", task, s, blocks), s) for s in info["det_seeds"]]
 
 
 def build_rows(records: dict, tasks: list[str], info: dict) -> dict[str, list[dict]]:

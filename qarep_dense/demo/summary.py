@@ -8,7 +8,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from .results import build_rows, calibration_text, int8_settings, markdown_table, task_table
+from .results import DENSE_PAIR, build_rows, calibration_text, dense_stage, int8_settings, markdown_table, task_table
 from .verdict import DENSE_CRITERIA, Criteria, format_range, seed_range, verdict
 
 SECTIONS = ("Classification", "Detection", "Segmentation", "Speed", "Pictures")
@@ -131,9 +131,13 @@ DENSE_TEXT = {
 
 def _dense_section(out: Path, records: dict, info: dict, rows: list[dict], how: dict, task: str) -> list[str]:
     """Detection or segmentation: each block's model fine-tuned from that block's classifier of the same seed."""
-    seeds = info["det_seeds"]
+    seeds, blocks = info["det_seeds"], info.get("det_blocks", DENSE_PAIR)
     if not rows:
         return task_table(rows)
+
+    def ptq(seed: int) -> str:
+        return dense_stage("ptq", task, seed, blocks)
+
     lines = [DENSE_TEXT[task].format(epochs=info["det_epochs"]) + f", on {info.get('canvas_data', 'digit canvases')}, "
              f"seeds {seeds}: RepVGG starts from the RepVGG (custom L2) classifier, QARepVGG from the QARepVGG one"
              + ("; RepOpt-VGG from the RepOpt-VGG one, trained with RepOptimizer (detection: the masks of one "
@@ -143,12 +147,12 @@ def _dense_section(out: Path, records: dict, info: dict, rows: list[dict], how: 
              "QDQ export run by ONNX Runtime. The table is results.json's rows.", ""]
     lines += [*task_table(rows), "", f"**Verdict over these seeds** (RepVGG vs QARepVGG, max calibration): "
               f"{_story_verdict(rows, seeds, DENSE_STORY, DENSE_CRITERIA[task])}.", "",
-              f"Integer convs in ONNX Runtime: {_ort_convs(records, [f'{task}_ptq_s{s}' for s in seeds])}.", "",
-              "Per-seed tables: " + ", ".join(f"[seed {s}]({_rel(records[f'{task}_ptq_s{s}']['table'], out)})"
-                                              for s in seeds if f"{task}_ptq_s{s}" in records)]
+              f"Integer convs in ONNX Runtime: {_ort_convs(records, [ptq(s) for s in seeds])}.", "",
+              "Per-seed tables: " + ", ".join(f"[seed {s}]({_rel(records[ptq(s)]['table'], out)})"
+                                              for s in seeds if ptq(s) in records)]
     lines += _pipeline_table(out, records, task, rows, seeds, info.get("dense_quantize", "--int8-only --max-drop 1"))
     for seed in seeds:
-        mech = records.get(f"{task}_mechanism_s{seed}")
+        mech = records.get(dense_stage("mechanism", task, seed, blocks))
         if mech:
             cells = [[b, r0["stage"], f"{r0['dead']} -> {r1['dead']}",
                       f"{r0['max_fused_weight']:.3g} -> {r1['max_fused_weight']:.3g}"]
