@@ -16,6 +16,11 @@ settings for every model) and evaluated on the validation canvases (digits no cl
     python benchmarks/bench_dense_study.py --seeds 0 1 --recipes base                  # screening
     OMP_NUM_THREADS=1 nohup python benchmarks/bench_dense_study.py --seeds 0 1 2 3 4 &  # the 5-seed study
     python benchmarks/bench_dense_study.py --report-only                               # tables of what finished
+    python benchmarks/bench_dense_study.py --rows pretrained --pipeline                # + the quantize search
+
+``--pipeline`` runs the main job's quantize search (``tools/quantize.py --int8-only --max-drop 1`` with the
+dense tasks' calibrators and bias correction) on every pretrained row into WORK/pipeline/ and adds its all-INT8
+result to the tables, with the count of seeds it brought within 1 point of FP32.
 
 Finished runs are reused (each run folder's results.json and dense_ptq.json); the tables are rebuilt from the
 run folders after every run, so two invocations (say ``--tasks det`` and ``--tasks seg``) may share a work dir.
