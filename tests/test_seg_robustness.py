@@ -220,3 +220,20 @@ def test_integration_imports_nothing_above_it():
             assert not any(name == f"qarep_dense.{a}" or name.startswith(f"qarep_dense.{a}.") for a in above), \
                 f"{path.relative_to(ROOT)} imports {name}"
     assert "qarep_dense.engine.checkpoint" in _absolute_imports(files[[f.name for f in files].index("registrations.py")])
+
+
+def test_calibration_loader_reads_the_same_images_on_every_pass(tmp_path):
+    # Every model a PTQ table measures with one evaluator must calibrate on the same images; a shuffled
+    # loader that reshuffles per pass gave the second model of a table other images than the first.
+    from qarep_dense.data.synthetic.cityscapes import generate_cityscapes
+    from torch.utils.data import DataLoader
+
+    root = generate_cityscapes(tmp_path / "city", num_train=7, num_val=2, size=(32, 64), seed=5)
+    _, calib, _ = mm.seg_loaders(mm.load_config(CONFIG), root, batch_size=2)
+    passes = [torch.cat([images for images, _ in calib]) for _ in range(3)]
+    assert all(torch.equal(passes[0], p) for p in passes[1:])
+    assert not torch.equal(passes[0], torch.cat([images for images, _ in DataLoader(
+        calib.dataset, 2, shuffle=False, collate_fn=calib.collate_fn)]))  # shuffled, not the file order
+    # the order is the first pass of the per-pass shuffle it replaces, so earlier first-pass numbers stand
+    old = DataLoader(list(range(7)), 2, shuffle=True, generator=torch.Generator().manual_seed(0))
+    assert [int(i) for batch in old for i in batch] == mm.shuffled_order(7, 0) == list(calib.sampler)

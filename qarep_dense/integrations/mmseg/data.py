@@ -106,9 +106,22 @@ def build_dataset(ds_cfg: dict):
         return DATASETS.build(ds_cfg)
 
 
+def shuffled_order(n: int, seed: int) -> list[int]:
+    """One fixed shuffle of ``n`` indices: the order a ``DataLoader(shuffle=True,
+    generator=torch.Generator().manual_seed(seed))`` reads on its first pass (its iterator draws a base seed
+    from the generator, then the sampler a permutation), so calibrations made before every pass read it stay
+    reproducible."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.empty((), dtype=torch.int64).random_(generator=generator)
+    return torch.randperm(n, generator=generator).tolist()
+
+
 def seg_loaders(cfg: Config, data_root: str | Path | None, batch_size: int, workers: int = 0, seed: int = 0):
     """(validation loader, shuffled calibration loader on the train split, dataset metainfo), both
-    through the config's evaluation pipeline; the files are checked first (errors name them)."""
+    through the config's evaluation pipeline; the files are checked first (errors name them).
+
+    The calibration loader reads the same shuffled order on every pass (as the classification and detection
+    loaders do), so every model measured with one evaluator calibrates on the same images."""
     from torch.utils.data import DataLoader
 
     loaders, meta = [], None
@@ -117,8 +130,9 @@ def seg_loaders(cfg: Config, data_root: str | Path | None, batch_size: int, work
         check_dataset_files(ds_cfg)
         dataset = build_dataset(ds_cfg)
         meta = meta or dataset.metainfo
-        loaders.append(DataLoader(dataset, batch_size, shuffle=split == "train", num_workers=workers,
-                                  collate_fn=collate_seg, generator=torch.Generator().manual_seed(seed)))
+        order = shuffled_order(len(dataset), seed) if split == "train" else None  # a list is a valid sampler
+        loaders.append(DataLoader(dataset, batch_size, sampler=order, num_workers=workers, collate_fn=collate_seg,
+                                  generator=torch.Generator().manual_seed(seed)))
     return loaders[0], loaders[1], meta
 
 
@@ -135,4 +149,4 @@ def iou_metric_factory(metainfo: dict, ignore_index: int = 255):
 
 
 __all__ = ["check_dataset_files", "preprocess_of", "dataset_cfg", "collate_seg", "build_dataset", "seg_loaders",
-           "iou_metric_factory"]
+           "shuffled_order", "iou_metric_factory"]
