@@ -190,13 +190,12 @@ def pipeline_row(run: Path, out: Path, data_root: Path) -> dict:
 
 
 def pipeline_fields(out: Path) -> dict | None:
-    """What the tables show of a finished pipeline report in ``out`` (None when there is none)."""
+    """The main job's fields of a finished pipeline report in ``out`` (None when there is none)."""
     if not (out / "report.json").is_file():
         return None
-    report = json.loads((out / "report.json").read_text())
-    return {"fp32": report["fp32"], "int8": report["int8"], "drop": report["drop"], "budget_met": report["budget_met"],
-            "is_int8": report["is_int8"], "candidate": report["chosen"]["candidate"],
-            "seconds": report["seconds"]["total"]}
+    from qarep_dense.demo import stage_jobs
+
+    return stage_jobs.pipeline_fields(json.loads((out / "report.json").read_text()), out)
 
 
 # --- the report ----------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ def _run(work: Path, seed: int, block: str, fp32: float, int8: float, pipeline: 
         out = study.pipeline_dir(work, "base", "det", "pretrained", seed, block)
         out.mkdir(parents=True)
         (out / "report.json").write_text(json.dumps({
-            "fp32": fp32, "int8": value, "drop": fp32 - value, "budget_met": met, "is_int8": True,
+            "fp32": fp32, "int8": value, "int8_ort": value, "drop": fp32 - value, "budget_met": met, "is_int8": True,
             "chosen": {"candidate": "mse+repair"}, "seconds": {"total": 60.0}}))
 
 

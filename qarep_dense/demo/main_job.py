@@ -66,7 +66,7 @@ BACKBONE_OF = {"repvgg": "repvgg_custom", "qarepvgg": "qarepvgg", "repopt": "rep
 # The default dense rows: the story's pair. --dense-blocks adds RepOpt-VGG (about 25 more stage-minutes per seed on
 # a 2-core machine: its classifier, a Hyper-Search detector once, a detector and a segmentor per seed).
 DENSE_BLOCKS = DENSE_PAIR
-DENSE_PIPELINE_BLOCKS = ("repvgg", "qarepvgg")  # tools/quantize.py runs on these dense models (the story's pair)
+DENSE_PIPELINE_BLOCKS = DENSE_PAIR  # tools/quantize.py runs on these dense models (the story's pair)
 CANVAS_DATA = "digits_canvas"  # OUT/data/<this>: the canvases both dense tasks read (one export)
 STORY_MODELS = ("repvgg_custom", "qarepvgg")  # the comparison every run makes (verdict, figures, speed)
 # The default leaves out a row that adds no new finding, to keep the default shorter (--cls-models brings it
@@ -269,10 +269,14 @@ class Demo:
     def cls_data(self) -> Path:
         return self.out / "data" / self.prof.cls_data
 
+    def hs_work(self, task: str) -> Path:
+        """The folder of the run's one Hyper-Search model of ``task`` ("cls", "det"), whose scales drive RepOpt."""
+        return self.out / task / "hs"
+
     def cls_hs_stage(self) -> Stage:
         """The one Hyper-Search classifier whose scales every RepOpt-VGG model of the run trains with."""
         return Stage("cls_train_hs", lambda: self.train(
-            "cls_train_hs", "cls", CLS_CONFIGS / "digits_hs.toml", self.out / "cls" / "hs",
+            "cls_train_hs", "cls", CLS_CONFIGS / "digits_hs.toml", self.hs_work("cls"),
             self.cls_sets(0, self.cls_data())), ("cls_data",))
 
     def cls_data_stage(self) -> Stage:
@@ -287,7 +291,7 @@ class Demo:
         stage, work = f"cls_train_{name}_s{seed}", self.out / "cls" / f"{name}_s{seed}"
         sets, after = [*self.cls_sets(seed, self.cls_data()), *extra], ("cls_data",)
         if name == "repopt":
-            sets, after = [*sets, f"repopt.hs_checkpoint={self.out / 'cls' / 'hs' / 'best.pt'}"], ("cls_data",
+            sets, after = [*sets, f"repopt.hs_checkpoint={self.hs_work('cls') / 'best.pt'}"], ("cls_data",
                                                                                                     "cls_train_hs")
         return Stage(stage, lambda: self.train(stage, "cls", CLS_CONFIGS / config, work, sets), after)
 
@@ -345,8 +349,8 @@ class Demo:
         """The detection overrides of ``block`` (or "hs": the Hyper-Search detector of the RepOpt row, from the
         Hyper-Search classifier) and ``seed``; RepOpt's masks come from the Hyper-Search detector."""
         _, extra = self.det_config(block)
-        init = self.out / "cls" / "hs" / "last.pt" if block == "hs" else self.classifier(block, seed)[0]
-        hs = [f"repopt.hs_checkpoint={self.out / 'det' / 'hs' / 'best.pt'}"] if block == "repopt" else []
+        init = self.hs_work("cls") / "last.pt" if block == "hs" else self.classifier(block, seed)[0]
+        hs = [f"repopt.hs_checkpoint={self.hs_work('det') / 'best.pt'}"] if block == "repopt" else []
         return [*extra, f"optim.epochs={self.prof.det_epochs}", f"train.seed={seed}",
                 f"data.root={self.canvas_data()}", "train.deterministic=true", "data.workers=0",
                 "train.progress=false", f"model.backbone_init={init}", *hs]
@@ -375,8 +379,7 @@ class Demo:
         if "repopt" in blocks:
             jobs.append(self.cls_hs_stage())
             if task == "det":  # the detector's masks: one Hyper-Search detector, from the Hyper-Search classifier
-                jobs.append(Stage("det_train_hs", lambda: self.det_train("det_train_hs", "hs", 0,
-                                                                         self.out / "det" / "hs"),
+                jobs.append(Stage("det_train_hs", lambda: self.det_train("det_train_hs", "hs", 0, self.hs_work("det")),
                                   ("canvas_data", "cls_train_hs")))
                 hs_after = ("det_train_hs",)
         for seed in self.prof.det_seeds:
@@ -431,7 +434,7 @@ class Demo:
             options = {**options, "randomness.seed": seed, "model.backbone.init_cfg": init}
             if block == "repopt":  # the masks its classifier was trained with: the run's Hyper-Search classifier
                 options.update({"optim_wrapper.constructor": "RepOptimizerConstructor",
-                                "optim_wrapper.paramwise_cfg.hs_checkpoint": str(self.out / "cls" / "hs" / "best.pt")})
+                                "optim_wrapper.paramwise_cfg.hs_checkpoint": str(self.hs_work("cls") / "best.pt")})
             self.in_process(stage, stage_jobs.train_seg, str(config), str(work), str(self.canvas_data()), options,
                             any(work.glob("iter_*.pth")))
         results = json.loads((work / "results.json").read_text())

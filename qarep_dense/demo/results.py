@@ -29,14 +29,6 @@ RESULTS_FILE = "results.json"
 TASK_TITLES = {"cls": "Classification", "det": "Detection", "seg": "Segmentation"}
 ROW_FIELDS = ("model", "block", "seed", "fp32", "int8", "int8_ort", "pipeline_int8", "metric")
 DENSE_PAIR = ("repvgg", "qarepvgg")  # the blocks of every detection and segmentation run (--dense-blocks adds more)
-
-
-def dense_stage(kind: str, task: str, seed: int, blocks) -> str:
-    """The name of a stage that measures several dense models together ("ptq", "mechanism"): the pair's plain
-    name, or with the blocks in it when there are more, so a folder rerun with more blocks measures them all
-    anew rather than reusing a table without them."""
-    name = f"{task}_{kind}_s{seed}"
-    return name if set(blocks) <= set(DENSE_PAIR) else f"{name}_{'-'.join(blocks)}"
 VALUE_FIELDS = ("fp32", "int8", "int8_ort", "pipeline_int8")
 COLUMNS = {"fp32": "FP32 (fused model)",
            "int8": "W8A8 post-training quantization of the fused model, fake-quantized in PyTorch (see \"int8\")",
@@ -92,6 +84,14 @@ def _ptq_rows(records: dict, task: str, tables: list[tuple[str, int]]) -> list[d
                 "fp32": r["fp32"], "int8": r["int8"], "int8_ort": r.get("ort_int8"),
                 "pipeline_int8": _pipeline_int8(records, task, model, seed)}))
     return rows
+
+
+def dense_stage(kind: str, task: str, seed: int, blocks) -> str:
+    """The name of a stage that measures several dense models together ("ptq", "mechanism"): the pair's plain
+    name, or with the blocks in it when there are more, so a folder rerun with more blocks measures them all
+    anew rather than reusing a table without them."""
+    name = f"{task}_{kind}_s{seed}"
+    return name if set(blocks) <= set(DENSE_PAIR) else f"{name}_{'-'.join(blocks)}"
 
 
 def _ptq_stages(task: str, info: dict) -> list[tuple[str, int]]:

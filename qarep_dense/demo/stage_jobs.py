@@ -100,9 +100,14 @@ def quantize_pipeline(deploy_path: str, data_root: str, out: str, max_drop: floa
                                                  bias_correction=bias_correction, backend=backend,
                                                  **({"calibrators": tuple(calibrators)} if calibrators else {}),
                                                  latency_repeats=1, progress=False))
+    return pipeline_fields(report, out)
+
+
+def pipeline_fields(report: dict, out: str | Path) -> dict:
+    """What the main job's tables show of a quantize report (report.json's dict) written into ``out``."""
     return {"fp32": report["fp32"], "int8": report["int8"], "int8_ort": report["int8_ort"], "drop": report["drop"],
-            "budget_met": report["budget_met"], "candidate": report["chosen"]["candidate"],
-            "report": str(Path(out) / "report.md")}
+            "budget_met": report["budget_met"], "is_int8": report["is_int8"],
+            "candidate": report["chosen"]["candidate"], "report": str(Path(out) / "report.md")}
 
 
 def checkpoint_mechanism(checkpoint: str, task: str) -> list[dict]:

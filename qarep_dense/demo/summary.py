@@ -142,7 +142,7 @@ def _dense_section(out: Path, records: dict, info: dict, rows: list[dict], how: 
              f"seeds {seeds}: RepVGG starts from the RepVGG (custom L2) classifier, QARepVGG from the QARepVGG one"
              + ("; RepOpt-VGG from the RepOpt-VGG one, trained with RepOptimizer (detection: the masks of one "
                 "Hyper-Search detector, det/hs; segmentation: those of the classifiers' Hyper-Search run)"
-                if "repopt" in info.get("det_blocks", ()) else "") + ". "
+                if "repopt" in blocks else "") + ". "
              f"INT8 = W8A8 PTQ of the fused model ({calibration_text(how)}), the same for every model; ORT INT8 = the "
              "QDQ export run by ONNX Runtime. The table is results.json's rows.", ""]
     lines += [*task_table(rows), "", f"**Verdict over these seeds** (RepVGG vs QARepVGG, max calibration): "

@@ -204,13 +204,6 @@ def corrected_twins(results: Sequence[CandidateResult], k: int) -> list[Candidat
     return [t for t in (replace(r.spec, bias_correction=True) for r in ranked) if t not in done]
 
 
-def _then(first: Sequence[CandidateSpec], more: Callable[[], Sequence[CandidateSpec]] | None):
-    """``first``, then what ``more()`` returns once ``first`` has been consumed."""
-    yield from first
-    if more is not None:
-        yield from more()
-
-
 def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     """Spearman rank correlation (average ranks for ties); None for fewer than 3 pairs or a constant side."""
     if len(xs) != len(ys) or len(xs) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
@@ -261,8 +254,13 @@ def run_search(fused: nn.Module, data: SearchData, preprocess: Preprocess, specs
     floats: dict[str, tuple[nn.Module, dict, float]] = {}
     calibrated: dict[CandidateSpec, tuple[nn.Module, float]] = {}  # uncorrected candidates: (model, seconds)
     results, models = [], {}
-    twins = (lambda: corrected_twins(results, correct_best)) if correct_best > 0 else None
-    for spec in tqdm(_then(specs, twins), desc="candidates", disable=not progress):
+
+    def candidates():  # the twins are chosen once every spec has been scored
+        yield from specs
+        if correct_best > 0:
+            yield from corrected_twins(results, correct_best)
+
+    for spec in tqdm(candidates(), desc="candidates", disable=not progress):
         if spec.transform not in floats:
             start = time.perf_counter()
             model, info = transform_float(fused, spec.transform, data.calib, data.heldout, preprocess, device)
