@@ -63,8 +63,9 @@ CLS_MODELS = {  # name -> (config, extra overrides); the RepOpt scales come from
 # handwriting; qarep_dense.data.digits_canvas), as the paper's dense models start from ImageNet backbones:
 # each block's detector / segmentor starts from that block's classifier of the same seed.
 BACKBONE_OF = {"repvgg": "repvgg_custom", "qarepvgg": "qarepvgg", "repopt": "repopt"}  # dense block -> its classifier
-# The default dense rows: the story's pair. --dense-blocks adds RepOpt-VGG (about 25 more stage-minutes per seed on
-# a 2-core machine: its classifier, a Hyper-Search detector once, a detector and a segmentor per seed).
+# The default dense rows: the story's pair. --dense-blocks adds RepOpt-VGG (measured on a 2-core machine: about 14
+# more stage-minutes per seed for its classifier, detector and segmentor, and about 10 once for the Hyper-Search
+# classifier and detector).
 DENSE_BLOCKS = DENSE_PAIR
 DENSE_PIPELINE_BLOCKS = DENSE_PAIR  # tools/quantize.py runs on these dense models (the story's pair)
 CANVAS_DATA = "digits_canvas"  # OUT/data/<this>: the canvases both dense tasks read (one export)
