@@ -250,6 +250,10 @@ def test_demo_refuses_a_results_folder_made_under_other_settings(tmp_path):
     (tmp_path / "demo_settings.json").write_text(json.dumps({**recorded, "dense_recipe": {"det": "older.toml"}}))
     with pytest.raises(ValueError, match=r"dense_recipe \(\{'det': 'older.toml'\}"):
         Demo(DemoOptions(out=tmp_path, tasks=["det"], profile="tiny")).check_settings()
+    (tmp_path / "demo_settings.json").write_text(json.dumps(  # a run whose detection config said another lr0
+        {**recorded, "configs": {**recorded["configs"], "det/repvgg": "0" * 16}}))
+    with pytest.raises(ValueError, match=r"other settings: configs"):
+        Demo(DemoOptions(out=tmp_path, tasks=["det"], profile="tiny")).check_settings()
     assert DemoOptions(profile="quick").out == Path("work_dirs/demo_quick")
 
 

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from ..fileio import claim, write_json_atomic, write_text_atomic
 from . import cls_story, stage_jobs
+from .config_digest import config_digest
 from .processes import run_in_process, stop_on_signals
 from .speed import measure_speed
 from .stages import Stage, StageRunner
@@ -500,8 +501,20 @@ class Demo:
         p = self.prof
         return {"profile": p.name, "cls_epochs": p.cls_epochs, "det_epochs": p.det_epochs, "cls_recipe": CLS_RECIPE,
                 "cls_sets": p.cls_sets, "cls_data": p.cls_data, "dense_recipe": DENSE_RECIPE,
-                "cls_quantize": cls_quantize_setting(),
+                "cls_quantize": cls_quantize_setting(), "configs": self.config_digests(),
                 "stage_threads": STAGE_THREADS}  # a training's numbers depend on its thread count
+
+    def config_digests(self) -> dict[str, str]:
+        """A digest of every config file a stage of this profile may train with (all models and blocks, so
+        that other --cls-models or --dense-blocks still only add stages): a changed recipe is a change of
+        settings, not a finished stage to reuse."""
+        files = {f"cls/{name}": CLS_CONFIGS / config for name, (config, _) in CLS_MODELS.items()}
+        files["cls/hs"] = CLS_CONFIGS / "digits_hs.toml"
+        for block in (*BACKBONE_OF, "hs"):
+            files[f"det/{block}"] = self.det_config(block)[0]
+        for block in BACKBONE_OF:
+            files[f"seg/{block}"] = self.seg_config(block)[0]
+        return {key: config_digest(path) for key, path in files.items()}
 
     def check_settings(self) -> None:
         """Refuse to add to a results folder made under other settings (its finished stages would be reused
