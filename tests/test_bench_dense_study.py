@@ -44,3 +44,18 @@ def test_pipeline_column_and_seed_count(tmp_path):
     assert "pretrained qarepvgg): every layer" not in text
     assert "| pretrained | 1 | repvgg | 52.00 | 45.00 | 7.00 |" in text and "| 49.00 (mse+repair) |" in text
     assert "| pretrained | 0 | qarepvgg | 54.00 | 53.80 | 0.20 | 54.00 | 53.80 | 0.20 | 53.80 | 54.00 | - |" in text
+
+
+def test_a_recipe_runs_only_the_tasks_it_names(tmp_path, monkeypatch):
+    models = tmp_path / "models"
+    for prefix in study.BLOCKS.values():
+        (models / f"{prefix}_s0").mkdir(parents=True)
+        (models / f"{prefix}_s0" / "results.json").write_text("{}")
+    trained = []
+    monkeypatch.setattr(study, "train_run", lambda run, recipe, task, *rest: trained.append((recipe, task)))
+    monkeypatch.setattr(study, "quant_row", lambda *args: None)
+    monkeypatch.setattr(study, "render", lambda result: "")
+    study.main(["--recipes", "det_lr0.08", "seg_lr0.1", "--tasks", "det", "seg", "--rows", "pretrained",
+                "--seeds", "0", "--models-root", str(models), "--work-dir", str(tmp_path / "work"),
+                "--out", str(tmp_path / "study.md")])
+    assert sorted(trained) == [("det_lr0.08", "det")] * 2 + [("seg_lr0.1", "seg")] * 2
