@@ -58,6 +58,7 @@ RECIPES: dict[str, dict] = {
     "det_lr0.03": {"det": ["optim.lr0=0.03"]},
     "det_lr0.04": {"det": ["optim.lr0=0.04"]},
     "det_lr0.08": {"det": ["optim.lr0=0.08"]},
+    "det_lr0.16": {"det": ["optim.lr0=0.16"]},
 }
 # The targets: RepVGG loses >= 3 points in >= 4 of 5 seeds, QARepVGG stays within 1.3 in every seed,
 # FP32 of the two blocks within 2 points (mean over seeds), detection well over 50 AP.
