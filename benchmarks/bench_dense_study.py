@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from qarep_dense.demo.stage_jobs import checkpoint_mechanism
+from qarep_dense.demo import stage_jobs
 from qarep_dense.demo.results import task_table
 from qarep_dense.demo.verdict import DENSE_CRITERIA, verdict
 
@@ -64,6 +64,11 @@ RECIPES: dict[str, dict] = {
 # FP32 of the two blocks within 2 points (mean over seeds), detection well over 50 AP.
 CRITERIA = DENSE_CRITERIA
 FP32_GAP = 2.0
+
+
+def names_task(recipe: str, job: tuple) -> bool:
+    """Whether ``recipe`` covers the task of ``job`` ((task, row, seed, block))."""
+    return job[0] in RECIPES[recipe]
 
 
 def rows_of(task: str) -> tuple[str, ...]:
@@ -174,8 +179,8 @@ def quant_row(run: Path, task: str, init: Path | None, calib_batches: int, batch
            "weights_only": scores(quantize_one_side(report.model, "weights")),
            "acts_only": scores(quantize_one_side(report.model, "activations")),
            "calib_images": report.ptq.calib_images,
-           "mechanism": {"before": checkpoint_mechanism(str(init), "cls") if init else None,
-                         "after": checkpoint_mechanism(str(run / "last.pt"), task)}}
+           "mechanism": {"before": stage_jobs.checkpoint_mechanism(str(init), "cls") if init else None,
+                         "after": stage_jobs.checkpoint_mechanism(str(run / "last.pt"), task)}}
     from qarep_dense.fileio import write_json_atomic
 
     write_json_atomic(cache, row, indent=1)
@@ -188,11 +193,10 @@ def pipeline_row(run: Path, out: Path, data_root: Path) -> dict:
     model; its report.json in ``out`` is reused when there."""
     if not (out / "report.json").is_file():
         from qarep_dense.demo.main_job import DENSE_BIAS_CORRECTION, DENSE_CALIBRATORS
-        from qarep_dense.demo.stage_jobs import quantize_pipeline
 
         out.parent.mkdir(parents=True, exist_ok=True)
-        quantize_pipeline(str(run / "deploy.pt"), str(data_root), str(out), calibrators=DENSE_CALIBRATORS,
-                          bias_correction=DENSE_BIAS_CORRECTION)
+        stage_jobs.quantize_pipeline(str(run / "deploy.pt"), str(data_root), str(out),
+                                     calibrators=DENSE_CALIBRATORS, bias_correction=DENSE_BIAS_CORRECTION)
     return pipeline_fields(out)
 
 
@@ -200,8 +204,6 @@ def pipeline_fields(out: Path) -> dict | None:
     """The main job's fields of a finished pipeline report in ``out`` (None when there is none)."""
     if not (out / "report.json").is_file():
         return None
-    from qarep_dense.demo import stage_jobs
-
     return stage_jobs.pipeline_fields(json.loads((out / "report.json").read_text()), out)
 
 
@@ -227,7 +229,7 @@ def collect(work: Path, recipes: list[str], expected: list[tuple[str, str, int, 
         if rows:
             study["recipes"][recipe] = {"sets": RECIPES.get(recipe), "rows": rows,
                                         "missing": [list(job) for job in expected
-                                                    if job not in done and job[0] in RECIPES[recipe]],
+                                                    if job not in done and names_task(recipe, job)],
                                         "verdict": {t: task_verdict(rows, t) for t in TASKS}}
     return study
 
@@ -348,7 +350,7 @@ def main(argv: list[str] | None = None) -> dict:
     expected = [(task, row, seed, block) for row in args.rows for seed in args.seeds for task in args.tasks
                 if row in rows_of(task) for block in args.blocks]
     jobs = [] if args.report_only else [(recipe, *job) for recipe in args.recipes for job in expected
-                                        if job[0] in RECIPES[recipe]]
+                                        if names_task(recipe, job)]
     deadline = time.monotonic() + 60 * args.wait_minutes
     while jobs:
         waiting = []

@@ -76,6 +76,7 @@ STORY_MODELS = ("repvgg_custom", "qarepvgg")  # the comparison every run makes (
 # (--seeds trains all three tasks over the given seeds: about 12 more minutes per seed).
 DEFAULT_CLS_MODELS = ("repvgg_custom", "qarepvgg", "repopt")
 CLS_CONFIGS = ROOT / "configs" / "cls"
+CLS_HS_CONFIG = CLS_CONFIGS / "digits_hs.toml"  # the one Hyper-Search classifier whose scales RepOpt-VGG uses
 # What decides the dense models besides the seeds: a results folder made with another recipe is refused.
 # The dense models' quantize search is tools/quantize.py --int8-only --max-drop 1 --calibrators max percentile
 # mse --bias-correction off. Entropy's histogram search took 90 % of the search's time on a toy detector and
@@ -278,7 +279,7 @@ class Demo:
     def cls_hs_stage(self) -> Stage:
         """The one Hyper-Search classifier whose scales every RepOpt-VGG model of the run trains with."""
         return Stage("cls_train_hs", lambda: self.train(
-            "cls_train_hs", "cls", CLS_CONFIGS / "digits_hs.toml", self.hs_work("cls"),
+            "cls_train_hs", "cls", CLS_HS_CONFIG, self.hs_work("cls"),
             self.cls_sets(0, self.cls_data())), ("cls_data",))
 
     def cls_data_stage(self) -> Stage:
@@ -509,7 +510,7 @@ class Demo:
         that other --cls-models or --dense-blocks still only add stages): a changed recipe is a change of
         settings, not a finished stage to reuse."""
         files = {f"cls/{name}": CLS_CONFIGS / config for name, (config, _) in CLS_MODELS.items()}
-        files["cls/hs"] = CLS_CONFIGS / "digits_hs.toml"
+        files["cls/hs"] = CLS_HS_CONFIG
         for block in (*BACKBONE_OF, "hs"):
             files[f"det/{block}"] = self.det_config(block)[0]
         for block in BACKBONE_OF:
