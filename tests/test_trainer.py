@@ -63,7 +63,8 @@ class Snapshot(Hook):
         self.states[trainer.epoch] = {k: v.clone() for k, v in trainer.unwrapped_model.state_dict().items()}
 
 
-def make_trainer(work_dir: Path, extra_hooks=(), model: nn.Module | None = None, nan_at_call: int | None = None):
+def make_trainer(work_dir: Path, extra_hooks=(), model: nn.Module | None = None, nan_at_call: int | None = None,
+                 **speed):
     torch.manual_seed(0)
     np.random.seed(0)
     random.seed(0)
@@ -91,7 +92,7 @@ def make_trainer(work_dir: Path, extra_hooks=(), model: nn.Module | None = None,
     hooks = [WarmupCosineLRHook(warmup_epochs=0.5, lrf=0.01), EMAHook(decay=0.9, tau=3.0), EvalHook(evaluate),
              LoggerHook(interval=2), CheckpointHook(work_dir, metric="score"), *extra_hooks]
     return Trainer(model, optimizer, loader, step, epochs=EPOCHS, hooks=hooks, accumulate=2, seed=5,
-                   meta={"task": "test"}, logger=MetricLogger(work_dir), progress=False)
+                   meta={"task": "test"}, logger=MetricLogger(work_dir), progress=False, **speed)
 
 
 @pytest.fixture
@@ -105,18 +106,23 @@ def states_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("crash_epoch", [1, 2])
-def test_resume_after_kill_is_bit_identical(tmp_path, deterministic, crash_epoch):
-    full = make_trainer(tmp_path / "full")
+# The main job's speed settings (channels-last weights, a compiled training forward) must resume as exactly.
+SPEED = {"eager": {}, "channels_last": {"channels_last": True},
+         "compiled": {"channels_last": True, "compile": True}}
+
+
+@pytest.mark.parametrize("crash_epoch,speed", [(1, "eager"), (2, "eager"), (1, "channels_last"), (2, "compiled")])
+def test_resume_after_kill_is_bit_identical(tmp_path, deterministic, crash_epoch, speed):
+    full = make_trainer(tmp_path / "full", **SPEED[speed])
     full.train()
     reference = full.unwrapped_model.state_dict()
 
     run_dir = tmp_path / "interrupted"
     with pytest.raises(KeyboardInterrupt):
-        make_trainer(run_dir, [Crash(epoch=crash_epoch)]).train()
+        make_trainer(run_dir, [Crash(epoch=crash_epoch)], **SPEED[speed]).train()
     payload = load_checkpoint(run_dir / "last.pt")
     assert payload["epoch"] == crash_epoch - 1
-    resumed = make_trainer(run_dir)
+    resumed = make_trainer(run_dir, **SPEED[speed])
     resumed.resume(payload, source="last.pt")
     assert resumed.start_epoch == crash_epoch
     resumed.train()
@@ -174,3 +180,34 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match=r"last\.pt: cannot read checkpoint \(truncated or corrupt file\?\)"):
         load_checkpoint(path)
+
+
+def test_speed_settings_change_how_it_runs_not_what_it_trains(tmp_path):
+    """channels_last keeps the module (and so every checkpoint) as it was, in another memory order; compile
+    trains through a wrapper whose gradients land in the module's own parameters, as eager ones do."""
+    import copy
+
+    from qarep_dense.engine.distributed import unwrap_model
+
+    def no_dropout() -> nn.Module:  # compiled dropout draws other masks than eager dropout
+        return nn.Sequential(*(m for m in tiny_model() if not isinstance(m, nn.Dropout)))
+
+    model = no_dropout()
+    reference = copy.deepcopy(model)
+    fast = make_trainer(tmp_path / "fast", model=model, channels_last=True, compile=True)
+    conv = fast.unwrapped_model[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert fast.step_model is not fast.model and unwrap_model(fast.step_model) is model
+    plain = make_trainer(tmp_path / "plain")
+    assert plain.step_model is plain.model
+
+    x, y = NoisyDataset().x[:BATCH], NoisyDataset().y[:BATCH]
+    for m in (fast.step_model, reference):
+        nn.functional.cross_entropy(m.train()(x), y).backward()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        assert p.grad is not None and torch.allclose(p.grad, q.grad, atol=1e-6), name
+
+    fast.train()
+    saved = load_checkpoint(tmp_path / "fast" / "last.pt")["model"]
+    assert saved.keys() == reference.state_dict().keys()
+    assert not torch.equal(saved["0.weight"], reference.state_dict()["0.weight"])  # it trained

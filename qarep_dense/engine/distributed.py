@@ -153,5 +153,6 @@ def wrap_ddp(model: nn.Module, device: torch.device, info: DistInfo) -> nn.Modul
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain module inside a DDP wrapper (or the model itself)."""
+    """The plain module inside a ``torch.compile`` and/or DDP wrapper (or the model itself)."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule keeps the module here
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model

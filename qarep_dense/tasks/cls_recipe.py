@@ -136,7 +136,7 @@ def build_trainer(cfg: ClsConfig, work_dir: Path, dist: DistInfo, device: torch.
                       accumulate=accumulate_steps(cfg.optim.nominal_batch, per_process, dist.world_size),
                       grad_clip=cfg.optim.grad_clip, dist=dist, seed=t.seed, meta=cls_meta(cfg),
                       logger=MetricLogger(work_dir, enabled=dist.is_main, tensorboard=t.tensorboard),
-                      progress=t.progress)
+                      progress=t.progress, channels_last=t.channels_last, compile=t.compile)
     return trainer, evaluate, val_loader
 
 

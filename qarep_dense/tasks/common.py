@@ -46,6 +46,10 @@ class TrainConfig:
     keep_every: int = 0             # also keep epoch_<k>.pt every k epochs (0: only last/best)
     tensorboard: bool = False
     progress: bool = True
+    # How the same training runs faster (timm's --channels-last and --torchcompile); the kernels round
+    # differently, so a run's numbers differ slightly from the default eager NCHW run of the same seed.
+    channels_last: bool = False     # weights (and so activations) in channels-last memory order
+    compile: bool = False           # torch.compile the training forward (needs a C++ compiler on CPU)
 
 
 # Every metric in results.json, eval JSON and tables is a percentage (top-1, COCO AP, mIoU); the files say so.

@@ -181,7 +181,7 @@ def build_det_trainer(cfg: DetConfig, work_dir: Path, dist: DistInfo, device: to
                       hooks=hooks, device=device, amp=t.amp, accumulate=accumulate, grad_clip=o.grad_clip, dist=dist,
                       seed=t.seed, meta=det_meta(cfg, dataset.category_ids, dataset.names),
                       logger=MetricLogger(work_dir, enabled=dist.is_main, tensorboard=t.tensorboard),
-                      progress=t.progress)
+                      progress=t.progress, channels_last=t.channels_last, compile=t.compile)
     return trainer, evaluate
 
 

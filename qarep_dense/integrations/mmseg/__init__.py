@@ -8,7 +8,7 @@ with ``engine.checkpoint.load_hs_model``, like the recipes do). By job:
   (imported first: mmseg needs both when it is imported);
 * :mod:`.checkpoints`: mmengine's ``iter_*.pth`` under torch's ``weights_only=True``, and a readable
   error naming a bad resume / ``load_from`` file;
-* :mod:`.registrations`: ``QARepVGGBackbone``, ``CheckSegLabels`` and ``RepOptimizerConstructor`` in
+* :mod:`.registrations`: ``QARepVGGBackbone``, ``CheckSegLabels``, ``ChannelsLastHook`` and ``RepOptimizerConstructor`` in
   mmseg's registries;
 * :mod:`.runner`: configs with checked ``--cfg-options``, the Runner, safe resume, the launcher check;
 * :mod:`.data`: dataset file checks at build time (missing, corrupt, mis-sized), loaders, the mIoU metric;
