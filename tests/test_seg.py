@@ -350,3 +350,28 @@ def test_repoptimizer_constructor_masks_the_backbone(tmp_path):
                                        dict(hs_checkpoint=str(tmp_path / "plain.pt")))
     with pytest.raises(CheckpointError, match=r"paramwise_cfg.hs_checkpoint .*plain.pt: expected an unfused Hyper"):
         plain(segmentor("FCNHead", block="repopt"))
+
+
+def test_channels_last_hook_relays_the_weights_and_keeps_the_parameters():
+    """The digit-canvas configs' ChannelsLastHook: the optimizer's parameter objects stay, the 3x3 weights are
+    channels-last afterwards, and the segmentor computes the same logits."""
+    from types import SimpleNamespace
+
+    from mmseg.registry import HOOKS
+
+    torch.manual_seed(0)
+    model = segmentor("FCNHead").eval()
+    randomize_bn(model)
+    params = list(model.parameters())
+    x = torch.randn(2, 3, 48, 80)
+    with torch.no_grad():
+        before = model(x, mode="tensor")
+    HOOKS.build(dict(type="ChannelsLastHook")).before_train(SimpleNamespace(model=model))
+    assert all(a is b for a, b in zip(params, model.parameters(), strict=True))
+    kernels = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert kernels and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+                           for w in kernels)
+    with torch.no_grad():
+        assert torch.allclose(model(x, mode="tensor"), before, atol=1e-5)
+    config = mm.load_config(ROOT / "configs" / "seg" / "fcn_repvgg-a0h_1xb16-2000it_digits-canvas-64x64.py")
+    assert dict(type="ChannelsLastHook") in config.custom_hooks
