@@ -18,6 +18,11 @@ and reports the minimum per step: the time a step takes when nothing preempts it
 speed-up S of a step predicts the gain of two one-thread runs side by side as 2 / S:
 
     python benchmarks/bench_parallel_train.py --steps 60
+
+``--channels-last`` times the pair the main job's way (side by side, one thread each) with NCHW weights and
+with channels-last weights (``train.channels_last``), alternating, ``--rounds`` times each:
+
+    python benchmarks/bench_parallel_train.py --channels-last --epochs 10 --rounds 2
 """
 from __future__ import annotations
 
@@ -39,10 +44,10 @@ RECIPE = ["optim.lr=0.4", "optim.weight_decay=5e-4", "optim.warmup_epochs=0", "d
 MODELS = {"repvgg": ("digits_repvgg.toml", ["optim.l2=custom"]), "qarepvgg": ("digits_qarepvgg.toml", [])}
 
 
-def _command(model: str, work: Path, data: Path, epochs: int) -> list[str]:
+def _command(model: str, work: Path, data: Path, epochs: int, sets: tuple[str, ...] = ()) -> list[str]:
     config, extra = MODELS[model]
     return [sys.executable, str(ROOT / "tools" / "train_cls.py"), str(ROOT / "configs" / "cls" / config),
-            "--work-dir", str(work), "--set", *RECIPE, *extra, f"optim.epochs={epochs}", f"data.root={data}"]
+            "--work-dir", str(work), "--set", *RECIPE, *extra, f"optim.epochs={epochs}", f"data.root={data}", *sets]
 
 
 def _run(jobs: list[tuple[list[str], int]]) -> tuple[float, float]:
@@ -120,6 +125,24 @@ def step_report(steps: int, rounds: int = 3) -> str:
     return "\n".join(lines)
 
 
+def layout_report(work: Path, data: Path, epochs: int, rounds: int) -> str:
+    """The pair side by side, one thread each, NCHW against channels-last weights, alternating ``rounds`` times."""
+    layouts = {"NCHW": (), "channels_last": ("train.channels_last=true",)}
+    walls: dict[str, list[float]] = {name: [] for name in layouts}
+    load_before = _load()
+    for r in range(rounds):
+        for name, sets in layouts.items():
+            jobs = [(_command(m, work / f"{name}_{r}_{m}", data, epochs, sets), 1) for m in MODELS]
+            walls[name].append(_run(jobs)[0])
+    nchw, last = min(walls["NCHW"]), min(walls["channels_last"])
+    return "\n".join([
+        f"A0h digits 24x24, {epochs} epochs, RepVGG + QARepVGG side by side, 1 thread each (the main job's way); "
+        f"{rounds} alternating rounds; load average before {load_before}, after {_load()}",
+        "NCHW: " + ", ".join(f"{w:.1f}" for w in walls["NCHW"]) + " s wall",
+        "channels_last: " + ", ".join(f"{w:.1f}" for w in walls["channels_last"]) + " s wall",
+        f"speed-up of channels_last (fastest round of each): {nchw / last:.2f}x"])
+
+
 def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -130,10 +153,13 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new temporary one)")
     p.add_argument("--steps", type=int, default=0, help="time this many single training steps per process "
                    "instead of whole trainings (robust to a shared machine)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="instead: the pair side by side with NCHW and with channels-last weights")
+    p.add_argument("--rounds", type=int, default=2, help="--channels-last: alternating rounds of each layout")
     p.add_argument("--out", type=Path, default=None, help="append the report to this Markdown file")
     args = p.parse_args(argv)
-    if args.epochs < 1 or args.steps < 0:
-        p.error("--epochs must be at least 1 and --steps at least 0")
+    if args.epochs < 1 or args.steps < 0 or args.rounds < 1:
+        p.error("--epochs and --rounds must be at least 1 and --steps at least 0")
     if args.steps:
         report = step_report(args.steps)
         print(report)
@@ -145,6 +171,11 @@ def main(argv: list[str] | None = None) -> str:
     data = work / "digits"
     load_before = _load()
     _run([(_command("repvgg", work / "warmup", data, 1), 1)])  # writes the data once; not timed
+    if args.channels_last:
+        report = layout_report(work, data, args.epochs, args.rounds)
+        print(report)
+        append_report(args.out, "```\n" + report + "\n```")
+        return report
     seq_wall, seq_cpu = 0.0, 0.0
     for model in MODELS:  # one after the other, 2 threads each
         wall, cpu = _run([(_command(model, work / f"seq2_{model}", data, args.epochs), 2)])

@@ -24,8 +24,6 @@ iters = 2000
 optim_wrapper = dict(optimizer=dict(lr=0.05), paramwise_cfg=dict(norm_decay_mult=0.0))
 param_scheduler = [dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=0, end=iters, by_epoch=False)]
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=iters, val_interval=iters)
-# Channels-last weights: the same recipe 1.25x faster per step on one CPU thread (benchmarks/bench_train_speed.py).
-custom_hooks = [dict(type='ChannelsLastHook')]
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=100, log_metric_by_epoch=False),
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=iters),

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from ..config import HISTOGRAM_CALIBRATORS
+from .histogram import use_bounded_collect
 from .tensor_quantizer import TensorQuantizerBackend
 
 
@@ -71,7 +72,7 @@ def _quantizer_config(num_bits: int, axis: int | None, calibrator: str) -> Quant
 
 def _set_bins(quantizer: TensorQuantizer, num_bins: int) -> None:
     if isinstance(quantizer._calibrator, mo_calib.HistogramCalibrator):
-        quantizer._calibrator._num_bins = int(num_bins)
+        use_bounded_collect(quantizer._calibrator, num_bins)
 
 
 class ModeloptBackend(TensorQuantizerBackend):

@@ -18,6 +18,7 @@ from pytorch_quantization.tensor_quant import QuantDescriptor
 from torch import nn
 
 from ..config import HISTOGRAM_CALIBRATORS
+from .histogram import use_bounded_collect
 from .tensor_quantizer import TensorQuantizerBackend
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ class PytorchQuantizationBackend(TensorQuantizerBackend):
     @staticmethod
     def _set_bins(quantizer: pq_nn.TensorQuantizer, num_bins: int) -> None:
         if isinstance(quantizer._calibrator, pq_calib.HistogramCalibrator):
-            quantizer._calibrator._num_bins = int(num_bins)
+            use_bounded_collect(quantizer._calibrator, num_bins)
 
     # --- export -----------------------------------------------------------------------------
     @contextmanager
