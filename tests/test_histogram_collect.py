@@ -68,8 +68,15 @@ def test_an_all_zero_first_batch_is_rebinned_not_divided_by_zero():
     assert hist.numel() == 2048 and float(edges[-1]) == pytest.approx(5.0)
 
 
-def test_every_backend_histogram_quantizer_collects_bounded():
-    backend = get_backend("pytorch_quantization")
+@pytest.mark.parametrize("name", ["pytorch_quantization", "modelopt"])
+def test_every_backend_histogram_quantizer_collects_bounded(name):
+    if name == "modelopt":
+        pytest.importorskip("modelopt.torch.quantization")
+    backend = get_backend(name)
     quantizer = backend.act_quantizer(8, "percentile", 2048)
     assert quantizer._calibrator.collect.__func__ is collect_bounded
     assert quantizer._calibrator._num_bins == 2048
+    layer = backend.quant_layer(torch.nn.Conv2d(3, 4, 3), 8, 8, "mse", 1024)
+    assert layer.input_quantizer._calibrator.collect.__func__ is collect_bounded
+    assert layer.input_quantizer._calibrator._num_bins == 1024
+    assert backend.act_quantizer(8, "max", 2048)._calibrator.collect.__func__ is not collect_bounded

@@ -1,8 +1,8 @@
 """Activation amax from a collected histogram of |x|, one implementation for every backend.
 
 pytorch-quantization 2.1.3 and nvidia-modelopt 0.47.0 collect the same histogram (``num_bins`` bins
-of |x| from 0 to the first batch's max, grown by bins of the same width) and compute the same
-percentile from it. Their other two methods cannot be used as shipped: pytorch-quantization's mse
+of |x| from 0 to the first batch's max, grown by bins of the same width; both backends collect it with
+:func:`collect_bounded`, the same steps with the growth bounded) and compute the same percentile from it. Their other two methods cannot be used as shipped: pytorch-quantization's mse
 calls ``.cuda()`` and modelopt's passes ``num_bits`` where its fake quant expects the bias (amax 0.29
 where max gives 4.8); both entropy searches are pure-Python loops (seconds per quantizer). So the
 backends hand their calibrator's histogram to :func:`histogram_amax`, which uses the library for

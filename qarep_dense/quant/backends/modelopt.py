@@ -34,7 +34,6 @@ import torch
 from torch import nn
 
 from ..config import HISTOGRAM_CALIBRATORS
-from .histogram import use_bounded_collect
 from .tensor_quantizer import TensorQuantizerBackend
 
 
@@ -70,11 +69,6 @@ def _quantizer_config(num_bits: int, axis: int | None, calibrator: str) -> Quant
                                     calibrator="histogram" if calibrator in HISTOGRAM_CALIBRATORS else "max")
 
 
-def _set_bins(quantizer: TensorQuantizer, num_bins: int) -> None:
-    if isinstance(quantizer._calibrator, mo_calib.HistogramCalibrator):
-        use_bounded_collect(quantizer._calibrator, num_bins)
-
-
 class ModeloptBackend(TensorQuantizerBackend):
     """:class:`~qarep_dense.quant.backends.QuantBackend` over modelopt's TensorQuantizer and quantized layers."""
 
@@ -82,6 +76,7 @@ class ModeloptBackend(TensorQuantizerBackend):
     quantizer_types = (TensorQuantizer,)
     layer_types = (QuantLinearConvBase,)
     max_calibrator_types = (mo_calib.MaxCalibrator,)
+    histogram_calibrator_types = (mo_calib.HistogramCalibrator,)
 
     # --- building ------------------------------------------------------------------------------
     def quant_layer(self, layer: nn.Module, weight_bits: int, act_bits: int, calibrator: str,
@@ -98,12 +93,12 @@ class ModeloptBackend(TensorQuantizerBackend):
                                "initialize()") from err
         q.input_quantizer.set_from_attribute_config(_quantizer_config(act_bits, None, calibrator))
         q.weight_quantizer.set_from_attribute_config(_quantizer_config(weight_bits, self.weight_axis(q), "max"))
-        _set_bins(q.input_quantizer, num_bins)
+        self.set_bins(q.input_quantizer, num_bins)
         return q.train(layer.training)
 
     def act_quantizer(self, act_bits: int, calibrator: str, num_bins: int) -> nn.Module:
         q = TensorQuantizer(_quantizer_config(act_bits, None, calibrator))
-        _set_bins(q, num_bins)
+        self.set_bins(q, num_bins)
         return q
 
     # --- what differs from pytorch-quantization --------------------------------------------------

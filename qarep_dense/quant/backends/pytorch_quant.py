@@ -18,7 +18,6 @@ from pytorch_quantization.tensor_quant import QuantDescriptor
 from torch import nn
 
 from ..config import HISTOGRAM_CALIBRATORS
-from .histogram import use_bounded_collect
 from .tensor_quantizer import TensorQuantizerBackend
 
 log = logging.getLogger(__name__)
@@ -57,6 +56,7 @@ class PytorchQuantizationBackend(TensorQuantizerBackend):
     quantizer_types = (pq_nn.TensorQuantizer,)
     layer_types = _QUANT_LAYERS
     max_calibrator_types = (pq_calib.MaxCalibrator,)
+    histogram_calibrator_types = (pq_calib.HistogramCalibrator,)
 
     def quiet(self):
         return _quiet_absl()
@@ -92,20 +92,15 @@ class PytorchQuantizationBackend(TensorQuantizerBackend):
             if has_bias:
                 q.bias.copy_(layer.bias)
         q.weight.requires_grad_(layer.weight.requires_grad)
-        self._set_bins(q.input_quantizer, num_bins)
+        self.set_bins(q.input_quantizer, num_bins)
         return q.train(layer.training)
 
     def act_quantizer(self, act_bits: int, calibrator: str, num_bins: int) -> nn.Module:
         method = "histogram" if calibrator in HISTOGRAM_CALIBRATORS else "max"
         with _quiet_absl():
             q = pq_nn.TensorQuantizer(QuantDescriptor(num_bits=act_bits, calib_method=method))
-        self._set_bins(q, num_bins)
+        self.set_bins(q, num_bins)
         return q
-
-    @staticmethod
-    def _set_bins(quantizer: pq_nn.TensorQuantizer, num_bins: int) -> None:
-        if isinstance(quantizer._calibrator, pq_calib.HistogramCalibrator):
-            use_bounded_collect(quantizer._calibrator, num_bins)
 
     # --- export -----------------------------------------------------------------------------
     @contextmanager

@@ -16,7 +16,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .histogram import MIN_AMAX, histogram_amax
+from .histogram import MIN_AMAX, histogram_amax, use_bounded_collect
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,12 @@ class TensorQuantizerBackend:
     quantizer_types: tuple[type, ...] = ()
     layer_types: tuple[type, ...] = ()
     max_calibrator_types: tuple[type, ...] = ()
+    histogram_calibrator_types: tuple[type, ...] = ()
+
+    def set_bins(self, quantizer: nn.Module, num_bins: int) -> None:
+        """A histogram quantizer's starting bins, and the bounded collect of :mod:`.histogram` for its growth."""
+        if isinstance(quantizer._calibrator, self.histogram_calibrator_types):
+            use_bounded_collect(quantizer._calibrator, num_bins)
 
     # --- hooks a subclass may change ---------------------------------------------------------
     def quiet(self) -> AbstractContextManager:
