@@ -59,3 +59,19 @@ def test_a_recipe_runs_only_the_tasks_it_names(tmp_path, monkeypatch):
                 "--seeds", "0", "--models-root", str(models), "--work-dir", str(tmp_path / "work"),
                 "--out", str(tmp_path / "study.md")])
     assert sorted(trained) == [("det_lr0.08", "det")] * 2 + [("seg_lr0.1", "seg")] * 2
+
+
+def test_the_4000_iteration_configs_are_the_recipe_the_study_ran():
+    """configs/seg/fcn_<block>-a0h_1xb16-4000it_* hold exactly what the study's seg_lr0.1_4k recipe ran: its overrides
+    on the 2000-iteration config of the same block (only the ``iters`` variable of the base differs)."""
+    from qarep_dense.integrations.mmseg.runner import load_config
+
+    configs = study.ROOT / "configs" / "seg"
+    for block in ("qarepvgg", "repvgg", "repopt"):
+        ran = load_config(configs / f"fcn_{block}-a0h_1xb16-2000it_digits-canvas-64x64.py",
+                          study.RECIPES["seg_lr0.1_4k"]["seg"]).to_dict()
+        config = load_config(configs / f"fcn_{block}-a0h_1xb16-4000it_digits-canvas-64x64.py").to_dict()
+        assert (ran.pop("iters"), config.pop("iters")) == (2000, 4000)
+        assert config == ran, block
+        assert config["train_cfg"]["max_iters"] == config["param_scheduler"][0]["end"] == 4000
+        assert config["optim_wrapper"]["optimizer"]["lr"] == 0.1
