@@ -1,7 +1,8 @@
 # The dense study's segmentation recipe (recipe "seg_lr0.1_4k" of benchmarks/bench_dense_study.py):
 # fcn_qarepvgg-a0h_1xb16-2000it_digits-canvas-64x64.py at twice the rate (0.1) for twice as long, the poly schedule
-# stretched with it. At 2000 iterations the segmentors stop at 20-58 mIoU, still climbing; here both blocks reach
-# about 70 (BENCHMARKS.md, "The fine-tuning rate of the segmentors"). About 10-16 minutes on one CPU thread.
+# stretched with it. At 2000 iterations the segmentors stop at 19-59 mIoU, still climbing; here they reach 55-80
+# (QARepVGG 68, RepVGG 73 on average over seeds 0-4; BENCHMARKS.md, "The fine-tuning rate and length of the
+# segmentors"). About 12 minutes on one CPU thread (11-14 with two side by side).
 _base_ = ['./fcn_qarepvgg-a0h_1xb16-2000it_digits-canvas-64x64.py']
 iters = 4000
 optim_wrapper = dict(optimizer=dict(lr=0.1))
