@@ -106,7 +106,8 @@ def test_stage_runner_writes_no_marker_when_the_stage_fails(tmp_path):
 def _info(**kw) -> dict:
     info = {"profile": "quick", "threads": 2, "reused_stages": 0, "cls_data": "digits", "cls_seeds": [0, 1],
             "det_seeds": [0], "cls_epochs": 8, "det_epochs": 5, "cls_recipe": ["optim.lr=0.4"],
-            "cls_models": ["repvgg_custom", "qarepvgg"], "det_blocks": ["repvgg"], "seg_seed": 0}
+            "cls_models": ["repvgg_custom", "qarepvgg"], "det_blocks": ["repvgg"], "seg_seed": 0,
+            "dense_configs": {"det_config": "det.toml", "seg_config": "seg.py"}}
     return {**info, **kw}
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from support import cls_quant_record, no_stages
 
-from qarep_dense.demo.main_job import Demo, DemoOptions
+from qarep_dense.demo.main_job import ROOT, Demo, DemoOptions, vars_for_summary
 from qarep_dense.demo.results import (build_rows, load_results, main, model_name, render_tables, task_table,
                                       write_results)
 from qarep_dense.demo.summary import render_summary
@@ -16,7 +16,9 @@ from qarep_dense.fileio import RECORD
 
 INFO = {"profile": "full", "threads": 2, "reused_stages": 0, "cls_data": "digits", "cls_seeds": [0, 1],
         "det_seeds": [0, 1], "cls_epochs": 40, "det_epochs": 10, "cls_recipe": ["optim.lr=0.4"],
-        "cls_models": ["repvgg_custom", "qarepvgg"], "det_blocks": ["qarepvgg", "repvgg"], "seg_seeds": [0, 1]}
+        "cls_models": ["repvgg_custom", "qarepvgg"], "det_blocks": ["qarepvgg", "repvgg"], "seg_seeds": [0, 1],
+        "dense_configs": {"det_config": "configs/det/digits_canvas_<block>.toml",
+                          "seg_config": "configs/seg/fcn_<block>-a0h_1xb16-4000it_digits-canvas-64x64.py"}}
 
 
 def _quant(fp32: float, int8: float) -> dict:
@@ -175,3 +177,18 @@ def test_dense_sections_judge_by_the_dense_thresholds_and_show_pipeline_and_mech
     assert "qarepvgg held (within 1.3 points) in 0 of 1" in text
     assert "| repvgg | 0 | 50.00 | 45 | mse+repair | 49.40 | 49.2 | 0.60 | yes |" in text
     assert "| repvgg | 1 | 9 -> 9 | 628 -> 628 |" in text and "![mechanism, seed 0](det/mechanism_s0.png)" in text
+
+
+def test_summary_names_the_dense_configs_the_main_job_trains_with(tmp_path):
+    """The summary's recipe line comes from the configs the stages train with (it was typed once and kept naming
+    the 2000-iteration segmentors after the main job moved on)."""
+    demo = Demo(DemoOptions(out=tmp_path / "demo", tasks=["det", "seg"]))
+    info = vars_for_summary(demo)
+    text = render_summary(tmp_path, _records(tmp_path), ["det", "seg"], {}, info)
+    for block in ("repvgg", "qarepvgg"):
+        seg_file, _ = demo.seg_config(block)
+        det_file, _ = demo.det_config(block)
+        assert seg_file.is_file() and det_file.is_file()
+        assert info["dense_configs"]["seg_config"].replace("<block>", block) == str(seg_file.relative_to(ROOT))
+        assert info["dense_configs"]["det_config"].replace("<block>", block) == str(det_file.relative_to(ROOT))
+    assert f"`{info['dense_configs']['seg_config']}`" in text and f"`{info['dense_configs']['det_config']}`" in text

@@ -124,9 +124,9 @@ def _ort_convs(records: dict, stages: list[str]) -> str:
 DENSE_STORY = {"repvgg": "repvgg", "qarepvgg": "qarepvgg"}
 DENSE_TEXT = {
     "det": "Detectors (the A0h trunk of the classifiers above, Rep-PAN neck, efficient decoupled head; YOLOv6's "
-           "fine-tuning recipe: `configs/det/digits_canvas_<block>.toml`, {epochs} epochs)",
+           "fine-tuning recipe: `{det_config}`, {epochs} epochs)",
     "seg": "FCN segmentors (the A0h trunk of the classifiers above, stroke masks of 11 classes; mmseg's schedule "
-           "with `norm_decay_mult=0`: `configs/seg/fcn_<block>-a0h_1xb16-2000it_digits-canvas-64x64.py`)"}
+           "with `norm_decay_mult=0`: `{seg_config}`)"}
 
 
 def _dense_section(out: Path, records: dict, info: dict, rows: list[dict], how: dict, task: str) -> list[str]:
@@ -138,7 +138,7 @@ def _dense_section(out: Path, records: dict, info: dict, rows: list[dict], how: 
     def ptq(seed: int) -> str:
         return dense_stage("ptq", task, seed, blocks)
 
-    lines = [DENSE_TEXT[task].format(epochs=info["det_epochs"]) + f", on {info.get('canvas_data', 'digit canvases')}, "
+    lines = [DENSE_TEXT[task].format(epochs=info["det_epochs"], **info["dense_configs"]) + f", on {info.get('canvas_data', 'digit canvases')}, "
              f"seeds {seeds}: RepVGG starts from the RepVGG (custom L2) classifier, QARepVGG from the QARepVGG one"
              + ("; RepOpt-VGG from the RepOpt-VGG one, trained with RepOptimizer (detection: the masks of one "
                 "Hyper-Search detector, det/hs; segmentation: those of the classifiers' Hyper-Search run)"
