@@ -3,7 +3,7 @@
 #   bash scripts/demo.sh                      classification, detection and segmentation; RepVGG vs QARepVGG
 #                                             (and RepOpt-VGG) in FP32 and INT8 over seeds, the mechanism, the
 #                                             repair, latency and pictures; results and summary.md in work_dirs/demo/
-#                                             (27-46 minutes on 2 cores, by machine: two one-thread stages at a time)
+#                                             (about 30-50 minutes on 2 cores, by machine: two one-thread stages at a time)
 #   bash scripts/demo.sh --quick              one seed's story, classification and detection (about 10 minutes)
 #   bash scripts/demo.sh --tasks cls          any subset of cls,det,seg
 # A rerun reuses every finished stage (work_dirs/demo/.stages/) and redoes only what is missing.
