@@ -92,7 +92,8 @@ DENSE_BIAS_CORRECTION = "off"
 # The segmentors: the dense study's closest recipe (seg_lr0.1_4k: rate 0.1, 4000 iterations). At 2000 iterations
 # they stopped at 19-59 mIoU, still climbing, too low for a 3-point INT8 drop to mean much; here 55-80.
 SEG_CONFIG = "fcn_{block}-a0h_1xb16-4000it_digits-canvas-64x64.py"
-DENSE_RECIPE = {"det": "configs/det/digits_canvas_<block>.toml",
+DET_CONFIG = "digits_canvas_{block}.toml"
+DENSE_RECIPE = {"det": "configs/det/" + DET_CONFIG.format(block="<block>"),
                 "seg": "configs/seg/" + SEG_CONFIG.format(block="<block>"), "backbone": BACKBONE_OF,
                 "quantize": f"--int8-only --max-drop 1 --calibrators {' '.join(DENSE_CALIBRATORS)} "
                             f"--bias-correction {DENSE_BIAS_CORRECTION}", "ptq_batch": DENSE_PTQ_BATCH}
@@ -341,7 +342,7 @@ class Demo:
         """The detection config of ``block`` and the overrides the profile adds to it."""
         if self.prof.tiny:
             return ROOT / "configs" / "det" / "digits_canvas_test.toml", [f"model.block={block}"]
-        return ROOT / "configs" / "det" / f"digits_canvas_{block}.toml", []
+        return ROOT / "configs" / "det" / DET_CONFIG.format(block=block), []
 
     def seg_config(self, block: str) -> tuple[Path, dict]:
         if self.prof.tiny:

@@ -138,7 +138,8 @@ def _dense_section(out: Path, records: dict, info: dict, rows: list[dict], how: 
     def ptq(seed: int) -> str:
         return dense_stage("ptq", task, seed, blocks)
 
-    lines = [DENSE_TEXT[task].format(epochs=info["det_epochs"], **info["dense_configs"]) + f", on {info.get('canvas_data', 'digit canvases')}, "
+    recipe = DENSE_TEXT[task].format(epochs=info["det_epochs"], **info["dense_configs"])
+    lines = [recipe + f", on {info.get('canvas_data', 'digit canvases')}, "
              f"seeds {seeds}: RepVGG starts from the RepVGG (custom L2) classifier, QARepVGG from the QARepVGG one"
              + ("; RepOpt-VGG from the RepOpt-VGG one, trained with RepOptimizer (detection: the masks of one "
                 "Hyper-Search detector, det/hs; segmentation: those of the classifiers' Hyper-Search run)"
