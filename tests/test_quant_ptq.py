@@ -148,6 +148,13 @@ def test_mse_and_entropy_match_pytorch_quantization(monkeypatch):
     for bits in (8, 4):
         theirs = float(pq_hist._compute_amax_mse(hist, edges, bits, False))
         assert mse_amax(hist, edges, bits, start_bin=128) == pytest.approx(theirs, rel=1e-6)
+    # A sparse histogram grown past its first range (mostly empty bins, as behind near-dead channels), whose
+    # candidates end in a partial chunk (700 - 128 = 2 x 256 + 60): the in-place buffer's last slice.
+    hist, edges = np.histogram(np.concatenate([x, [400.0, 900.0]]), bins=700)
+    assert (hist == 0).mean() > 0.5
+    for bits, unsigned in ((8, False), (8, True)):
+        theirs = float(pq_hist._compute_amax_mse(hist, edges, bits, unsigned))
+        assert mse_amax(hist, edges, bits, unsigned, start_bin=128) == pytest.approx(theirs, rel=1e-6)
 
 
 def test_histogram_methods_survive_a_library_histogram_with_one_edge_too_many():

@@ -112,6 +112,43 @@ def test_head_forward_loss_backward(head):
     assert out.shape == (1, 19, 48, 80)
 
 
+@pytest.mark.parametrize("head", ["FCNHead", "DepthwiseSeparableASPPHead"])
+def test_decode_head_loss_is_mmseg_decode_heads_own(head):
+    """The QAT loss of a fused segmentor equals the decode head's term of mmseg's training loss, ignored pixels
+    included; ground truths of another size than the input are scored through mmseg's resize too."""
+    from mmengine.config import Config
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+
+    torch.manual_seed(0)
+    model = segmentor(head).train()
+    head_cfg = dict(ignore_index=255, align_corners=False,
+                    loss_decode=[dict(type="CrossEntropyLoss", loss_weight=1.0),
+                                 dict(type="DiceLoss", loss_weight=0.5, loss_name="loss_dice")])
+    model.decode_head.loss_decode = nn.ModuleList([mm.build_segmentor(c) for c in head_cfg["loss_decode"]])
+    loss = mm.decode_head_loss(Config(dict(model=dict(decode_head=head_cfg))))
+    x = torch.randn(2, 3, 48, 80)
+    for size in ((48, 80), (24, 40)):
+        gts = [torch.randint(0, 19, size) for _ in range(2)]
+        gts[0][:4] = 255  # ignored rows
+        samples = []
+        for gt in gts:
+            sample = SegDataSample(gt_sem_seg=PixelData(data=gt[None]))
+            sample.set_metainfo(dict(img_shape=(48, 80)))
+            samples.append(sample)
+        head_logits = model.decode_head(model.extract_feat(x))
+        theirs = model.decode_head.loss_by_feat(head_logits, samples)
+        expected = theirs["loss_ce"] + theirs["loss_dice"]
+        upsampled = nn.functional.interpolate(head_logits, size=(48, 80), mode="bilinear", align_corners=False)
+        if size == (48, 80):  # what SegmentorLogits returns, scored at the labels' size: mmseg's own number
+            assert loss(upsampled, gts).item() == pytest.approx(expected.item(), rel=1e-5)
+        else:  # labels smaller than the logits: resized as mmseg resizes them, sample by sample
+            assert loss(head_logits, gts).item() == pytest.approx(expected.item(), rel=1e-5)
+    small, large = torch.randint(0, 19, (24, 40)), torch.randint(0, 19, (48, 80))  # one batch, two label sizes
+    each = (loss(upsampled[:1], [small]) + loss(upsampled[1:], [large])) / 2
+    assert loss(upsampled, [small, large]).item() == pytest.approx(each.item(), rel=1e-6)
+
+
 @pytest.mark.parametrize("output_stride", [32, 8])
 @pytest.mark.parametrize("head", ["FCNHead", "DepthwiseSeparableASPPHead"])
 @pytest.mark.parametrize("block", ["qarepvgg", "repvgg"])

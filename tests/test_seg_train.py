@@ -2,6 +2,7 @@
 tools/ptq_eval.py --task seg with --repair and --ort, and the bad-input errors of the training tool."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -88,3 +89,35 @@ def test_training_tool_names_the_bad_input(trained, tmp_path, capsys):
     work, data, _, _ = trained
     assert train.main([str(CONFIG), "--work-dir", str(work), "--data-root", str(data)]) == 2  # no --resume
     assert "already holds iter_" in (err := capsys.readouterr().err) and "of an earlier run" in err
+
+
+def test_allow_qat_fine_tunes_a_segmentor_with_its_decode_head_loss(trained, tmp_path, penalised, monkeypatch):
+    """tools/quantize.py --allow-qat on a segmentor: the budget is missed (penalised evaluator), so the best PTQ
+    model is fine-tuned with the decode head's loss; the weights move, and the shipped model is all INT8."""
+    from qarep_dense.tasks import quantize_pipeline
+    from qarep_dense.tasks.quantize_pipeline import QuantizeOptions, quantize_checkpoint
+
+    work, data, _, _ = trained
+    opts = QuantizeOptions(work / "deploy.pt", data, tmp_path / "q", int8_only=True, allow_qat=True,
+                           calibrators=("max",), transforms=("none",), bias_correction="off", calib_batches=1,
+                           batch_size=2, selection_images=2, progress=False, latency_repeats=1, diagnose=False,
+                           qat_epochs=1)
+    tuned, losses = [], []
+    real_step, real_loss = quantize_pipeline.qat_step, quantize_pipeline.get_task("seg").qat_loss
+
+    def recording_loss(*args):
+        loss = real_loss(*args)
+        return lambda m, batch: losses.append(loss(m, batch)) or losses[-1]
+
+    row = dataclasses.replace(quantize_pipeline.get_task("seg"), qat_loss=recording_loss)  # a frozen row
+    real_get = quantize_pipeline.get_task
+    monkeypatch.setattr(quantize_pipeline, "get_task", lambda task: row if task == "seg" else real_get(task))
+    monkeypatch.setattr(quantize_pipeline, "qat_step", lambda *a, **k: tuned.append(real_step(*a, **k)) or tuned[-1])
+    report = quantize_checkpoint(opts)
+    assert report["task"] == "seg" and report["qat"] is not None and len(tuned) == 1
+    assert losses and all(torch.isfinite(v) and v > 0 for v in losses)  # the decode head's loss, every batch
+    assert report["chosen"]["qat"] == report["qat"]["kept"] == ("QAT" in report["how"])  # shipped only if better
+    assert report["integer_convs"] == report["convs"] > 0 and (opts.out / "model_int8.onnx").is_file()
+    trained_state = tuned[0].state_dict()
+    deploy = torch.load(work / "deploy.pt", weights_only=False)["model"]
+    assert any(not torch.equal(trained_state[k], v) for k, v in deploy.items() if k in trained_state and "weight" in k)

@@ -10,6 +10,7 @@ from torch import nn
 pytest.importorskip("pytorch_quantization")
 pytest.importorskip("onnxruntime")
 
+from conftest import Penalised  # noqa: E402
 from support import tool  # noqa: E402
 
 from qarep_dense.data.imagefolder import make_cls_loader  # noqa: E402
@@ -122,35 +123,6 @@ def test_bad_inputs_name_the_file(cls_setup, capsys, case):
     assert named in capsys.readouterr().err
 
 
-class _Penalised:
-    """The real evaluator, except that any model with quantizers loses 5 points: the all-INT8 result
-    always misses a 1-point budget, whatever the tiny model does."""
-
-    def __init__(self, inner):
-        self.inner, self.metric_name, self.preprocess = inner, inner.metric_name, inner.preprocess
-
-    def evaluate(self, model):
-        scores = dict(self.inner.evaluate(model))
-        quantized = any("quantizer" in name for name, _ in model.named_modules()) if isinstance(model, nn.Module) else True
-        scores[self.metric_name] -= 5.0 * quantized
-        return scores
-
-    def calibration_loader(self):
-        return self.inner.calibration_loader()
-
-
-@pytest.fixture
-def penalised(monkeypatch):
-    real = quantize_pipeline.task_data
-
-    def task_data(*args, **kwargs):
-        data = real(*args, **kwargs)
-        data.evaluator = _Penalised(data.evaluator)
-        return data
-
-    monkeypatch.setattr(quantize_pipeline, "task_data", task_data)
-
-
 def _fast(out, **kw) -> QuantizeOptions:
     return QuantizeOptions(**{**dict(out=out, calibrators=("max",), transforms=("none",), calib_batches=2, batch_size=8,
                                      selection_images=16, progress=False, latency_repeats=1, diagnose=False), **kw})
@@ -172,7 +144,7 @@ def test_int8_only_never_keeps_a_float_layer(cls_setup, penalised, int8_only):
         assert report["int8"] == max(report["int8_all_int8_choice"], *(s["validation"] for s in steps))
 
 
-class _Scripted(_Penalised):
+class _Scripted(Penalised):
     """The real evaluator minus a penalty that depends on how many convs run quantized (``penalty(q)``)."""
 
     def __init__(self, inner, penalty):

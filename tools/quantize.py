@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--task", choices=sorted(TASKS), default=None, help="expected task (default: from the file)")
     p.add_argument("--from", dest="source", choices=SOURCES, default=None, help="convert a foreign checkpoint first")
     p.add_argument("--int8-only", action="store_true", help="never keep a layer in float")
-    p.add_argument("--allow-qat", action="store_true", help="fine-tune with QAT if PTQ misses the budget (cls, det)")
+    p.add_argument("--allow-qat", action="store_true", help="fine-tune with QAT if PTQ misses the budget (the task's own loss)")
     p.add_argument("--ort-precision", choices=["auto", "default", "precise"], default="auto",
                    help="onnxruntime INT8 kernels (auto: chosen for this CPU, checked against fake quant)")
     p.add_argument("--calibrators", nargs="+", default=None,

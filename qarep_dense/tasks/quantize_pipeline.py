@@ -10,7 +10,7 @@
    validation metric, so it is checked there. What to try is the :class:`~qarep_dense.quant.search.BudgetStrategy`'s
    call (the chosen all-INT8 candidate; if it misses and float layers are allowed, a ladder of 1, 2, 3, 4, 6, ...
    layers kept in float, the most sensitive first by output MSE on calibration images; then, with ``allow_qat``
-   and a classifier or detector, a short QAT fine-tune of the best so far); :func:`meet_budget` is the loop that
+   a short QAT fine-tune of the best so far); :func:`meet_budget` is the loop that
    quantizes and evaluates what it asks for. The best trial ships (the first that meets the budget, else the
    highest metric), and a model without a quantized conv never meets it. The number of float layers is thus the
    one setting fitted to the validation split, and the report says so. After the choice, every candidate is also evaluated on
@@ -71,7 +71,8 @@ class QuantizeOptions:
     data: dataset root (classification: ImageFolder with train/ and val/; detection: COCO layout, default
         the checkpoint's training data). max_drop: the budget in validation-metric points.
     int8_only: never keep a layer in float (the all-INT8 result is reported even if it misses the budget).
-    allow_qat: fine-tune the best candidate with QAT if PTQ misses the budget (classifiers and detectors).
+    allow_qat: fine-tune the best candidate with QAT if PTQ misses the budget, with the task's own loss
+        (classifiers: cross-entropy; detectors: their training loss; segmentors: their decode head's loss).
     selection_images: training images set aside to score candidates (after the calibration images).
     bias_correction: "auto" (the 3 best uncorrected candidates also compete corrected), "all" (every
         candidate with and without it), "on" (only corrected ones) or "off".
@@ -192,7 +193,7 @@ def split_training_images(calibration, selection, opts: QuantizeOptions, classif
 
 def qat_step(qmodel: nn.Module, loader, meta: dict, preprocess, opts: QuantizeOptions) -> nn.Module:
     """A short QAT fine-tune of a copy of ``qmodel`` on the training split with the task's own loss
-    (classifiers: cross-entropy; detectors: the training loss)."""
+    (classifiers: cross-entropy; detectors: the training loss; segmentors: the decode head's loss)."""
     from ..quant.qat import prepare_qat, qat_finetune
 
     model = prepare_qat(copy.deepcopy(qmodel))
@@ -221,9 +222,8 @@ def meet_budget(run: BudgetRun, qmodel: nn.Module, fp32: float, opts: QuantizeOp
     from the chosen all-INT8 candidate ``qmodel``; returns the strategy (its trials, its best)."""
     backend = get_backend(run.config.backend)
     qat = opts.allow_qat and get_task(run.meta["task"]).qat_loss is not None
-    if opts.allow_qat and not qat:  # a segmentor's loss lives in mmseg's model: train it with tools/train_seg.py
-        log.warning("--allow-qat: QAT in this pipeline is for classifiers and detectors; %s is left at PTQ",
-                    run.meta["task"])
+    if opts.allow_qat and not qat:
+        log.warning("--allow-qat: the %s task has no QAT loss; its model is left at PTQ", run.meta["task"])
 
     def rank() -> list[dict]:
         ranking = rank_layers(qmodel, run.data.calib[:2], run.preprocess, opts.device, run.config.backend,

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.preprocess import Preprocess
 from ..deploy.equivalence import max_abs_diff
 from ..engine.checkpoint import save_checkpoint
 from ..evaluation.evaluators import EvalRequest
@@ -230,6 +231,14 @@ def make_evaluator(request: EvalRequest) -> SegmentationEvaluator:
                                  request.device, request.progress)
 
 
+def qat_loss(meta: dict, model: nn.Module, preprocess: Preprocess, device: str):
+    """The decode head's loss (the checkpoint's mmseg config) of one (uint8 images, ground truths) batch of the
+    evaluation pipeline's training images: the QAT loss of a segmentor."""
+    mm = _mm()
+    loss = mm.decode_head_loss(mm.config_from_text(meta["mmseg_config"]))
+    return lambda m, batch: loss(m(preprocess(batch[0].to(device))), batch[1])
+
+
 def dataset_class_names(meta: dict) -> list[str] | None:
     """The class names of the checkpoint's mmseg dataset class, None if it declares none."""
     from mmseg.registry import DATASETS
@@ -272,6 +281,6 @@ def class_names(meta: dict) -> list[str] | None:
     return meta.get("names") or (dataset_class_names(meta) if meta.get("mmseg_config") else None)
 
 
-TASK = TaskRow("seg", "segmentation", "mIoU", build_model_from_meta, make_evaluator, free_size_export=True,
+TASK = TaskRow("seg", "segmentation", "mIoU", build_model_from_meta, make_evaluator, free_size_export=True, qat_loss=qat_loss,
                read_checkpoint=read_checkpoint, prepare_image=prepare_image, class_names=class_names,
                prediction="mask", batch_size=4)

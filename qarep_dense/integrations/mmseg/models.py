@@ -119,6 +119,33 @@ def model_from_meta(meta: dict) -> SegmentorLogits:
     return SegmentorLogits(build_segmentor(model_cfg))
 
 
+def decode_head_loss(cfg: Config):
+    """``loss(logits (N, C, H, W), ground truths [(H_i, W_i)]) -> scalar``: the config's decode-head loss, as
+    mmseg's ``BaseDecodeHead.loss_by_feat`` applies it (logits resized bilinearly to the labels with the head's
+    ``align_corners``, every ``loss_decode`` module summed, the head's ``ignore_index``).
+
+    The QAT loss of a :class:`DeploySegmentorLogits`, which has no auxiliary head and takes no data samples,
+    so the head's own method cannot be called on it. Ground truths of different sizes are scored one by one.
+    """
+    from mmengine.registry import DefaultScope
+
+    head = cfg.model.decode_head
+    specs = head.get("loss_decode", dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0))
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        losses = [MODELS.build(spec) for spec in (specs if isinstance(specs, (list, tuple)) else [specs])]
+    ignore, align = int(head.get("ignore_index", 255)), bool(head.get("align_corners", False))
+
+    def loss(logits: torch.Tensor, gts: list[torch.Tensor]) -> torch.Tensor:
+        if len({tuple(gt.shape) for gt in gts}) > 1:
+            return torch.stack([loss(logit[None], [gt]) for logit, gt in zip(logits, gts)]).mean()
+        labels = torch.stack(list(gts)).to(logits.device).long()
+        if logits.shape[-2:] != labels.shape[-2:]:
+            logits = nn.functional.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=align)
+        return sum(fn(logits, labels, ignore_index=ignore) for fn in losses)
+
+    return loss
+
+
 def read_mmengine_checkpoint(path: str | Path) -> tuple[dict, dict]:
     """(state dict of :class:`SegmentorLogits`, metadata) of a checkpoint mmengine's Runner wrote during a
     segmentation run (``iter_*.pth``): its config is in the file, its weights are the segmentor's."""
@@ -133,4 +160,4 @@ def read_mmengine_checkpoint(path: str | Path) -> tuple[dict, dict]:
 
 
 __all__ = ["build_segmentor", "SegmentorLogits", "DeploySegmentorLogits", "fold_conv_module_bn", "revert_sync_bn",
-           "seg_meta", "model_from_meta", "read_mmengine_checkpoint"]
+           "seg_meta", "model_from_meta", "decode_head_loss", "read_mmengine_checkpoint"]
