@@ -63,7 +63,8 @@ def child(form: str, bins: int, occupied: int) -> None:
     amax = fn(hist, edges, 8, True)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"form": form, "amax": amax, "s": seconds, "peak_mb": peak / 1e3, "grew_mb": (peak - before) / 1e3}))
+    print(json.dumps({"form": form, "amax": amax, "s": seconds, "peak_mb": peak / 1e3,
+                      "grew_mb": (peak - before) / 1e3}))
 
 
 def main() -> None:

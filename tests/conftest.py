@@ -67,7 +67,7 @@ class Penalised:
 
     def evaluate(self, model):
         scores = dict(self.inner.evaluate(model))
-        quantized = any("quantizer" in name for name, _ in model.named_modules()) if isinstance(model, nn.Module) else True
+        quantized = not isinstance(model, nn.Module) or any("quantizer" in name for name, _ in model.named_modules())
         scores[self.metric_name] -= 5.0 * quantized
         return scores
 

@@ -130,8 +130,9 @@ def mse_amax(hist: np.ndarray, edges: np.ndarray, num_bits: int, unsigned: bool 
     occupied = counts > 0
     values, weights = centres[occupied].unsqueeze(0), counts[occupied]
     # Every chunk's arithmetic runs in place in one buffer. Fresh (K, bins) temporaries per step (seven per chunk,
-    # 13 MB each for a detector's 110k-bin histogram) grew glibc's heap to 6.5 GB through fragmentation, the main
-    # job's peak; the elementwise ops are the same, so the errors are bit for bit the same.
+    # 13 MB each for a detector's 110k-bin histogram) could grow glibc's heap by 5.5 GB through fragmentation (the
+    # main job's 6.5 GB stage; benchmarks/bench_mse_memory.py); the elementwise ops are the same, so the errors
+    # are bit for bit the same.
     buffer = torch.empty(min(chunk, candidates.numel()), values.shape[1])
     mses = []
     for part in candidates.split(chunk):
