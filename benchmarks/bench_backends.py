@@ -13,7 +13,7 @@ On the main job's digits models (``<name>_s<seed>/deploy.pt`` under --models, ma
   calibration batches: the first layer's input and a detector head's SiLU outputs stay signed), the fix that lets
   onnxruntime fuse modelopt's plain export;
 - ``autoquant``: ``mtq.auto_quantize`` (gradient scores of the task's own loss on the calibration batches:
-  cross-entropy on the labels, YOLOv6's detection loss on the boxes, per-pixel cross-entropy on the masks) over
+  cross-entropy on the labels, YOLOv6's detection loss on the boxes, the decode head's loss on the masks) over
   ``INT8_DEFAULT_CFG`` and "no quantization" per layer, at an effective-bits constraint that admits at most two
   float layers (8 + 8 * (p1 + p2 + p3/2) / P bits, p_i the smallest layers' weight counts, P all of them);
 - ``quantize_pq`` / ``quantize_mo``: ``tools/quantize.py --int8-only`` (its library call) with
@@ -44,7 +44,6 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from qarep_dense.data.digits_canvas import IGNORE  # noqa: E402
 from qarep_dense.demo.main_job import DENSE_BIAS_CORRECTION, DENSE_CALIBRATORS  # noqa: E402
 from qarep_dense.demo.stage_jobs import quantize_pipeline  # noqa: E402
 from qarep_dense.quant.backends import get_backend  # noqa: E402
@@ -149,20 +148,10 @@ def ort_counts(model: nn.Module, example: torch.Tensor) -> str:
 
 def task_loss(fused: nn.Module, meta: dict, preprocess):
     """``loss(model, batch)`` for AutoQuantize's gradient scores: the loss the model was trained with, so that a
-    layer's score is what its quantization costs the task. Classifiers and detectors: the task's own QAT loss
-    (cross-entropy; YOLOv6's detection loss with the checkpoint's settings). Segmentors (no QAT loss in the
-    pipeline): mmseg's decode-head loss of these configs, per-pixel cross-entropy on the logits resized to the
-    masks, the ignore label left out."""
-    qat_loss = get_task(meta["task"]).qat_loss
-    if qat_loss is not None:
-        return qat_loss(meta, fused, preprocess, "cpu")
-
-    def seg_loss(model: nn.Module, batch) -> torch.Tensor:
-        masks = torch.stack([m.long() for m in batch[1]])
-        logits = model(preprocess(batch[0]))
-        logits = nn.functional.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
-        return nn.functional.cross_entropy(logits, masks, ignore_index=IGNORE)
-    return seg_loss
+    layer's score is what its quantization costs the task: the task's own QAT loss (classifiers: cross-entropy;
+    detectors: YOLOv6's detection loss with the checkpoint's settings; segmentors: the decode head's loss of the
+    checkpoint's mmseg config)."""
+    return get_task(meta["task"]).qat_loss(meta, fused, preprocess, "cpu")
 
 
 def mtq_rows(fused: nn.Module, batches: list, preprocess, evaluate, loss) -> dict:

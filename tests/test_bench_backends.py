@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench_backends  # noqa: E402
 
@@ -36,14 +37,18 @@ def test_ort_fix_config_marks_only_the_given_layers_unsigned():
     assert all("unsigned" not in str(e) for e in mtq.INT8_DEFAULT_CFG["quant_cfg"])  # the shipped config untouched
 
 
-def test_segmentation_loss_is_the_pixel_cross_entropy_without_the_ignore_label():
+def test_segmentation_loss_is_the_decode_heads_training_loss():
+    """AutoQuantize scores a segmentor with the loss it was trained with: mmseg's cross-entropy of the config, which
+    averages over every pixel with the ignored ones counting zero (``avg_non_ignore=False``, mmseg's default)."""
+    mm = pytest.importorskip("qarep_dense.integrations.mmseg")
+    from qarep_dense.data.digits_canvas import IGNORE
+
+    cfg = mm.load_config(ROOT / "configs" / "seg" / "fcn_qarepvgg-test_1xb4-2it_digits-canvas-32x32.py")
     torch.manual_seed(0)
-    logits = torch.randn(2, 3, 4, 4)
-    masks = [torch.randint(0, 3, (8, 8)), torch.randint(0, 3, (8, 8))]
-    masks[0][:4] = bench_backends.IGNORE
-    loss = bench_backends.task_loss(nn.Identity(), {"task": "seg"}, identity)(lambda _: logits, (None, masks))
+    logits = torch.randn(2, 11, 4, 4)
+    masks = [torch.randint(0, 11, (8, 8)), torch.randint(0, 11, (8, 8))]
+    masks[0][:4] = IGNORE
+    loss = bench_backends.task_loss(nn.Identity(), mm.seg_meta(cfg), identity)(lambda _: logits, (torch.zeros(2), masks))
     up = nn.functional.interpolate(logits, size=(8, 8), mode="bilinear", align_corners=False)
-    target = torch.stack(masks).long()
-    keep = target != bench_backends.IGNORE
-    expected = nn.functional.cross_entropy(up.permute(0, 2, 3, 1)[keep], target[keep])
-    assert torch.isclose(loss, expected)
+    per_pixel = nn.functional.cross_entropy(up, torch.stack(masks).long(), ignore_index=IGNORE, reduction="none")
+    assert torch.isclose(loss, per_pixel.sum() / per_pixel.numel())  # ignored pixels: 0 in the sum, 1 in the count
