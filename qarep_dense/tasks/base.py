@@ -36,7 +36,7 @@ class TaskRow:
         section the evaluator uses); None: the task has no foreign checkpoints.
     foreign_sources: the ``convert`` sources this task's checkpoints can come from.
     qat_loss(meta, model, preprocess, device) -> ``loss(model, batch)``, the training loss of one batch of the task's
-        calibration loader (training images), for QAT; None: no QAT for this task.
+        calibration loader (training images), for QAT (every task has one: ``tools/quantize.py --allow-qat``).
     selection_score: how quantization candidates are scored against the FP32 model on the selection images
         ("kl": KL divergence of the softmax, for classifiers; "rel_mse": relative MSE of all outputs).
     preprocess(meta) -> the checkpoint's uint8 -> float step (its recorded mean/std, else the task's default).
@@ -60,9 +60,9 @@ class TaskRow:
     metric: str
     build_model: Callable[[dict, str], nn.Module]
     make_evaluator: Callable[[EvalRequest], Evaluator]
+    qat_loss: Callable[[dict, nn.Module, Preprocess, str], Callable]
     converted_meta: Callable[..., dict] | None = None
     foreign_sources: tuple[str, ...] = ()
-    qat_loss: Callable[[dict, nn.Module, Preprocess, str], Callable] | None = None
     selection_score: str = "rel_mse"
     metric_counts_images: bool = False
     free_size_export: bool = False

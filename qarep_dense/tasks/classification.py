@@ -95,6 +95,7 @@ def qat_loss(meta: dict, model: nn.Module, preprocess: Preprocess, device: str):
     return supervised_loss(nn.functional.cross_entropy, preprocess, device)
 
 
-TASK = TaskRow("cls", "classification", "top1", build_model_from_meta, make_evaluator, converted_meta,
-               foreign_sources=("timm", "repvgg"), qat_loss=qat_loss, selection_score="kl", metric_counts_images=True,
-               preprocess=preprocess_of, prepare_image=prepare_image, class_names=class_names, prediction="labels")
+TASK = TaskRow("cls", "classification", "top1", build_model_from_meta, make_evaluator, qat_loss,
+               converted_meta=converted_meta, foreign_sources=("timm", "repvgg"), selection_score="kl",
+               metric_counts_images=True, preprocess=preprocess_of, prepare_image=prepare_image, class_names=class_names,
+               prediction="labels")

@@ -128,6 +128,6 @@ def prepare_image(meta: dict, size: int | None, source: str = "checkpoint"):
     return prepare
 
 
-TASK = TaskRow("det", "detection", "AP", build_model_from_meta, make_evaluator, converted_meta,
-               foreign_sources=("yolov6",), qat_loss=qat_loss, preprocess=preprocess_of, prepare_image=prepare_image,
-               prediction="boxes", batch_size=16)
+TASK = TaskRow("det", "detection", "AP", build_model_from_meta, make_evaluator, qat_loss,
+               converted_meta=converted_meta, foreign_sources=("yolov6",), preprocess=preprocess_of,
+               prepare_image=prepare_image, prediction="boxes", batch_size=16)

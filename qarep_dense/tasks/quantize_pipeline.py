@@ -221,16 +221,13 @@ def meet_budget(run: BudgetRun, qmodel: nn.Module, fp32: float, opts: QuantizeOp
     """The loop that quantizes, evaluates and records what the :class:`BudgetStrategy` asks for, starting
     from the chosen all-INT8 candidate ``qmodel``; returns the strategy (its trials, its best)."""
     backend = get_backend(run.config.backend)
-    qat = opts.allow_qat and get_task(run.meta["task"]).qat_loss is not None
-    if opts.allow_qat and not qat:
-        log.warning("--allow-qat: the %s task has no QAT loss; its model is left at PTQ", run.meta["task"])
 
     def rank() -> list[dict]:
         ranking = rank_layers(qmodel, run.data.calib[:2], run.preprocess, opts.device, run.config.backend,
                               progress=opts.progress)
         return [e.as_dict() for e in ranking]
 
-    strategy = BudgetStrategy(fp32, opts.max_drop, None if opts.int8_only else rank, qat)
+    strategy = BudgetStrategy(fp32, opts.max_drop, None if opts.int8_only else rank, opts.allow_qat)
     while (step := strategy.next_step()) is not None:
         if not strategy.trials:
             model = qmodel

@@ -281,6 +281,6 @@ def class_names(meta: dict) -> list[str] | None:
     return meta.get("names") or (dataset_class_names(meta) if meta.get("mmseg_config") else None)
 
 
-TASK = TaskRow("seg", "segmentation", "mIoU", build_model_from_meta, make_evaluator, free_size_export=True,
-               qat_loss=qat_loss, read_checkpoint=read_checkpoint, prepare_image=prepare_image,
+TASK = TaskRow("seg", "segmentation", "mIoU", build_model_from_meta, make_evaluator, qat_loss,
+               free_size_export=True, read_checkpoint=read_checkpoint, prepare_image=prepare_image,
                class_names=class_names, prediction="mask", batch_size=4)
