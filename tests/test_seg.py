@@ -409,4 +409,6 @@ def test_channels_last_hook_relays_the_weights_and_keeps_the_parameters():
     assert kernels and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
                            for w in kernels)
     with torch.no_grad():
-        assert torch.allclose(model(x, mode="tensor"), before, atol=1e-5)
+        after = model(x, mode="tensor")
+    # channels-last kernels sum in another order: float rounding relative to the logits' scale (about 100 here)
+    assert ((after - before).abs().max() / before.abs().max()).item() < 1e-5

@@ -22,6 +22,20 @@ def _root_prints_to_console() -> bool:
                for h in logging.getLogger().handlers)
 
 
+class _ConsoleHandler(logging.StreamHandler):
+    """A console handler that writes to ``sys.stderr`` as it is at each record, as logging's last-resort handler
+    does. One that kept the stream of its creation would write into a closed file once that stream was swapped
+    back (a test runner's capture, ``contextlib.redirect_stderr``)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property always follows sys.stderr
+        pass
+
+
 def setup_logging(work_dir: str | os.PathLike | None = None, is_main: bool = True,
                   level: int = logging.INFO) -> None:
     """Console logging for the ``qarep_dense`` loggers, plus ``work_dir/train.log`` on rank 0.
@@ -32,7 +46,7 @@ def setup_logging(work_dir: str | os.PathLike | None = None, is_main: bool = Tru
     root.setLevel(level if is_main else logging.WARNING)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     if not _root_prints_to_console() and not any(getattr(h, "_qarep_console", False) for h in root.handlers):
-        console = logging.StreamHandler()
+        console = _ConsoleHandler()
         console.setFormatter(fmt)
         console._qarep_console = True  # type: ignore[attr-defined]
         root.addHandler(console)
