@@ -119,6 +119,14 @@ def test_summary_states_the_calibration_images_the_stages_used(tmp_path):
     assert "every conv and FC input), max calibration, 192 calibration images;" in text
     two = {**one, "cls_quant_qarepvgg_s1": cls_quant_record(99.0, 98.0, 256)}
     assert "max calibration, 192-256 calibration images;" in render_summary(tmp_path, two, ["cls"], {}, _info())
+
+
+def test_summary_names_the_flag_that_brings_repopt_back_when_it_is_left_out(tmp_path):
+    one = {"cls_quant_qarepvgg_s0": cls_quant_record(97.0, 97.0, 192)}
+    hint = "`--cls-models repvgg_custom,qarepvgg,repopt` adds its rows"
+    assert hint in render_summary(tmp_path, one, ["cls"], {}, _info())
+    with_it = render_summary(tmp_path, one, ["cls"], {}, _info(cls_models=["repvgg_custom", "qarepvgg", "repopt"]))
+    assert hint not in with_it and "one Hyper-Search run (cls/hs)" in with_it
     assert "256 calibration images" not in render_summary(tmp_path, {}, ["cls"], {}, _info())
 
 
@@ -421,9 +429,13 @@ def test_side_by_side_figures_stack_and_fit_the_page_width(tmp_path):
 def test_default_profile_trains_the_story_and_optional_rows_come_back_on_request(tmp_path):
     demo = Demo(DemoOptions(out=tmp_path))
     trains = {st.name for st in demo.cls_jobs() + demo.det_jobs() + demo.seg_jobs() if "_train_" in st.name}
-    assert len([n for n in trains if n.startswith("cls_")]) == 10 and "cls_train_repvgg_normal_s0" not in trains
+    assert sorted(n for n in trains if n.startswith("cls_")) == [
+        f"cls_train_{m}_s{s}" for m in ("qarepvgg", "repvgg_custom") for s in (0, 1, 2)]  # no RepOpt, no Hyper-Search
     assert sorted(n for n in trains if n.startswith(("det_", "seg_"))) == [
         "det_train_qarepvgg_s0", "det_train_repvgg_s0", "seg_train_qarepvgg_s0", "seg_train_repvgg_s0"]
+    baseline = Demo(DemoOptions(out=tmp_path, cls_models=["repvgg_custom", "qarepvgg", "repopt"]))
+    names = {st.name for st in baseline.cls_jobs()}
+    assert {"cls_train_hs", "cls_train_repopt_s2", "cls_quant_repopt_s2", "cls_analyze_repopt_s2"} <= names
     every = Demo(DemoOptions(out=tmp_path, cls_models=["repopt", "repvgg_normal", "qarepvgg", "repvgg_custom"]))
     names = [st.name for st in every.cls_jobs() + every.det_jobs()]
     assert "cls_train_repvgg_normal_s2" in names
@@ -460,7 +472,7 @@ def test_a_training_side_by_side_gives_the_same_weights_as_alone(tmp_path):
 
 
 def test_the_quantize_pipeline_runs_on_the_story_pair_and_is_shown_next_to_plain_ptq(tmp_path):
-    demo = Demo(DemoOptions(out=tmp_path))
+    demo = Demo(DemoOptions(out=tmp_path, cls_models=["repvgg_custom", "qarepvgg", "repopt"]))
     stages = {st.name: st for st in demo.cls_jobs()}
     for seed in (0, 1, 2):
         for model in ("repvgg_custom", "qarepvgg"):

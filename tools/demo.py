@@ -3,11 +3,13 @@
     python tools/demo.py                         # cls, det and seg; writes work_dirs/demo/summary.md
     python tools/demo.py --quick                 # one seed's story, cls and det (work_dirs/demo_quick)
     python tools/demo.py --out DIR --seeds 5 6 7  # all three tasks over seeds 5, 6 and 7
+    python tools/demo.py --cls-models repvgg_custom,qarepvgg,repopt --dense-blocks repvgg,qarepvgg,repopt
+                                                 # with RepOpt-VGG's baseline rows in every task
     python tools/demo.py --cls-models repvgg_custom,repvgg_normal,qarepvgg,repopt   # every classifier
 
 Classification (the story): RepVGG with its authors' recipe (custom L2 + identity-gamma decay),
-QARepVGG and RepOpt-VGG (and, with --cls-models, RepVGG with normal L2) on scikit-learn's digits over
-seeds; FP32, INT8 (max and entropy calibration), weights-only and activations-only INT8, the mechanism
+and QARepVGG (and, with --cls-models, RepOpt-VGG and RepVGG with normal L2) on scikit-learn's digits
+over seeds; FP32, INT8 (max and entropy calibration), weights-only and activations-only INT8, the mechanism
 figures per model (tools/analyze.py), the dead-channel repair, and the paper's Fig. 2-4 for the RepVGG
 seed with the largest INT8 drop above its QARepVGG twin. Detection and segmentation (real handwriting: digit
 canvases): each block's classifier of the same seed fine-tuned as a detector and as an FCN segmentor; FP32 vs
@@ -53,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> DemoOptions:
     p.add_argument("--out", type=Path, default=None, help="results folder (default work_dirs/demo, --quick "
                    "work_dirs/demo_quick, --tiny work_dirs/demo_tiny); reused only under the same settings")
     p.add_argument("--cls-models", help="classifiers to train, from repvgg_custom,repvgg_normal,qarepvgg,repopt "
-                   "(default repvgg_custom,qarepvgg,repopt; --quick repvgg_custom,qarepvgg)")
+                   "(default repvgg_custom,qarepvgg: the story's pair; repopt adds RepOpt-VGG's baseline rows: its "
+                   "Hyper-Search run and a classifier per seed)")
     p.add_argument("--dense-blocks", help="blocks of the detection and segmentation rows, from repvgg,qarepvgg,repopt "
                    "(default repvgg,qarepvgg; repopt adds its classifier, a Hyper-Search detector and its models)")
     p.add_argument("--jobs", type=int, default=2, help="stages run side by side, one thread each (default 2: "

@@ -69,7 +69,9 @@ def _cls_section(out: Path, records: dict, info: dict, rows: list[dict], how: di
              f"`{' '.join(info['cls_recipe'])}`, seeds {seeds}. Top-1 % as mean (min-max) over seeds. RepVGG "
              "custom = its authors' recipe (custom L2 on the branch kernels + weight decay on the identity-BN "
              "gammas); the others use normal L2. "
-             + ("RepOpt-VGG's scales come from one Hyper-Search run (cls/hs). " if "repopt" in models else "")
+             + ("RepOpt-VGG's scales come from one Hyper-Search run (cls/hs). " if "repopt" in models else
+                "RepOpt-VGG, the optimizer-side baseline, is left out: `--cls-models repvgg_custom,qarepvgg,repopt` "
+                "adds its rows. ")
              + "INT8 = W8A8 PTQ of the fused model (per-channel weights, per-tensor activations, every "
              f"conv and FC input), {calibration_text(how)}; weights-only / activations-only switch the other "
              "side's quantizers off. The first table is results.json's rows.", ""]
@@ -143,7 +145,8 @@ def _dense_section(out: Path, records: dict, info: dict, rows: list[dict], how: 
              f"seeds {seeds}: RepVGG starts from the RepVGG (custom L2) classifier, QARepVGG from the QARepVGG one"
              + ("; RepOpt-VGG from the RepOpt-VGG one, trained with RepOptimizer (detection: the masks of one "
                 "Hyper-Search detector, det/hs; segmentation: those of the classifiers' Hyper-Search run)"
-                if "repopt" in blocks else "") + ". "
+                if "repopt" in blocks else " (`--dense-blocks repvgg,qarepvgg,repopt` adds RepOpt-VGG's rows)")
+             + ". "
              f"INT8 = W8A8 PTQ of the fused model ({calibration_text(how)}), the same for every model; ORT INT8 = the "
              "QDQ export run by ONNX Runtime. The table is results.json's rows.", ""]
     lines += [*task_table(rows), "", f"**Verdict over these seeds** (RepVGG vs QARepVGG, max calibration): "
