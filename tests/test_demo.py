@@ -119,6 +119,7 @@ def test_summary_states_the_calibration_images_the_stages_used(tmp_path):
     assert "every conv and FC input), max calibration, 192 calibration images;" in text
     two = {**one, "cls_quant_qarepvgg_s1": cls_quant_record(99.0, 98.0, 256)}
     assert "max calibration, 192-256 calibration images;" in render_summary(tmp_path, two, ["cls"], {}, _info())
+    assert "256 calibration images" not in render_summary(tmp_path, {}, ["cls"], {}, _info())
 
 
 def test_summary_names_the_flag_that_brings_repopt_back_when_it_is_left_out(tmp_path):
@@ -127,7 +128,6 @@ def test_summary_names_the_flag_that_brings_repopt_back_when_it_is_left_out(tmp_
     assert hint in render_summary(tmp_path, one, ["cls"], {}, _info())
     with_it = render_summary(tmp_path, one, ["cls"], {}, _info(cls_models=["repvgg_custom", "qarepvgg", "repopt"]))
     assert hint not in with_it and "one Hyper-Search run (cls/hs)" in with_it
-    assert "256 calibration images" not in render_summary(tmp_path, {}, ["cls"], {}, _info())
 
 
 def test_summary_has_every_section_tables_from_records_and_skip_lines(tmp_path):

@@ -7,7 +7,7 @@
                                                  # with RepOpt-VGG's baseline rows in every task
     python tools/demo.py --cls-models repvgg_custom,repvgg_normal,qarepvgg,repopt   # every classifier
 
-Classification (the story): RepVGG with its authors' recipe (custom L2 + identity-gamma decay),
+Classification (the story): RepVGG with its authors' recipe (custom L2 + identity-gamma decay)
 and QARepVGG (and, with --cls-models, RepOpt-VGG and RepVGG with normal L2) on scikit-learn's digits
 over seeds; FP32, INT8 (max and entropy calibration), weights-only and activations-only INT8, the mechanism
 figures per model (tools/analyze.py), the dead-channel repair, and the paper's Fig. 2-4 for the RepVGG

@@ -74,11 +74,11 @@ DENSE_BLOCKS = DENSE_PAIR
 DENSE_PIPELINE_BLOCKS = DENSE_PAIR  # tools/quantize.py runs on these dense models (the story's pair)
 CANVAS_DATA = "digits_canvas"  # OUT/data/<this>: the canvases both dense tasks read (one export)
 STORY_MODELS = ("repvgg_custom", "qarepvgg")  # the comparison every run makes (verdict, figures, speed)
-# The default trains the story's pair in every task; --cls-models (and --dense-blocks) bring back the rows it
-# leaves out to stay near 30 minutes on 2 cores: RepOpt-VGG, the optimizer-side baseline (its Hyper-Search run and
-# three classifiers with their measurements: about 17 of the 2026-12-07 default's 83 stage-minutes, and it held
-# in INT8 in every seed and run so far: BENCHMARKS.md, "The main job timed"), and RepVGG with normal L2 (the same
-# mechanism, fewer dead channels). The dense tasks train the first seed (--seeds trains all three tasks over the
+# The default trains the story's pair in every task, to keep it shorter; --cls-models (and --dense-blocks) bring
+# back the rows it leaves out: RepOpt-VGG, the optimizer-side baseline (its Hyper-Search run and three classifiers
+# with their measurements: about 17 of the 2026-12-07 Xeon default's 83 stage-minutes; it held in INT8 in every
+# seed of the recorded runs), and RepVGG with normal L2 (the same mechanism, fewer dead channels). Even so the
+# default is over 30 minutes on the 2-core machines measured (docs/main_job.md, "How long"). The dense tasks train the first seed (--seeds trains all three tasks over the
 # given seeds: about 12 more minutes per seed).
 DEFAULT_CLS_MODELS = STORY_MODELS
 CLS_CONFIGS = ROOT / "configs" / "cls"
