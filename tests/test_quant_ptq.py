@@ -157,6 +157,35 @@ def test_mse_and_entropy_match_pytorch_quantization(monkeypatch):
         assert mse_amax(hist, edges, bits, unsigned, start_bin=128) == pytest.approx(theirs, rel=1e-6)
 
 
+@pytest.mark.parametrize("case", ["ties", "sparse", "empty_head", "stride"])
+def test_entropy_takes_the_packages_candidate_on_its_hard_cases(case):
+    """The prefix-sum search against pytorch-quantization's own double loop where a rounding slip would show:
+    exact ties (every group one bin: KL 0 for several candidates, the last one wins), a sparse grown histogram,
+    an empty head (0/0 candidates: NaN, which the package's argmin takes), and a stride."""
+    from pytorch_quantization.calib import histogram as pq_hist
+
+    rng = np.random.default_rng(17 if case == "ties" else 1)
+    x = np.abs(rng.standard_t(3, 20_000))
+    unsigned, stride, bins = False, 1, 300
+    if case == "ties":  # 8-bit unsigned: 256 levels, more than the 200 bins (found failing without ENTROPY_TIE)
+        unsigned, bins = True, 200
+    elif case == "sparse":
+        x = np.concatenate([x, [400.0, 900.0]])
+    elif case == "empty_head":
+        x = x + x.max()  # nothing in the first half: candidates up to 150 see only zeros
+    else:
+        stride = 4
+    hist, edges = np.histogram(x, bins=bins, range=(0.0, x.max()))  # |x| histograms start at 0
+    if case == "empty_head":
+        assert hist[:150].sum() == 0
+    elif case == "ties":
+        hist[rng.integers(0, bins, size=66)] = 0  # a third of the bins empty: groups of one bin, KL 0 for several
+    theirs = float(pq_hist._compute_amax_entropy(hist.copy(), edges, 8, unsigned, stride, 128))
+    # the package returns a float32 amax; one bin apart is 1/300 apart here
+    assert entropy_amax(hist.copy(), edges, 8, unsigned, start_bin=128, stride=stride) == pytest.approx(theirs,
+                                                                                                         rel=1e-6)
+
+
 def test_histogram_methods_survive_a_library_histogram_with_one_edge_too_many():
     """pytorch-quantization rebuilds the edges with torch.arange when a batch widens the range; float rounding
     can leave one edge more than bins (a detector's calibration failed on it). Found on the real calibrator."""
