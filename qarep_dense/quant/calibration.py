@@ -147,6 +147,7 @@ def mse_amax(hist: np.ndarray, edges: np.ndarray, num_bits: int, unsigned: bool 
 # Divergences within this of the smallest count as equal to it (the package's ties, e.g. exact zeros where every
 # group holds one bin, come out of the prefix sums as rounding noise of about 1e-15)
 ENTROPY_TIE = 1e-12
+ENTROPY_BLOCK = 2048  # candidates per block of entropy_divergences
 
 
 def entropy_amax(hist: np.ndarray, edges: np.ndarray, num_bits: int, unsigned: bool = False, start_bin: int = 128,
@@ -154,9 +155,10 @@ def entropy_amax(hist: np.ndarray, edges: np.ndarray, num_bits: int, unsigned: b
     """The amax minimising KL(reference || quantized) of the |x| histogram (TensorRT's entropy calibration).
 
     Same algorithm, bin grouping and tie-breaking (the last of the smallest, up to ``ENTROPY_TIE``) as
-    pytorch-quantization's ``_compute_amax_entropy``. Written by hand because the package's double loop costs O(bins^2) in Python (seconds
-    per quantizer at 2048 bins, minutes on a histogram grown past its first range). Here every candidate's
-    divergence comes from prefix sums over the bins, all candidates at once: O(candidates x quantization levels).
+    pytorch-quantization's ``_compute_amax_entropy``. Written by hand because the package's double loop costs
+    O(bins^2) in Python (seconds per quantizer at 2048 bins, minutes on a histogram grown past its first range).
+    Here every candidate's divergence comes from prefix sums over the bins, a block of candidates at once:
+    O(candidates x quantization levels).
 
     For a candidate ``i``: the reference is ``bins[:i]`` with the tail ``bins[i:]`` added to its last bin; the
     quantized distribution spreads each of the ``2**bits`` groups' mass evenly over its nonzero bins (group ``k``
@@ -187,7 +189,16 @@ def entropy_divergences(hist: np.ndarray, num_bits: int, unsigned: bool = False,
     counts = np.concatenate([[0], np.cumsum(bins)])  # exact integer prefix sums
     occupied = np.concatenate([[0], np.cumsum(bins != 0)])
     blogb = np.concatenate([[0.0], np.cumsum(np.where(bins > 0, bins * np.log(np.maximum(bins, 1)), 0.0))])
-    total, below = float(counts[-1]), counts[cand]  # T, and S per candidate
+    total = float(counts[-1])  # T
+    # blocks of candidates: a (block x levels) table each, a few MB, however far the histogram has grown
+    return np.concatenate([_block_divergences(cand[k:k + ENTROPY_BLOCK], bins, counts, occupied, blogb, total,
+                                              levels) for k in range(0, len(cand), ENTROPY_BLOCK)])
+
+
+def _block_divergences(cand: np.ndarray, bins: np.ndarray, counts: np.ndarray, occupied: np.ndarray,
+                       blogb: np.ndarray, total: float, levels: int) -> np.ndarray:
+    """:func:`entropy_divergences` of the candidates ``cand``, from the histogram's prefix sums."""
+    below = counts[cand]  # S per candidate
     last, tail = bins[cand - 1], counts[-1] - counts[cand]
     # group starts: the first integer at or above each edge (np.digitize's j >= space[k]); the last edge is i
     starts = np.ceil(np.linspace(0, cand, levels + 1, axis=1)).astype(np.int64)
