@@ -78,8 +78,8 @@ STORY_MODELS = ("repvgg_custom", "qarepvgg")  # the comparison every run makes (
 # back the rows it leaves out: RepOpt-VGG, the optimizer-side baseline (its Hyper-Search run and three classifiers
 # with their measurements: about 17 of the 2026-12-07 Xeon default's 83 stage-minutes; it held in INT8 in every
 # seed of the recorded runs), and RepVGG with normal L2 (the same mechanism, fewer dead channels). Even so the
-# default is over 30 minutes on the 2-core machines measured (docs/main_job.md, "How long"). The dense tasks train the first seed (--seeds trains all three tasks over the
-# given seeds: about 12 more minutes per seed).
+# default is over 30 minutes on the 2-core machines measured (docs/main_job.md, "How long"). The dense tasks
+# train the first seed (--seeds trains all three tasks over the given seeds: about 12 more minutes per seed).
 DEFAULT_CLS_MODELS = STORY_MODELS
 CLS_CONFIGS = ROOT / "configs" / "cls"
 CLS_HS_CONFIG = CLS_CONFIGS / "digits_hs.toml"  # the one Hyper-Search classifier whose scales RepOpt-VGG uses

@@ -209,7 +209,7 @@ def _block_divergences(cand: np.ndarray, bins: np.ndarray, counts: np.ndarray, o
     last_group = (starts[:, :-1] <= (cand - 1)[:, None]).sum(axis=1) - 1
     mass[rows, last_group] -= last  # G_k over j < i - 1: the last bin has a term of its own
     with np.errstate(divide="ignore", invalid="ignore"):
-        log_mean = np.where(mass > 0, np.log(np.where(mean > 0, mean, 1.0)), 0.0)
+        log_mean = np.log(mean, out=np.zeros(mean.shape), where=mean > 0)  # groups without mass weigh 0 below
         log_ratio = np.log(total) - np.log(below.astype(np.float64))
         body = (blogb[cand - 1] - log_ratio * counts[cand - 1] - (mass * log_mean).sum(axis=1)) / total
         ref_last = (last + tail) / total
