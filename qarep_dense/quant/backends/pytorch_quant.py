@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import copy
 import logging
+import sys
 from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Iterator
 
 import torch
 from pytorch_quantization import calib as pq_calib
 from pytorch_quantization import nn as pq_nn
+from pytorch_quantization.nn.modules import _utils as pq_module_utils
 from pytorch_quantization.tensor_quant import QuantDescriptor
 from torch import nn
 
@@ -35,6 +38,36 @@ def _quiet_absl() -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
+
+
+class _CallerNames:
+    """What pytorch-quantization's ``init_quantizer`` reads of ``inspect.stack()``: each frame's function name.
+
+    The package checks ``inspect.stack()[1].function == "__init__"`` once per quantized layer it builds.
+    ``inspect.stack()`` resolves every frame's source file, module and context lines; under a deep stack
+    with many modules loaded (a pytest worker) that took 0.2 s per layer, most of a small model's whole
+    search (tests/test_tool_quantize.py). The names alone are what the check reads.
+    """
+
+    @staticmethod
+    def stack() -> list[SimpleNamespace]:
+        frame, frames = sys._getframe(1), []
+        while frame is not None:
+            frames.append(SimpleNamespace(function=frame.f_code.co_name))
+            frame = frame.f_back
+        return frames
+
+
+@contextmanager
+def _building_layers() -> Iterator[None]:
+    """Quiet (:func:`_quiet_absl`) and with :class:`_CallerNames` for the package's caller check."""
+    real = pq_module_utils.inspect
+    pq_module_utils.inspect = _CallerNames
+    try:
+        with _quiet_absl():
+            yield
+    finally:
+        pq_module_utils.inspect = real
 
 
 def _explicit_padding(layer: nn.Conv2d) -> tuple[int, int]:
@@ -73,7 +106,7 @@ class PytorchQuantizationBackend(TensorQuantizerBackend):
         desc_in, desc_w = self._descriptors(self.weight_axis(layer), weight_bits, act_bits, calibrator)
         kw = dict(quant_desc_input=desc_in, quant_desc_weight=desc_w)
         has_bias = layer.bias is not None
-        with _quiet_absl():
+        with _building_layers():
             if type(layer) is nn.modules.Conv2d:
                 q = pq_nn.QuantConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
                                       _explicit_padding(layer), layer.dilation, layer.groups, has_bias,
