@@ -237,3 +237,27 @@ def test_calibration_loader_reads_the_same_images_on_every_pass(tmp_path):
     # the order is the first pass of the per-pass shuffle it replaces, so earlier first-pass numbers stand
     old = DataLoader(list(range(7)), 2, shuffle=True, generator=torch.Generator().manual_seed(0))
     assert [int(i) for batch in old for i in batch] == mm.shuffled_order(7, 0) == list(calib.sampler)
+
+
+def test_configs_with_mmseg_bases_read_the_package_metafiles_once_and_load_as_mmengine_loads_them(monkeypatch):
+    """mmengine parses every metafile of mmseg (212 YAML files) for each `mmseg::` base it resolves; our
+    load_config reads them once per process and gives the config mmengine gives."""
+    import mmengine.config.utils as mm_config_utils
+    from mmengine.config import Config
+    from mmengine.utils import get_installed_path
+
+    from qarep_dense.integrations.mmseg import runner
+
+    real_metainfo = mm_config_utils._get_cfg_metainfo
+    read = []
+    real_load = runner.load_file
+    monkeypatch.setattr(runner, "load_file", lambda path, *a, **k: read.append(path) or real_load(path, *a, **k))
+    runner._package_configs.cache_clear()
+    paths = [ROOT / "configs" / "deeplab_qarep.py",
+             ROOT / "configs" / "seg" / "fcn_repvgg-b1g4_4xb2-40k_cityscapes-512x1024.py"]
+    for path in paths:
+        assert mm.load_config(path).pretty_text == Config.fromfile(str(path)).pretty_text, path.name
+    assert sum(p.endswith("model-index.yml") for p in read) == 1 and len(read) > 50  # every metafile, once
+    assert mm_config_utils._get_cfg_metainfo is real_metainfo  # mmengine's own function outside load_config
+    with pytest.raises(ValueError, match="Expected configs"):  # a name no metafile has: mmengine's error
+        runner._cfg_metainfo(get_installed_path("mmseg"), "no_such/config")
