@@ -80,7 +80,7 @@ def test_an_out_that_cannot_be_created_is_a_one_line_error(done, capsys):
 @pytest.mark.slow
 def test_the_main_jobs_quantize_stage_keeps_a_users_file_in_diagnosis(tmp_path):
     """The main job's stage (no diagnosis of its own) used to delete OUT/diagnosis/ whole on a rerun."""
-    from qarep_dense.demo.cls_story import quantize_pipeline
+    from qarep_dense.demo.stage_jobs import quantize_pipeline
 
     root = generate_imagefolder(tmp_path / "data", num_classes=3, per_class_train=100, per_class_val=4, size=SIZE)
     meta = {"task": "cls", "arch": "test", "block": "repvgg", "num_classes": 3, "stem_stride": 1, "fused": False,
