@@ -44,9 +44,10 @@ class _CallerNames:
     """What pytorch-quantization's ``init_quantizer`` reads of ``inspect.stack()``: each frame's function name.
 
     The package checks ``inspect.stack()[1].function == "__init__"`` once per quantized layer it builds.
-    ``inspect.stack()`` resolves every frame's source file, module and context lines; under a deep stack
-    with many modules loaded (a pytest worker) that took 0.2 s per layer, most of a small model's whole
-    search (tests/test_tool_quantize.py). The names alone are what the check reads.
+    ``inspect.stack()`` resolves every frame's source file and context lines, and for a frame of code compiled
+    from a string (pytest-xdist's workers run that way) it searches every loaded module: 0.2 s per layer in a
+    test worker, most of a small model's whole search (``benchmarks/bench_overheads.py``). The names alone are
+    what the check reads.
     """
 
     @staticmethod
