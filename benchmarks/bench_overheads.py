@@ -30,7 +30,7 @@ from qarep_dense.quant import QuantConfig
 from qarep_dense.quant.backends import get_backend
 from qarep_dense.quant.backends import pytorch_quant
 from qarep_dense.quant.swap import quantize_modules
-from _timing import append_report  # benchmarks/ is the script's folder, first on sys.path  # noqa: E402
+from _timing import append_report, median_ms  # benchmarks/ is the script's folder, first on sys.path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ("fcn_qarepvgg-b1g4_4xb2-40k_cityscapes-512x1024.py", "deeplabv3plus_qarepvgg-b1g4_4xb2-80k_cityscapes-512x1024.py",
@@ -84,7 +84,7 @@ def main() -> None:
     for depth in (0, args.depth):
         theirs = median_of(lambda: build_seconds(fused, backend, False, depth), args.repeats)
         ours = median_of(lambda: build_seconds(fused, backend, True, depth), args.repeats)
-        lines.append(f"| build the {layers} quantized layers of the fused A0, {depth + 1} frames from a "
+        lines.append(f"| build the {layers} quantized layers of the fused A0, {depth + 1} frame{'s' * (depth > 0)} from a "
                      f"string ({len(sys.modules)} modules loaded) | {theirs * 1e3:.0f} ms | {ours * 1e3:.0f} ms | "
                      f"{theirs / ours:.1f}x |")
 
@@ -92,21 +92,14 @@ def main() -> None:
 
     from qarep_dense.integrations.mmseg import load_config
 
-    for path in args.configs:
-        Config.fromfile(str(path)), load_config(path)  # warm-up: files in the page cache, our index read
-        theirs = median_of(lambda: _seconds(lambda: Config.fromfile(str(path))), args.repeats)
-        ours = median_of(lambda: _seconds(lambda: load_config(path)), args.repeats)
-        lines.append(f"| load `{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}` | {theirs * 1e3:.0f} ms | {ours * 1e3:.0f} ms | "
-                     f"{theirs / ours:.1f}x |")
+    for path in args.configs:  # one warm-up load each: files in the page cache, our index read
+        ms = median_ms({"theirs": lambda: Config.fromfile(str(path)), "ours": lambda: load_config(path)},
+                       repeats=args.repeats, warmup=1)
+        lines.append(f"| load `{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}` | "
+                     f"{ms['theirs']:.0f} ms | {ms['ours']:.0f} ms | {ms['theirs'] / ms['ours']:.1f}x |")
     text = "\n".join(lines)
     print(text)
     append_report(args.out, text)
-
-
-def _seconds(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 if __name__ == "__main__":
