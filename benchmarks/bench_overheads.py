@@ -1,4 +1,4 @@
-"""Two library overheads the toolkit routes around, each measured side by side with the library's own way in one run.
+"""Start-up and library overheads the toolkit routes around, each measured side by side with the other way in one run.
 
     python benchmarks/bench_overheads.py --depth 60 --out benchmarks/results/overheads.md
 
@@ -11,6 +11,9 @@
 2. mmengine resolves each ``mmseg::`` base of a config by parsing every metafile of mmseg; ``load_config``
    reads them once per process (``qarep_dense.integrations.mmseg.runner``). Timed: ``Config.fromfile`` against
    ``load_config`` on each segmentation config of ``configs/``, after one warm-up load of each.
+3. A tool's ``--help`` builds its parser from ``qarep_dense.choices`` and ``tasks.cli`` and imports torch and the task
+   modules only after parsing. Timed: ``python tools/X.py --help`` against the same command with the tool's task
+   module imported first (what ``--help`` cost when the tools imported it at the top), one fresh process each.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import argparse
 import copy
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,6 +39,12 @@ from _timing import append_report, median_ms  # benchmarks/ is the script's fold
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ("fcn_qarepvgg-b1g4_4xb2-40k_cityscapes-512x1024.py", "deeplabv3plus_qarepvgg-b1g4_4xb2-80k_cityscapes-512x1024.py",
            "fcn_qarepvgg-a0h_1xb16-4000it_digits-canvas-64x64.py")  # the paper's two heads and the main job's
+
+
+# tool -> the module it imports after parsing (the heaviest of its imports)
+HELP_TOOLS = {"train_cls.py": "qarep_dense.tasks.classification", "train_det.py": "qarep_dense.tasks.detection",
+              "train_seg.py": "qarep_dense.tasks.segmentation", "ptq_eval.py": "qarep_dense.tasks.ptq_study",
+              "quantize.py": "qarep_dense.tasks.quantize_pipeline"}
 
 
 def parse_args() -> argparse.Namespace:
@@ -67,6 +77,19 @@ def build_seconds(fused, backend, use_names: bool, depth: int) -> float:
         pytorch_quant._CallerNames = names
 
 
+def help_seconds(tool: str, preload: str | None) -> float:
+    """Wall seconds of ``python tools/TOOL --help`` in a fresh process; ``preload``: import that module first."""
+    code = ("import runpy, sys\n" + (f"import {preload}\n" if preload else "")
+            + f"sys.argv = ['tools/{tool}', '--help']\nrunpy.run_path('tools/{tool}', run_name='__main__')\n")
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}:{ROOT / 'tools'}"})
+    seconds = time.perf_counter() - start
+    if proc.returncode or not proc.stdout.startswith("usage:"):
+        raise RuntimeError(f"tools/{tool} --help (preload {preload}) failed: {proc.stderr.strip()[-500:]}")
+    return seconds
+
+
 def median_of(fn, repeats: int) -> float:
     return statistics.median(fn() for _ in range(repeats))
 
@@ -96,6 +119,11 @@ def main() -> None:
         ms = median_ms({"theirs": lambda: Config.fromfile(str(path)), "ours": lambda: load_config(path)},
                        repeats=args.repeats, warmup=1)
         lines.append(f"| load `{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}` | "
+                     f"{ms['theirs']:.0f} ms | {ms['ours']:.0f} ms | {ms['theirs'] / ms['ours']:.1f}x |")
+    for tool, module in HELP_TOOLS.items():  # round-robin: drift hits both alike
+        ms = median_ms({"theirs": lambda: help_seconds(tool, module), "ours": lambda: help_seconds(tool, None)},
+                       repeats=args.repeats, warmup=1)
+        lines.append(f"| `python tools/{tool} --help` (its task module imported first / after parsing) | "
                      f"{ms['theirs']:.0f} ms | {ms['ours']:.0f} ms | {ms['theirs'] / ms['ours']:.1f}x |")
     text = "\n".join(lines)
     print(text)

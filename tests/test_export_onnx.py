@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from conftest import randomize_bn
+from qarep_dense.choices import ONNX_RTOL
 from qarep_dense.deploy.equivalence import normalized_max_error
-from qarep_dense.deploy.onnx import DEFAULT_RTOL, check_onnx, example_inputs, export_checked
+from qarep_dense.deploy.onnx import check_onnx, example_inputs, export_checked
 from qarep_dense.engine.checkpoint import save_checkpoint
 from qarep_dense.layers import reparameterize
 from qarep_dense.models.detector import build_detector
@@ -67,7 +68,7 @@ def test_detector_with_large_outputs_passes_the_relative_check(tmp_path, capsys)
     assert report["ok"] and len(report["checks"]) == 2 and not report["dynamic_hw"]
     assert [c["input_shape"] for c in report["checks"]] == [[1, 3, 64, 64], [2, 3, 64, 64]]  # free batch
     for check in report["checks"]:
-        assert check["normalized_error"] <= DEFAULT_RTOL
+        assert check["normalized_error"] <= ONNX_RTOL
         assert check["max_abs_diff"] > 1e-3  # the former absolute tolerance (1e-3) refused this exact export
 
 
@@ -84,7 +85,7 @@ def test_a_real_mismatch_is_caught(tmp_path, capsys, large):
     weight = max(graph.graph.initializer, key=lambda t: int(np.prod(t.dims)))  # the largest conv kernel
     weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 1.1, weight.name))  # 10 % off
     onnx.save(graph, str(tmp_path / "bad.onnx"))
-    assert check_onnx(tmp_path / "bad.onnx", deploy, examples[0]).normalized_error > 10 * DEFAULT_RTOL
+    assert check_onnx(tmp_path / "bad.onnx", deploy, examples[0]).normalized_error > 10 * ONNX_RTOL
     ckpt = save_checkpoint(tmp_path / "det.pt", det.state_dict(), DET_META)
     assert tool("export_onnx")([str(ckpt), "--out", str(tmp_path / "tool.onnx"), "--rtol", "1e-12"]) == 1
     assert "tool.onnx: ONNX Runtime differs from PyTorch by" in capsys.readouterr().err
@@ -104,14 +105,14 @@ def test_segmentor_exports_with_free_height_and_width(tmp_path, capsys):
     assert report["ok"] and report["dynamic_hw"]
     shapes = [c["input_shape"] for c in report["checks"]]
     assert shapes[0] == [1, 3, 64, 128] and shapes[1][2:] != shapes[0][2:]
-    assert all(c["normalized_error"] <= DEFAULT_RTOL for c in report["checks"])
+    assert all(c["normalized_error"] <= ONNX_RTOL for c in report["checks"])
     # A third size, as a user would feed it: logits at the input's size, equal to the fused model's.
     x = torch.randn(1, 3, 96, 96)
     logits = run_session(make_session(out, 1), x)[0]
     with torch.no_grad():
         expected = reparameterize(model)(x).numpy()
     assert logits.shape == (1, meta["num_classes"], 96, 96)
-    assert normalized_max_error([logits], [expected]) <= DEFAULT_RTOL
+    assert normalized_max_error([logits], [expected]) <= ONNX_RTOL
 
 
 def test_out_is_never_a_folder_nor_silently_replaced(tmp_path, capsys):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -85,22 +84,57 @@ def _clean_python() -> str:
     return str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
 
 
-def test_every_tool_help_runs_from_a_checkout_in_a_clean_environment():
+# Loaded only once a tool has parsed its arguments: --help must answer without them (3-10 s of imports otherwise).
+HEAVY_FOR_HELP = ("torch", "numpy", "mmengine", "mmseg", "onnxruntime", "pytorch_quantization", "cv2")
+
+
+def _imported(importtime_log: str) -> set[str]:
+    """Module names in ``PYTHONPROFILEIMPORTTIME`` output ("import time: self | cumulative | name")."""
+    return {line.rsplit("|", 1)[1].strip() for line in importtime_log.splitlines()
+            if line.startswith("import time:") and line.count("|") == 2}
+
+
+def test_every_tool_help_runs_from_a_checkout_in_a_clean_environment_without_importing_torch():
     """What a new user types after `bash scripts/demo.sh`: `.venv/bin/python tools/X.py --help`, from the repo
-    root, in an environment without PYTHONPATH or an activated venv. Every tools/*.py, a few at a time
-    (each start imports torch: run one after the other they would take ~10x a single start)."""
-    env = {"HOME": os.environ.get("HOME", "/tmp"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
-    failures, pending = {}, list(TOOLS)
-    while pending:
-        batch, pending = pending[:4], pending[4:]
-        procs = {name: subprocess.Popen([_clean_python(), f"tools/{name}", "--help"], cwd=REPO, env=env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in batch}
-        for name, proc in procs.items():
-            out, err = proc.communicate(timeout=300)
-            if proc.returncode != 0 or not out.startswith("usage:"):
-                failures[name] = (err.strip().splitlines() or ["(no output)"])[-1]
-    assert not failures, "tools failing `--help` in a clean environment: " + "; ".join(
+    root, in an environment without PYTHONPATH or an activated venv. Every tools/*.py answers, and builds its
+    parser from qarep_dense.choices and tasks.cli alone: none of the heavy libraries is imported."""
+    env = {"HOME": os.environ.get("HOME", "/tmp"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1",
+           "PYTHONPROFILEIMPORTTIME": "1"}
+    failures = {}
+    for name in TOOLS:
+        proc = subprocess.run([_clean_python(), f"tools/{name}", "--help"], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=120)
+        imported = _imported(proc.stderr)
+        if proc.returncode != 0 or not proc.stdout.startswith("usage:"):
+            failures[name] = ([ln for ln in proc.stderr.splitlines() if not ln.startswith("import time:")]
+                              or ["(no output)"])[-1]
+        elif "qarep_dense.tasks.cli" not in imported:
+            failures[name] = "did not build its parser through qarep_dense.tasks.cli (importtime log unread?)"
+        elif imported & set(HEAVY_FOR_HELP):
+            failures[name] = f"--help imported {sorted(imported & set(HEAVY_FOR_HELP))}"
+    assert not failures, "tools failing a fast `--help` in a clean environment: " + "; ".join(
         f"tools/{k}: {v}" for k, v in failures.items())
+
+
+def test_the_importtime_reader_sees_a_heavy_import():
+    """The test above can fail: a tool that imports torch before parsing is caught."""
+    log = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}).stderr
+    assert "torch" in _imported(log) and "numpy" in _imported(log)
+
+
+def test_the_analyze_help_names_every_threshold_and_the_choices_match_the_library():
+    import dataclasses
+
+    from qarep_dense import choices
+    from qarep_dense.analysis import Thresholds
+    from qarep_dense.quant.backends import backend_names
+    from qarep_dense.tasks.registry import TASKS
+
+    assert tool("analyze.py", "THRESHOLD_NAMES") == tuple(f.name for f in dataclasses.fields(Thresholds))
+    assert sorted(b.replace("-", "_") for b in choices.QUANT_BACKENDS) == backend_names()
+    assert set(choices.TASK_NAMES) == set(TASKS) == set(choices.EVAL_BATCH_SIZE)
+    assert all(TASKS[name].batch_size == choices.EVAL_BATCH_SIZE[name] for name in TASKS)
 
 
 def test_every_tool_puts_its_checkout_first_before_importing_qarep_dense():

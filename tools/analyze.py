@@ -17,19 +17,22 @@ import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
-import torch  # noqa: E402
+from qarep_dense.choices import BATCH_SIZE, TASK_NAMES  # noqa: E402
+from qarep_dense.tasks.cli import user_error, user_errors  # noqa: E402
 
-from qarep_dense.analysis import Thresholds, analyze_model  # noqa: E402
-from qarep_dense.tasks.classification import preprocess_of, validation_loader  # noqa: E402
-from qarep_dense.tasks.cli import BATCH_SIZE, USER_ERRORS, user_error  # noqa: E402
-from qarep_dense.tasks.registry import TASKS, load_model  # noqa: E402
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("analyze")
-# Any task's rep-block network (every row of TASKS): the weight and BN analyses need only its modules;
+# Any task's rep-block network (every task of TASK_NAMES): the weight and BN analyses need only its modules;
 # real-image inputs (--data) are for classification checkpoints, the others get random inputs.
+# torch and the analysis are imported after parsing, so that --help answers at once; the threshold names
+# below are analysis.Thresholds' fields (tests/test_robustness_tools.py checks that they stay so).
+THRESHOLD_NAMES = ("weight_channel_spread", "weight_int8_error", "act_max_over_std", "act_channel_spread")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,8 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hist-block", help="block of the Fig. 4 histogram (default: first block with an identity)")
     p.add_argument("--hist-channel", type=int, default=0, help="output channel of the Fig. 4 histogram")
     p.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE",
-                   help="override a flag threshold; names: "
-                        + ", ".join(f.name for f in dataclasses.fields(Thresholds)))
+                   help="override a flag threshold; names: " + ", ".join(THRESHOLD_NAMES))
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs used without --data")
@@ -53,8 +55,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def parse_thresholds(items: list[str]) -> Thresholds:
-    """``["weight_channel_spread=10", ...]`` -> Thresholds, with a clear error for a bad name or value."""
+def parse_thresholds(items: list[str]):
+    """``["weight_channel_spread=10", ...]`` -> analysis.Thresholds, with a clear error for a bad name or value."""
+    from qarep_dense.analysis import Thresholds
+
     names = {f.name for f in dataclasses.fields(Thresholds)}
     values = {}
     for item in items:
@@ -78,6 +82,8 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _image_batches(args: argparse.Namespace, meta: dict, image_size: int) -> Iterator[torch.Tensor]:
     """Preprocessed validation batches, exactly as evaluation would feed them."""
+    from qarep_dense.tasks.classification import preprocess_of, validation_loader
+
     if "preprocess" not in meta:
         raise ValueError(f"{args.checkpoint}: metadata has no 'preprocess' (mean/std); cannot prepare real images")
     preprocess = preprocess_of(meta)
@@ -88,6 +94,8 @@ def _image_batches(args: argparse.Namespace, meta: dict, image_size: int) -> Ite
 
 def _random_batches(args: argparse.Namespace, image_size: int | list[int],
                     in_channels: int = 3) -> Iterator[torch.Tensor]:
+    import torch
+
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
     gen = torch.Generator().manual_seed(args.seed)
     for _ in range(args.num_batches):
@@ -96,11 +104,18 @@ def _random_batches(args: argparse.Namespace, image_size: int | list[int],
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the analysis; returns the report dict (also written to --out/report.json)."""
-    args = parse_args(argv)
+    return run(parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> dict:
+    """:func:`main` on parsed arguments."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     thresholds = parse_thresholds(args.threshold)
     _check_args(args)
-    model, meta = load_model(args.checkpoint, tuple(TASKS))
+    from qarep_dense.analysis import analyze_model
+    from qarep_dense.tasks.registry import load_model
+
+    model, meta = load_model(args.checkpoint, tuple(TASK_NAMES))
     image_size = args.image_size or meta.get("image_size")
     if not image_size:
         raise ValueError(f"{args.checkpoint}: metadata has no image_size; pass --image-size")
@@ -129,9 +144,10 @@ def main(argv: list[str] | None = None) -> dict:
 
 def cli(argv: list[str] | None = None) -> int:
     """``main`` for the command line: a bad checkpoint, path or option prints ``error: ...`` and returns 2."""
+    args = parse_args(argv)  # outside the try: --help exits here without importing the engine for the match
     try:
-        main(argv)
-    except USER_ERRORS as err:
+        run(args)
+    except user_errors() as err:
         return user_error(err)
     return 0
 

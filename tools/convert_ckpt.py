@@ -21,15 +21,14 @@ from pathlib import Path
 
 import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
-from qarep_dense.convert import SOURCES  # noqa: E402
-from qarep_dense.tasks.cli import USER_ERRORS, user_error  # noqa: E402
-from qarep_dense.tasks.registry import convert_checkpoint  # noqa: E402
+from qarep_dense.choices import CHECKPOINT_SOURCES  # noqa: E402
+from qarep_dense.tasks.cli import user_error, user_errors  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("src", type=Path, help="checkpoint to convert (.pth / .pt / .bin / .safetensors)")
-    p.add_argument("--from", dest="source", choices=SOURCES, required=True,
+    p.add_argument("--from", dest="source", choices=CHECKPOINT_SOURCES, required=True,
                    help="timm (repvgg_*), repvgg (official RepVGG / QARepVGG / RepOptimizer) or yolov6 "
                         "(v2-era n/t/s; v3 is refused)")
     p.add_argument("--out", type=Path, required=True, help="our checkpoint to write (must not exist)")
@@ -48,10 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from qarep_dense.tasks.registry import convert_checkpoint  # after parsing: --help needs no torch
+
     try:
         path, meta = convert_checkpoint(args.src, args.out, args.source, arch=args.arch, scale=args.scale,
                                         block=args.block, image_size=args.image_size, data_config=args.data_config)
-    except USER_ERRORS as err:  # a ConversionError is a ValueError
+    except user_errors() as err:  # a ConversionError is a ValueError
         return user_error(err, "convert_ckpt")
     shown = {k: meta[k] for k in ("task", "arch", "scale", "block", "num_classes", "fused", "fold_bn", "use_dfl",
                                   "reg_max", "bn_eps", "image_size") if k in meta}

@@ -28,20 +28,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
-from qarep_dense.demo.main_job import Demo, DemoOptions  # noqa: E402
-from qarep_dense.tasks.cli import USER_ERRORS  # noqa: E402
+from qarep_dense.tasks.cli import user_errors  # noqa: E402
 
 
 def _names(text: str | None) -> list[str] | None:
     return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
 
 
-def parse_args(argv: list[str] | None = None) -> DemoOptions:
+def parse_args(argv: list[str] | None = None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", default=None, help="comma-separated subset of cls,det,seg (default all; --quick "
                    "cls,det)")
@@ -64,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> DemoOptions:
     p.add_argument("--threads", type=int, default=2, help="threads of the latency measurement (speed stages, "
                    "which run alone)")
     args = p.parse_args(argv)
+    from qarep_dense.demo.main_job import DemoOptions  # after parsing: --help needs no torch
+
     tasks = _names(args.tasks)
     profile = "tiny" if args.tiny else ("quick" if args.quick else "full")
     try:
@@ -75,8 +75,14 @@ def parse_args(argv: list[str] | None = None) -> DemoOptions:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    opts = parse_args(argv)
+    return run(parse_args(argv))
+
+
+def run(opts) -> Path:
+    """The main job with the parsed options (a DemoOptions); the summary's path."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from qarep_dense.demo.main_job import Demo
+
     demo = Demo(opts)
     path = demo.run()
     print(f"[demo] summary: {path}")
@@ -87,7 +93,8 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
+    options = parse_args()  # outside the try: --help exits here without importing the engine for the match
     try:
-        main()
-    except (*USER_ERRORS, RuntimeError) as err:  # also: stages that failed (named, with their logs)
+        run(options)
+    except (*user_errors(), RuntimeError) as err:  # also: stages that failed (named, with their logs)
         raise SystemExit(f"demo: error: {err}") from err

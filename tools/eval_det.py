@@ -17,9 +17,8 @@ from pathlib import Path
 
 import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
-from qarep_dense.tasks.cli import USER_ERRORS, user_error  # noqa: E402
-from qarep_dense.tasks.registry import fuse, get_task, load_model  # noqa: E402
-from qarep_dense.tasks.splits import request_for  # noqa: E402
+from qarep_dense.choices import EVAL_BATCH_SIZE  # noqa: E402
+from qarep_dense.tasks.cli import user_error, user_errors  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,17 +27,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=None,
                    help="dataset root, read as it is (default: the training config's, generated there if synthetic)")
     p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=get_task("det").batch_size)
+    p.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE["det"])
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--fuse", action="store_true", help="evaluate the fused deploy form of a train-form checkpoint")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, default=None, help="also write the metrics as JSON here")
     args = p.parse_args(argv)
+    from qarep_dense.tasks.registry import fuse, get_task, load_model  # after parsing: --help needs no torch
+    from qarep_dense.tasks.splits import request_for
+
     try:
         model, meta = load_model(args.checkpoint, "det")
         evaluator = get_task("det").make_evaluator(request_for(args.checkpoint, meta, args.data, args.batch_size,
                                                                args.workers, args.device, args.image_size))
-    except USER_ERRORS as err:
+    except user_errors() as err:
         return user_error(err)
     if args.fuse:
         model = fuse(model, meta)

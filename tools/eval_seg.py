@@ -17,15 +17,15 @@ from pathlib import Path
 
 import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
-from qarep_dense.tasks.cli import USER_ERRORS, user_error  # noqa: E402
-from qarep_dense.tasks.registry import EvalRequest, fuse, get_task, load_model, save_checkpoint  # noqa: E402
+from qarep_dense.choices import EVAL_BATCH_SIZE  # noqa: E402
+from qarep_dense.tasks.cli import user_error, user_errors  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", type=Path, help="segmentation checkpoint (last.pt or deploy.pt)")
     p.add_argument("--data", type=Path, default=None, help="dataset root (default: the one the model was trained on)")
-    p.add_argument("--batch-size", type=int, default=get_task("seg").batch_size)
+    p.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE["seg"])
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--save-deploy", type=Path, default=None, help="write the fused model here")
@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def evaluate(args: argparse.Namespace) -> dict:
+    from qarep_dense.tasks.registry import EvalRequest, fuse, load_model, save_checkpoint
     from qarep_dense.tasks.segmentation import make_evaluator
 
     model, meta = load_model(args.checkpoint, "seg")
@@ -67,7 +68,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         rows = run(args)
-    except USER_ERRORS as err:
+    except user_errors() as err:
         return user_error(err)
     print("\n| form | mIoU | mAcc | aAcc |\n|---|---|---|---|")
     for form in ("train_form", "deploy"):

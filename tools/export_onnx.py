@@ -20,8 +20,8 @@ from pathlib import Path
 
 import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
-from qarep_dense.tasks.cli import USER_ERRORS, user_error  # noqa: E402
-from qarep_dense.tasks.export import DEFAULT_RTOL, export_checkpoint_onnx  # noqa: E402
+from qarep_dense.choices import ONNX_RTOL  # noqa: E402
+from qarep_dense.tasks.cli import user_error, user_errors  # noqa: E402
 
 
 def _out_problem(out: Path, overwrite: bool) -> str | None:
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=1, help="example batch (the batch axis stays dynamic)")
     p.add_argument("--opset", type=int, default=13)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    p.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
+    p.add_argument("--rtol", type=float, default=ONNX_RTOL,
                    help="largest accepted max|ORT - PyTorch| / max|PyTorch| per output (default %(default)g)")
     args = p.parse_args(argv)
     if args.image_size is not None and len(args.image_size) > 2:
@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --out {args.out}: {problem}", file=sys.stderr)
         return 2
     size = args.image_size[0] if args.image_size and len(args.image_size) == 1 else args.image_size
+    from qarep_dense.tasks.export import export_checkpoint_onnx  # after parsing: --help needs no torch
+
     try:
         report, meta = export_checkpoint_onnx(args.checkpoint, args.out, size, args.batch, args.opset, args.rtol,
                                               args.overwrite)
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # the checkpoint's own problems are CheckpointErrors: an OSError is writing --out
         print(f"error: --out {args.out}: cannot write the ONNX file ({type(err).__name__}: {err})", file=sys.stderr)
         return 2
-    except USER_ERRORS as err:
+    except user_errors() as err:
         return user_error(err)
     print(json.dumps({**report.as_dict(), "preprocess": meta.get("preprocess")}, indent=2))
     if not report.ok:

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
-from qarep_dense.inference import InferOptions, run_inference  # noqa: E402
-from qarep_dense.tasks.cli import USER_ERRORS, user_error  # noqa: E402
+from qarep_dense.choices import ORT_KERNEL_MODES  # noqa: E402
+from qarep_dense.tasks.cli import user_error, user_errors  # noqa: E402
 
 
-def parse_args(argv: list[str] | None = None) -> InferOptions:
+def parse_args(argv: list[str] | None = None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", type=Path)
     p.add_argument("images", type=Path, nargs="+", help="image files and/or folders of images")
@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> InferOptions:
     p.add_argument("--int8", action="store_true", help="run the ONNX INT8 (QDQ) model in onnxruntime")
     p.add_argument("--calib", type=Path, default=None, help="calibration images for --int8 (default: the inputs)")
     p.add_argument("--calib-images", type=int, default=64, help="at most this many calibration images")
-    p.add_argument("--ort-precision", choices=["auto", "default", "precise"], default="auto",
+    p.add_argument("--ort-precision", choices=ORT_KERNEL_MODES, default="auto",
                    help="onnxruntime INT8 kernels (auto: chosen per machine)")
     p.add_argument("--image-size", type=int, default=None, help="default: the checkpoint's image_size")
     p.add_argument("--conf", type=float, default=0.25, help="det: score threshold of drawn boxes")
@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> InferOptions:
     p.add_argument("--max-det", type=int, default=100, help="det: boxes per image")
     p.add_argument("--topk", type=int, default=5, help="cls: labels per image")
     args = p.parse_args(argv)
+    from qarep_dense.inference import InferOptions  # after parsing: --help needs no torch
+
     try:
         return InferOptions(**vars(args))
     except ValueError as err:
@@ -55,9 +57,11 @@ def parse_args(argv: list[str] | None = None) -> InferOptions:
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from qarep_dense.inference import run_inference
+
     try:
         result = run_inference(opts)
-    except (*USER_ERRORS, OSError, ImportError) as err:  # also: an unwritable --out, a missing optional library
+    except (*user_errors(), OSError, ImportError) as err:  # also: an unwritable --out, a missing optional library
         return user_error(err)
     print(json.dumps({"out": str(opts.out), "images": len(result["images"]), **({"int8": result["int8"]}
                                                                               if "int8" in result else {})}, indent=2))

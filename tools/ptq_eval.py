@@ -23,15 +23,14 @@ from pathlib import Path
 
 import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
-from qarep_dense.tasks.ptq_study import PtqStudy, run_study  # noqa: E402
-from qarep_dense.tasks.quant_check import CALIBRATORS, QuantConfig  # noqa: E402
-from qarep_dense.tasks.registry import TASKS  # noqa: E402
-from qarep_dense.tasks.cli import BATCH_SIZE, USER_ERRORS, user_error  # noqa: E402
+from qarep_dense.choices import (BATCH_SIZE, CALIBRATORS, ORT_KERNEL_MODES, QUANT_BACKENDS,  # noqa: E402
+                                 TASK_NAMES)
+from qarep_dense.tasks.cli import user_error, user_errors  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--task", choices=sorted(TASKS), default="cls", help="task evaluator (default: cls)")
+    p.add_argument("--task", choices=sorted(TASK_NAMES), default="cls", help="task evaluator (default: cls)")
     p.add_argument("--checkpoints", type=Path, nargs="+", required=True, help="checkpoints of the same arch")
     p.add_argument("--data", type=Path, default=None,
                    help="dataset root (cls: ImageFolder with train/ and val/, required; det: COCO-layout root, "
@@ -48,12 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bias-correction", action="store_true",
                    help="after calibration, correct each quantized layer's bias by the mean shift quantization put on "
                         "its output (measured on the calibration images)")
-    p.add_argument("--backend", choices=["pytorch-quantization", "modelopt"], default="pytorch-quantization",
+    p.add_argument("--backend", choices=QUANT_BACKENDS, default=QUANT_BACKENDS[0],
                    help="fake-quant library (docs/quantization.md says when to pick which)")
     p.add_argument("--ort", action="store_true", help="also evaluate the exported QDQ model in onnxruntime")
     p.add_argument("--ort-static", action="store_true",
                    help="also evaluate onnxruntime's own quantize_static model (max/percentile/entropy)")
-    p.add_argument("--ort-precision", choices=["auto", "default", "precise"], default="auto",
+    p.add_argument("--ort-precision", choices=ORT_KERNEL_MODES, default="auto",
                    help="onnxruntime INT8 kernels: auto (per machine: CPU features, checked against fake quant on a "
                         "calibration batch), default (fast U8S8) or precise (exact U8U8)")
     p.add_argument("--image-size", type=int, default=None, help="override the checkpoint's image_size")
@@ -67,7 +66,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def study_of(args: argparse.Namespace) -> PtqStudy:
+def study_of(args: argparse.Namespace):
+    """The :class:`~qarep_dense.tasks.ptq_study.PtqStudy` the arguments ask for."""
+    from qarep_dense.tasks.ptq_study import PtqStudy
+    from qarep_dense.tasks.quant_check import QuantConfig
+
     base = QuantConfig(calibrator=args.calibrator[0], percentile=args.percentile,
                        num_calib_batches=args.calib_batches, weight_bits=args.weight_bits,
                        act_bits=args.act_bits, repair_dead_channels=args.repair,
@@ -80,9 +83,11 @@ def study_of(args: argparse.Namespace) -> PtqStudy:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from qarep_dense.tasks.ptq_study import run_study  # after parsing: --help needs no torch
+
     try:
         _, table = run_study(study_of(args), echo=lambda line: print(line, flush=True))
-    except USER_ERRORS as err:
+    except user_errors() as err:
         return user_error(err)
     print(table)
     return 0

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
-from qarep_dense.tasks.cli import BATCH_SIZE, USER_ERRORS, user_error  # noqa: E402
-from qarep_dense.tasks.quantize_pipeline import SOURCES, QuantizeOptions, quantize_checkpoint  # noqa: E402
-from qarep_dense.tasks.registry import TASKS  # noqa: E402
+from qarep_dense.choices import (BATCH_SIZE, CALIBRATORS, CHECKPOINT_SOURCES, ORT_KERNEL_MODES,  # noqa: E402
+                                 QUANT_BACKENDS, TASK_NAMES)
+from qarep_dense.tasks.cli import user_error, user_errors  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,18 +36,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "the checkpoint's training data)")
     p.add_argument("--max-drop", type=float, default=1.0, help="budget: validation metric points INT8 may lose")
     p.add_argument("--out", type=Path, required=True, help="output folder (new, empty, or one this tool wrote)")
-    p.add_argument("--task", choices=sorted(TASKS), default=None, help="expected task (default: from the file)")
-    p.add_argument("--from", dest="source", choices=SOURCES, default=None, help="convert a foreign checkpoint first")
+    p.add_argument("--task", choices=sorted(TASK_NAMES), default=None, help="expected task (default: from the file)")
+    p.add_argument("--from", dest="source", choices=CHECKPOINT_SOURCES, default=None, help="convert a foreign checkpoint first")
     p.add_argument("--int8-only", action="store_true", help="never keep a layer in float")
     p.add_argument("--allow-qat", action="store_true", help="fine-tune with QAT if PTQ misses the budget (the task's own loss)")
-    p.add_argument("--ort-precision", choices=["auto", "default", "precise"], default="auto",
+    p.add_argument("--ort-precision", choices=ORT_KERNEL_MODES, default="auto",
                    help="onnxruntime INT8 kernels (auto: chosen for this CPU, checked against fake quant)")
-    p.add_argument("--calibrators", nargs="+", default=None,
-                   help="calibrators to try (default: max percentile mse entropy)")
+    p.add_argument("--calibrators", nargs="+", choices=CALIBRATORS, default=None,
+                   help=f"calibrators to try (default: {' '.join(CALIBRATORS)})")
     p.add_argument("--bias-correction", choices=["auto", "all", "on", "off"], default="auto",
                    help="bias correction after calibration: auto = the 3 best candidates also compete corrected, "
                         "all = every candidate with and without it")
-    p.add_argument("--backend", choices=["pytorch-quantization", "modelopt"], default="pytorch-quantization",
+    p.add_argument("--backend", choices=QUANT_BACKENDS, default=QUANT_BACKENDS[0],
                    help="fake-quant library (docs/quantization.md says when to pick which)")
     p.add_argument("--calib-batches", type=int, default=8, help="calibration batches from the training split")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
@@ -64,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from qarep_dense.tasks.quantize_pipeline import QuantizeOptions, quantize_checkpoint  # after parsing: fast --help
+
     opts = QuantizeOptions(args.checkpoint, args.data, args.out, args.max_drop, args.task, args.source,
                            args.int8_only, args.allow_qat, args.ort_precision, calib_batches=args.calib_batches,
                            batch_size=args.batch_size, selection_images=args.selection_images,
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         opts.calibrators = tuple(args.calibrators)
     try:
         report = quantize_checkpoint(opts)
-    except USER_ERRORS as err:
+    except user_errors() as err:
         return user_error(err)
     c = report["chosen"]
     print(f"{report['metric']}: FP32 {report['fp32']:.2f}, INT8 {report['int8']:.2f} (ORT {report['int8_ort']:.2f}), "

@@ -14,10 +14,16 @@ import sys
 
 import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
-from qarep_dense.tasks.classification import ClsConfig, train  # noqa: E402
 from qarep_dense.tasks.cli import train_tool  # noqa: E402
 
-parse_args, main = train_tool(__doc__, ClsConfig, train, "cls", ("train_form", "deploy", "max_logit_diff"))
+
+def _classification():
+    from qarep_dense.tasks.classification import ClsConfig, train  # after parsing: --help needs no torch
+
+    return ClsConfig, train
+
+
+parse_args, main = train_tool(__doc__, "cls", ("train_form", "deploy", "max_logit_diff"), _classification)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,16 @@ import sys
 
 import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
-from qarep_dense.tasks.detection import DetConfig, train  # noqa: E402
 from qarep_dense.tasks.cli import train_tool  # noqa: E402
 
-parse_args, main = train_tool(__doc__, DetConfig, train, "det", ("train_form", "deploy", "best"))
+
+def _detection():
+    from qarep_dense.tasks.detection import DetConfig, train  # after parsing: --help needs no torch
+
+    return DetConfig, train
+
+
+parse_args, main = train_tool(__doc__, "det", ("train_form", "deploy", "best"), _detection)
 
 
 if __name__ == "__main__":

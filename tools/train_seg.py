@@ -25,7 +25,7 @@ from pathlib import Path
 
 import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
-from qarep_dense.tasks.cli import USER_ERRORS, user_error  # noqa: E402
+from qarep_dense.tasks.cli import user_error, user_errors  # noqa: E402
 
 
 def parse_cfg_options(items: list[str]) -> dict:
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
         results = train(args.config, args.work_dir, args.resume, args.amp, parse_cfg_options(args.cfg_options),
                         args.launcher, progress=not args.no_progress, data_root=args.data_root,
                         overwrite=args.overwrite)
-    except USER_ERRORS as err:
+    except user_errors() as err:
         return user_error(err)
     if results:  # rank 0 only
         print(json.dumps({k: results[k] for k in ("train_form", "deploy", "mmseg_val", "max_logit_diff",

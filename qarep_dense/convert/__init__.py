@@ -24,12 +24,11 @@ from pathlib import Path
 
 import torch
 
+from ..choices import CHECKPOINT_SOURCES
 from ..engine.checkpoint import checkpoint_path_problem
 from .classifier import convert_classifier
 from .common import ConversionError, load_state_file
 from .yolov6 import convert_yolov6, read_yolov6_file
-
-SOURCES = ("timm", "repvgg", "yolov6")
 
 # COCO 2017's 80 category ids in YOLOv6's class order (sorted ids), and their names.
 COCO80_IDS = [*range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70, *range(72, 83),
@@ -48,8 +47,8 @@ def convert_state(src: str | os.PathLike, source: str, arch: str | None = None, 
                   block: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """(our state_dict, task meta without data settings) for the checkpoint at ``src``."""
     src = Path(src)
-    if source not in SOURCES:
-        raise ConversionError(f"unknown source {source!r}; expected one of {SOURCES}")
+    if source not in CHECKPOINT_SOURCES:
+        raise ConversionError(f"unknown source {source!r}; expected one of {CHECKPOINT_SOURCES}")
     problem = checkpoint_path_problem(src)
     if problem:
         raise ConversionError(problem)
@@ -71,4 +70,4 @@ def convert_state(src: str | os.PathLike, source: str, arch: str | None = None, 
     return convert_classifier(load_state_file(src), source, arch, block, origin=str(src))
 
 
-__all__ = ["ConversionError", "SOURCES", "convert_state"]
+__all__ = ["ConversionError", "convert_state"]

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..choices import TASK_NAMES
 from ..fileio import claim, write_json_atomic, write_text_atomic
 from . import cls_story, stage_jobs
 from .config_digest import config_digest
@@ -41,7 +42,7 @@ from .summary import render_summary
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: tools/ and configs/ live beside the package
 
 log = logging.getLogger(__name__)
-TASKS = ("cls", "det", "seg")
+TASKS = tuple(TASK_NAMES)
 PROFILES = ("full", "quick", "tiny")
 DEFAULT_OUT = {"full": Path("work_dirs/demo"), "quick": Path("work_dirs/demo_quick"),
                "tiny": Path("work_dirs/demo_tiny")}

@@ -16,12 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..choices import ONNX_RTOL
 from .equivalence import normalized_max_error, remaining_multi_branch
 from .ort import _flat, export_graph, make_session, run_session
 
-# Accepted normalized error (max|ORT - torch| / max|torch| per output). Float32 reordering of the same
-# arithmetic gives ~1e-7..1e-6 on our models; a wrong weight, op or baked-in shape gives 1e-2 and more.
-DEFAULT_RTOL = 1e-4
 
 
 @torch.no_grad()
@@ -42,7 +40,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, opset
 
 @dataclass
 class OnnxCheck:
-    """ORT vs PyTorch on one input: its shape, the normalized error (see :data:`DEFAULT_RTOL`) and max |diff|."""
+    """ORT vs PyTorch on one input: its shape, the normalized error (see :data:`qarep_dense.choices.ONNX_RTOL`) and max |diff|."""
 
     input_shape: list[int]
     normalized_error: float
@@ -92,7 +90,7 @@ def verify_onnx(path: str | Path, model: nn.Module, example: torch.Tensor, threa
 
 
 def export_checked(model: nn.Module, examples: Sequence[torch.Tensor], path: str | Path, opset: int = 13,
-                   dynamic_hw: bool = False, rtol: float = DEFAULT_RTOL, threads: int = 2) -> OnnxExport:
+                   dynamic_hw: bool = False, rtol: float = ONNX_RTOL, threads: int = 2) -> OnnxExport:
     """Export ``model`` (fused, eval) traced on ``examples[0]`` and check it in ORT on every example.
 
     With ``dynamic_hw`` the further examples should differ in height/width (and batch) from the first,

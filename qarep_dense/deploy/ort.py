@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
-log = logging.getLogger(__name__)
+from ..choices import ORT_KERNEL_MODES
 
-KERNEL_MODES = ("auto", "default", "precise")
+log = logging.getLogger(__name__)
 # CPU flags (as /proc/cpuinfo spells them) whose int8 dot products accumulate in 32 bits.
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 _X86 = {"x86_64", "amd64", "i386", "i686", "x86"}
@@ -204,8 +204,8 @@ def choose_int8_kernels(onnx_path: str | Path, inputs: torch.Tensor | np.ndarray
     quantization as closely as the precise kernels' do (:func:`kernels_agree`). ``features``
     replaces :func:`cpu_int8_features` (tests fake other CPUs).
     """
-    if mode not in KERNEL_MODES:
-        raise ValueError(f"choose_int8_kernels: mode must be one of {list(KERNEL_MODES)}, got {mode!r}")
+    if mode not in ORT_KERNEL_MODES:
+        raise ValueError(f"choose_int8_kernels: mode must be one of {list(ORT_KERNEL_MODES)}, got {mode!r}")
     features = features if features is not None else cpu_int8_features()
     errors = (None, None)
     if inputs is not None and reference is not None and (mode == "auto" and (features["vnni"] or not features["x86"])):

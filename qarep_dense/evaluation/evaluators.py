@@ -13,13 +13,9 @@ from typing import Iterable, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from ..choices import BATCH_SIZE  # the INT8 tools' --batch-size (a task row's own: EVAL_BATCH_SIZE)
 from ..data.preprocess import Preprocess
 from ..evaluation.classification import evaluate_classifier
-
-
-# Images per batch of the INT8 tools (calibration batches, evaluation) unless --batch-size says otherwise; a
-# task's own evaluation tool uses its row's ``batch_size`` (a detector's or segmentor's images are larger).
-BATCH_SIZE = 32
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from ..choices import CALIBRATORS
 from .backends import backend_names
 
-# "max" keeps the largest |x| seen; the histogram methods pick a clipping amax from a
-# 2048-bin histogram of |x| (percentile of the mass, min MSE, min KL divergence).
-CALIBRATORS: tuple[str, ...] = ("max", "percentile", "mse", "entropy")
 HISTOGRAM_CALIBRATORS: frozenset[str] = frozenset({"percentile", "mse", "entropy"})
 
 

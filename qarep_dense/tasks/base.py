@@ -14,11 +14,11 @@ from typing import Callable
 
 from torch import nn
 
+from ..choices import EVAL_BATCH_SIZE, TASK_NAMES
 from ..data.preprocess import Preprocess
 from ..engine.checkpoint import CheckpointError
-from ..evaluation.evaluators import BATCH_SIZE, EvalRequest, Evaluator
+from ..evaluation.evaluators import EvalRequest, Evaluator
 
-TASK_NAMES = {"cls": "classification", "det": "detection", "seg": "segmentation"}
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,8 @@ class TaskRow:
         images); ``size``: the input size (None: the task's own pipeline decides, or an error naming ``source``).
     class_names(meta) -> the names of the classes the checkpoint predicts, None when it cannot tell.
     prediction: what a prediction is, for drawing: "labels" (top-k), "boxes" or "mask".
-    batch_size: the default ``--batch-size`` of the task's own evaluation tool (``tools/eval_det.py``: 16,
-        ``tools/eval_seg.py``: 4); the INT8 tools use ``evaluation.evaluators.BATCH_SIZE`` for every task.
+    batch_size: the default ``--batch-size`` of the task's own evaluation tool (``choices.EVAL_BATCH_SIZE``);
+        the INT8 tools use ``choices.BATCH_SIZE`` for every task.
     read_checkpoint(path) -> (state dict of the train-form model, metadata) of a checkpoint the task's training
         framework wrote (segmentation: mmengine's ``iter_*.pth``); None: only the project's own files.
     free_size_export: the ONNX graph keeps height and width free (a segmentor's logits come back at the input
@@ -71,7 +71,7 @@ class TaskRow:
     prepare_image: Callable[[dict, int | None, str], Callable] | None = None
     class_names: Callable[[dict], list[str] | None] = lambda meta: meta.get("names") or meta.get("class_names")
     prediction: str = "labels"
-    batch_size: int = BATCH_SIZE
+    batch_size: int = EVAL_BATCH_SIZE["cls"]
 
 
 def recorded_preprocess(meta: dict, default: Preprocess) -> Preprocess:

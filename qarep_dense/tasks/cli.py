@@ -1,5 +1,9 @@
-"""The command line shared by the training tools:
-CONFIG [--set k=v ...] [--work-dir] [--resume | --overwrite] [--device]."""
+"""The command line shared by the tools: the training tools' CONFIG [--set k=v ...] [--work-dir] [--resume |
+--overwrite] [--device], and every tool's answer to a user error.
+
+Light on purpose: a tool builds its parser from this module and :mod:`qarep_dense.choices` and imports torch and
+the task modules only after parsing, so ``--help`` answers at once.
+"""
 from __future__ import annotations
 
 import argparse
@@ -9,18 +13,22 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import ConfigError, load_config
-from ..engine.checkpoint import CheckpointError
-from ..engine.trainer import NonFiniteLossError
-from ..evaluation.evaluators import BATCH_SIZE  # noqa: F401  (the INT8 tools' --batch-size default)
 
-# Errors that mean "fix the input", not "the program broke": one line on the console, exit 2.
-# (A stopped run's traceback is in WORK_DIR/train.log.) ConfigError, the data errors
-# (AnnotationError, ImageReadError) and loader checks are ValueErrors.
-USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError, FileExistsError, NotADirectoryError, ValueError)
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The errors that mean "fix the input", not "the program broke": one line on the console, exit 2.
+
+    ConfigError, the data errors (AnnotationError, ImageReadError) and the loader checks are ValueErrors; a
+    stopped run's traceback is in WORK_DIR/train.log. A function, so that a tool can write
+    ``except user_errors() as err:`` before it has imported the engine (the expression is evaluated only
+    when an error arrives)."""
+    from ..engine.checkpoint import CheckpointError
+
+    return ConfigError, CheckpointError, FileNotFoundError, FileExistsError, NotADirectoryError, ValueError
 
 
 def user_error(err: BaseException, prog: str = "") -> int:
-    """A tool's answer to one of :data:`USER_ERRORS`: the message on one line of stderr, exit code 2."""
+    """A tool's answer to one of :func:`user_errors`: the message on one line of stderr, exit code 2."""
     print(f"{prog + ': ' if prog else ''}error: {err}", file=sys.stderr)
     return 2
 
@@ -44,28 +52,31 @@ def build_parser(description: str, task: str) -> argparse.ArgumentParser:
     return parser
 
 
-def train_tool(description: str, config_cls: type, train_fn: Callable[..., dict], task: str,
-               summary_keys: tuple[str, ...]) -> tuple[Callable, Callable]:
-    """``(parse_args(argv), main(argv) -> exit code)`` of a training tool: its whole command line."""
+def train_tool(description: str, task: str, summary_keys: tuple[str, ...],
+               trainer: Callable[[], tuple[type, Callable[..., dict]]]) -> tuple[Callable, Callable]:
+    """``(parse_args(argv), main(argv) -> exit code)`` of a training tool: its whole command line.
+    ``trainer()`` imports and returns (config class, train function): it is called after parsing."""
 
     def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         return build_parser(description, task).parse_args(argv)
 
     def main(argv: list[str] | None = None) -> int:
-        return train_main(description, config_cls, train_fn, task, summary_keys, argv)
+        args = parse_args(argv)
+        config_cls, train_fn = trainer()
+        return train_main(args, config_cls, train_fn, task, summary_keys)
 
     return parse_args, main
 
 
-def train_main(description: str, config_cls: type, train_fn: Callable[..., dict], task: str,
-               summary_keys: tuple[str, ...], argv: list[str] | None = None) -> int:
-    """Parse arguments, load the typed config, run ``train_fn(cfg, work_dir, resume, device, overwrite)``,
-    print a summary.
+def train_main(args: argparse.Namespace, config_cls: type, train_fn: Callable[..., dict], task: str,
+               summary_keys: tuple[str, ...]) -> int:
+    """Load the typed config, run ``train_fn(cfg, work_dir, resume, device, overwrite)``, print a summary.
 
     User errors (bad config key or value, unusable checkpoint, missing or corrupt data, a work dir with an
     earlier run's checkpoints) print one line and exit 2; a diverged run (non-finite loss) exits 1.
     """
-    args = build_parser(description, task).parse_args(argv)
+    from ..engine.trainer import NonFiniteLossError
+
     work_dir = args.work_dir or Path("work_dirs") / task / args.config.stem
     try:
         cfg = load_config(args.config, config_cls, args.overrides)
@@ -73,7 +84,7 @@ def train_main(description: str, config_cls: type, train_fn: Callable[..., dict]
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except USER_ERRORS as err:
+    except user_errors() as err:
         return user_error(err)
     if results:  # rank 0 only
         print(json.dumps({k: results[k] for k in summary_keys if k in results}, indent=2))

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..choices import EVAL_BATCH_SIZE
 from ..config import ConfigError, config_to_dict
 from ..data.det_loader import make_det_loader
 from ..data.preprocess import DETECTION, Preprocess
@@ -130,4 +131,4 @@ def prepare_image(meta: dict, size: int | None, source: str = "checkpoint"):
 
 TASK = TaskRow("det", "detection", "AP", build_model_from_meta, make_evaluator, qat_loss,
                converted_meta=converted_meta, foreign_sources=("yolov6",), preprocess=preprocess_of,
-               prepare_image=prepare_image, prediction="boxes", batch_size=16)
+               prepare_image=prepare_image, prediction="boxes", batch_size=EVAL_BATCH_SIZE["det"])

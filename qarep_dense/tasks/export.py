@@ -6,16 +6,17 @@ from pathlib import Path
 
 import torch
 
-from ..deploy.onnx import DEFAULT_RTOL, OnnxExport, example_inputs, export_checked
+from ..choices import ONNX_RTOL
+from ..deploy.onnx import OnnxExport, example_inputs, export_checked
 from ..fileio import claim_file
 from .registry import TASKS, get_task, load_fused
 
-__all__ = ["DEFAULT_RTOL", "export_checkpoint_onnx"]
+__all__ = ["export_checkpoint_onnx"]
 
 
 def export_checkpoint_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike,
                            image_size: int | list[int] | None = None, batch: int = 1, opset: int = 13,
-                           rtol: float = DEFAULT_RTOL, overwrite: bool = False) -> tuple[OnnxExport, dict]:
+                           rtol: float = ONNX_RTOL, overwrite: bool = False) -> tuple[OnnxExport, dict]:
     """Fuse ``checkpoint``, export it to ``out`` and compare ORT with PyTorch; returns (report, meta).
 
     image_size: S or [H, W] (default: the checkpoint's ``image_size``, else 224). A task row with

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..choices import CHECKPOINT_SOURCES, ORT_KERNEL_MODES
 from ..engine.checkpoint import CheckpointError, checkpoint_path_problem, load_checkpoint, save_checkpoint
 from ..engine.distributed import resolve_device
 from ..evaluation.evaluators import BATCH_SIZE
@@ -52,8 +53,6 @@ from .registry import TASKS, build_model_from_meta, fuse, get_task, load_fused, 
 from .splits import request_for, task_data
 
 log = logging.getLogger(__name__)
-
-SOURCES = ("timm", "repvgg", "yolov6")
 # --bias-correction: the candidate forms searched, and how many of the best uncorrected candidates then get a
 # corrected twin ("auto"; "all" corrects every candidate, 3-4x the search time for the same budget outcome on
 # every recorded search: qarep_dense.quant.search).
@@ -119,9 +118,9 @@ class QuantizeOptions:
                              f"{self.max_drop}; for no budget at all give one larger than the metric, e.g. 100")
         if self.data_config is not None and not Path(self.data_config).is_file():
             raise FileNotFoundError(f"--data-config {self.data_config}: file not found")
-        if self.source is not None and self.source not in SOURCES:
-            raise ValueError(f"--from {self.source!r}: expected one of {list(SOURCES)}")
-        if self.ort_precision not in ("auto", "default", "precise"):
+        if self.source is not None and self.source not in CHECKPOINT_SOURCES:
+            raise ValueError(f"--from {self.source!r}: expected one of {list(CHECKPOINT_SOURCES)}")
+        if self.ort_precision not in ORT_KERNEL_MODES:
             raise ValueError(f"--ort-precision {self.ort_precision!r}: expected auto, default or precise")
         for name in ("calib_batches", "batch_size", "selection_images", "qat_epochs", "latency_repeats"):
             if int(getattr(self, name)) < 1:
@@ -453,4 +452,4 @@ def _report(opts, meta, metric_name, fp32, final, chosen, results, strategy, ort
     }
 
 
-__all__ = ["QuantizeOptions", "quantize_checkpoint", "load_fakequant", "SOURCES"]
+__all__ = ["QuantizeOptions", "quantize_checkpoint", "load_fakequant"]

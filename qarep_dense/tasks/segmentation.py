@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..choices import EVAL_BATCH_SIZE
 from ..data.preprocess import Preprocess
 from ..deploy.equivalence import max_abs_diff
 from ..engine.checkpoint import save_checkpoint
@@ -283,4 +284,4 @@ def class_names(meta: dict) -> list[str] | None:
 
 TASK = TaskRow("seg", "segmentation", "mIoU", build_model_from_meta, make_evaluator, qat_loss,
                free_size_export=True, read_checkpoint=read_checkpoint, prepare_image=prepare_image,
-               class_names=class_names, prediction="mask", batch_size=4)
+               class_names=class_names, prediction="mask", batch_size=EVAL_BATCH_SIZE["seg"])
