@@ -506,6 +506,22 @@ def test_dense_stages_start_from_their_blocks_classifier_and_run_the_documented_
     assert stages["det_train_qarepvgg_s0"].after == ("canvas_data", "cls_train_qarepvgg_s0")
 
 
+def test_story_classifiers_are_evaluated_every_tenth_epoch_and_the_hyper_search_every_epoch(tmp_path, monkeypatch):
+    """Sparser evaluation trains the same models (tests/test_train_cls.py); the Hyper-Search run's best.pt needs
+    every epoch's evaluation."""
+    demo = Demo(DemoOptions(out=tmp_path, tasks=["cls"], cls_models=["repvgg_custom", "qarepvgg", "repopt"]))
+    calls = {}
+    monkeypatch.setattr(demo, "in_process", lambda stage, fn, *args, **kw: calls.setdefault(stage, args))
+    stages = {st.name: st for st in demo.cls_jobs()}
+    for name in ("cls_train_repvgg_custom_s1", "cls_train_qarepvgg_s0", "cls_train_repopt_s2", "cls_train_hs"):
+        with pytest.raises(FileNotFoundError):  # the training's results.json is read after the stage process
+            stages[name].fn()
+    interval = {name: [s for s in args[3] if s.startswith("train.eval_interval=")] for name, args in calls.items()}
+    assert interval == {"cls_train_repvgg_custom_s1": ["train.eval_interval=10"],
+                        "cls_train_qarepvgg_s0": ["train.eval_interval=10"],
+                        "cls_train_repopt_s2": ["train.eval_interval=10"], "cls_train_hs": []}
+
+
 def test_repopt_dense_rows_come_on_request_with_their_hyper_search_models(tmp_path, monkeypatch):
     default = Demo(DemoOptions(out=tmp_path / "d", tasks=["det", "seg"]))
     assert not any("repopt" in st.name or "hs" in st.name for st in default.det_jobs() + default.seg_jobs())

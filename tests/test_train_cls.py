@@ -95,6 +95,24 @@ def test_resume_of_finished_run_and_mismatched_config(trained, tmp_path):
         train(cfg, tmp_path / "empty", resume=True, device="cpu")
 
 
+def test_evaluating_less_often_trains_the_same_model_bit_for_bit(trained, tmp_path):
+    """The main job evaluates its classifiers every 10th epoch only: that must not change what is trained (the
+    loaders draw from their own seeded generators, evaluation draws no global random number)."""
+    _, data, _ = trained
+    states = {}
+    for interval in (1, 2):  # every epoch, or only after the last of the 2
+        work = tmp_path / f"every_{interval}"
+        train(load_config(CONFIG, ClsConfig, [f"data.root={data}", f"train.eval_interval={interval}"]), work,
+              device="cpu")
+        assert len((work / "val.csv").read_text().strip().splitlines()) == 1 + 2 // interval
+        last = load_checkpoint(work / "last.pt")
+        states[interval] = {**{f"model.{k}": v for k, v in last["model"].items()},
+                            **{f"ema.{k}": v for k, v in last["ema"]["model"].items()},
+                            **{f"deploy.{k}": v for k, v in load_checkpoint(work / "deploy.pt")["model"].items()}}
+    assert states[1].keys() == states[2].keys() and len(states[1]) > 100
+    assert all(torch.equal(states[1][k], states[2][k]) for k in states[1])
+
+
 def test_tool_reports_config_errors_with_file_and_key(tmp_path, capsys):
     tool = vars(tool_module("train_cls"))  # in-process: fast
     main = tool["main"]
