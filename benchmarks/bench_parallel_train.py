@@ -23,6 +23,11 @@ speed-up S of a step predicts the gain of two one-thread runs side by side as 2 
 with channels-last weights (``train.channels_last``), alternating, ``--rounds`` times each:
 
     python benchmarks/bench_parallel_train.py --channels-last --epochs 10 --rounds 2
+
+``--eval-interval N`` times the pair the same way evaluating every epoch and every N-th epoch (the main job's
+choice), and checks that both train the same weights bit for bit:
+
+    python benchmarks/bench_parallel_train.py --eval-interval 10 --epochs 10 --rounds 2
 """
 from __future__ import annotations
 
@@ -125,22 +130,27 @@ def step_report(steps: int, rounds: int = 3) -> str:
     return "\n".join(lines)
 
 
-def layout_report(work: Path, data: Path, epochs: int, rounds: int) -> str:
-    """The pair side by side, one thread each, NCHW against channels-last weights, alternating ``rounds`` times."""
-    layouts = {"NCHW": (), "channels_last": ("train.channels_last=true",)}
-    walls: dict[str, list[float]] = {name: [] for name in layouts}
+def variant_report(work: Path, data: Path, epochs: int, rounds: int, variants: dict[str, tuple[str, ...]],
+                   same_models: bool) -> str:
+    """The pair side by side, one thread each, under each variant's extra ``--set`` overrides, alternating
+    ``rounds`` times; the speed-up of the last variant over the first (fastest round of each). ``same_models``:
+    the variants must train bit-identical weights, and the report says whether they did."""
+    walls: dict[str, list[float]] = {name: [] for name in variants}
     load_before = _load()
     for r in range(rounds):
-        for name, sets in layouts.items():
+        for name, sets in variants.items():
             jobs = [(_command(m, work / f"{name}_{r}_{m}", data, epochs, sets), 1) for m in MODELS]
             walls[name].append(_run(jobs)[0])
-    nchw, last = min(walls["NCHW"]), min(walls["channels_last"])
-    return "\n".join([
-        f"A0h digits 24x24, {epochs} epochs, RepVGG + QARepVGG side by side, 1 thread each (the main job's way); "
-        f"{rounds} alternating rounds; load average before {load_before}, after {_load()}",
-        "NCHW: " + ", ".join(f"{w:.1f}" for w in walls["NCHW"]) + " s wall",
-        "channels_last: " + ", ".join(f"{w:.1f}" for w in walls["channels_last"]) + " s wall",
-        f"speed-up of channels_last (fastest round of each): {nchw / last:.2f}x"])
+    (first, base), (last, new) = [(name, min(walls[name])) for name in (list(variants)[0], list(variants)[-1])]
+    lines = [f"A0h digits 24x24, {epochs} epochs, RepVGG + QARepVGG side by side, 1 thread each (the main job's way); "
+             f"{rounds} alternating rounds; load average before {load_before}, after {_load()}"]
+    lines += [f"{name}: " + ", ".join(f"{w:.1f}" for w in walls[name]) + " s wall" for name in variants]
+    lines.append(f"speed-up of {last} over {first} (fastest round of each): {base / new:.2f}x")
+    if same_models:
+        same = {m: _same_weights(work / f"{first}_0_{m}", work / f"{last}_0_{m}") for m in MODELS}
+        lines.append(f"{last} weights bit-identical to {first}: "
+                     + ", ".join(f"{m} {'yes' if s else 'NO'}" for m, s in same.items()))
+    return "\n".join(lines)
 
 
 def _load() -> str:
@@ -155,11 +165,13 @@ def main(argv: list[str] | None = None) -> str:
                    "instead of whole trainings (robust to a shared machine)")
     p.add_argument("--channels-last", action="store_true",
                    help="instead: the pair side by side with NCHW and with channels-last weights")
-    p.add_argument("--rounds", type=int, default=2, help="--channels-last: alternating rounds of each layout")
+    p.add_argument("--eval-interval", type=int, default=0, metavar="N",
+                   help="instead: the pair side by side evaluating every epoch and every N-th epoch")
+    p.add_argument("--rounds", type=int, default=2, help="--channels-last, --eval-interval: alternating rounds of each")
     p.add_argument("--out", type=Path, default=None, help="append the report to this Markdown file")
     args = p.parse_args(argv)
-    if args.epochs < 1 or args.steps < 0 or args.rounds < 1:
-        p.error("--epochs and --rounds must be at least 1 and --steps at least 0")
+    if args.epochs < 1 or args.steps < 0 or args.rounds < 1 or args.eval_interval < 0:
+        p.error("--epochs and --rounds must be at least 1, --steps and --eval-interval at least 0")
     if args.steps:
         report = step_report(args.steps)
         print(report)
@@ -171,8 +183,11 @@ def main(argv: list[str] | None = None) -> str:
     data = work / "digits"
     load_before = _load()
     _run([(_command("repvgg", work / "warmup", data, 1), 1)])  # writes the data once; not timed
-    if args.channels_last:
-        report = layout_report(work, data, args.epochs, args.rounds)
+    if args.channels_last or args.eval_interval:
+        variants = ({"NCHW": (), "channels_last": ("train.channels_last=true",)} if args.channels_last else
+                    {"eval_every_epoch": ("train.eval_interval=1",),
+                     f"eval_every_{args.eval_interval}": (f"train.eval_interval={args.eval_interval}",)})
+        report = variant_report(work, data, args.epochs, args.rounds, variants, same_models=not args.channels_last)
         print(report)
         append_report(args.out, "```\n" + report + "\n```")
         return report
