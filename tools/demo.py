@@ -29,17 +29,21 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
 from qarep_dense.tasks.cli import user_errors  # noqa: E402
+
+if TYPE_CHECKING:
+    from qarep_dense.demo.main_job import DemoOptions
 
 
 def _names(text: str | None) -> list[str] | None:
     return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
 
 
-def parse_args(argv: list[str] | None = None):
+def parse_args(argv: list[str] | None = None) -> DemoOptions:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", default=None, help="comma-separated subset of cls,det,seg (default all; --quick "
                    "cls,det)")
@@ -78,8 +82,8 @@ def main(argv: list[str] | None = None) -> Path:
     return run(parse_args(argv))
 
 
-def run(opts) -> Path:
-    """The main job with the parsed options (a DemoOptions); the summary's path."""
+def run(opts: DemoOptions) -> Path:
+    """The main job with the parsed options; the summary's path."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from qarep_dense.demo.main_job import Demo
 

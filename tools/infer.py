@@ -23,14 +23,18 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
 from qarep_dense.choices import ORT_KERNEL_MODES  # noqa: E402
 from qarep_dense.tasks.cli import user_error, user_errors  # noqa: E402
 
+if TYPE_CHECKING:
+    from qarep_dense.inference import InferOptions
 
-def parse_args(argv: list[str] | None = None):
+
+def parse_args(argv: list[str] | None = None) -> InferOptions:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", type=Path)
     p.add_argument("images", type=Path, nargs="+", help="image files and/or folders of images")
