@@ -1,8 +1,9 @@
 """The names and defaults the tools' command lines offer, importable without torch.
 
-A tool builds its parser from these and imports the model code only after parsing, so ``tools/X.py --help``
-answers at once instead of after the 3-10 s it takes to import torch and the task modules. The modules that
-implement each choice import it from here: every name and default has this one definition.
+A tool builds its parser from these (re-exported by ``tasks.cli``, the application layer) and imports the model
+code only after parsing, so ``tools/X.py --help`` answers at once instead of after the 3-10 s it takes to import
+torch and the task modules. The modules that implement each choice import it from here: every name and default has
+this one definition.
 """
 from __future__ import annotations
 

@@ -97,7 +97,7 @@ def _imported(importtime_log: str) -> set[str]:
 def test_every_tool_help_runs_from_a_checkout_in_a_clean_environment_without_importing_torch():
     """What a new user types after `bash scripts/demo.sh`: `.venv/bin/python tools/X.py --help`, from the repo
     root, in an environment without PYTHONPATH or an activated venv. Every tools/*.py answers, and builds its
-    parser from qarep_dense.choices and tasks.cli alone: none of the heavy libraries is imported."""
+    parser from tasks.cli alone (which re-exports qarep_dense.choices): none of the heavy libraries is imported."""
     env = {"HOME": os.environ.get("HOME", "/tmp"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1",
            "PYTHONPROFILEIMPORTTIME": "1"}
     failures = {}

@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING
 
 import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
-from qarep_dense.choices import BATCH_SIZE, TASK_NAMES  # noqa: E402
-from qarep_dense.tasks.cli import user_error, user_errors  # noqa: E402
+from qarep_dense.tasks.cli import BATCH_SIZE, TASK_NAMES, user_error, user_errors  # noqa: E402
 
 if TYPE_CHECKING:
     import torch

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
-from qarep_dense.choices import EVAL_BATCH_SIZE  # noqa: E402
-from qarep_dense.tasks.cli import user_error, user_errors  # noqa: E402
+from qarep_dense.tasks.cli import EVAL_BATCH_SIZE, user_error, user_errors  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
-from qarep_dense.choices import ONNX_RTOL  # noqa: E402
-from qarep_dense.tasks.cli import user_error, user_errors  # noqa: E402
+from qarep_dense.tasks.cli import ONNX_RTOL, user_error, user_errors  # noqa: E402
 
 
 def _out_problem(out: Path, overwrite: bool) -> str | None:

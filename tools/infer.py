@@ -27,8 +27,7 @@ from typing import TYPE_CHECKING
 
 import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
-from qarep_dense.choices import ORT_KERNEL_MODES  # noqa: E402
-from qarep_dense.tasks.cli import user_error, user_errors  # noqa: E402
+from qarep_dense.tasks.cli import ORT_KERNEL_MODES, user_error, user_errors  # noqa: E402
 
 if TYPE_CHECKING:
     from qarep_dense.inference import InferOptions

@@ -23,9 +23,8 @@ from pathlib import Path
 
 import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
-from qarep_dense.choices import (BATCH_SIZE, CALIBRATORS, ORT_KERNEL_MODES, QUANT_BACKENDS,  # noqa: E402
-                                 TASK_NAMES)
-from qarep_dense.tasks.cli import user_error, user_errors  # noqa: E402
+from qarep_dense.tasks.cli import (BATCH_SIZE, CALIBRATORS, ORT_KERNEL_MODES, QUANT_BACKENDS,  # noqa: E402
+                                   TASK_NAMES, user_error, user_errors)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

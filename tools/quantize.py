@@ -23,9 +23,8 @@ from pathlib import Path
 
 import _bootstrap  # noqa: F401,E402  (this checkout first on sys.path)
 
-from qarep_dense.choices import (BATCH_SIZE, CALIBRATORS, CHECKPOINT_SOURCES, ORT_KERNEL_MODES,  # noqa: E402
-                                 QUANT_BACKENDS, TASK_NAMES)
-from qarep_dense.tasks.cli import user_error, user_errors  # noqa: E402
+from qarep_dense.tasks.cli import (BATCH_SIZE, CALIBRATORS, CHECKPOINT_SOURCES, ORT_KERNEL_MODES,  # noqa: E402
+                                   QUANT_BACKENDS, TASK_NAMES, user_error, user_errors)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from ..choices import (BATCH_SIZE, CALIBRATORS, CHECKPOINT_SOURCES, EVAL_BATCH_SIZE, ONNX_RTOL,  # noqa: F401
+                       ORT_KERNEL_MODES, QUANT_BACKENDS, TASK_NAMES)  # the tools' parsers take them from here
 from ..config import ConfigError, load_config
 
 
