@@ -37,7 +37,8 @@ from qarep_dense.quant.swap import quantize_modules
 from _timing import append_report, median_ms  # benchmarks/ is the script's folder, first on sys.path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ("fcn_qarepvgg-b1g4_4xb2-40k_cityscapes-512x1024.py", "deeplabv3plus_qarepvgg-b1g4_4xb2-80k_cityscapes-512x1024.py",
+CONFIGS = ("fcn_qarepvgg-b1g4_4xb2-40k_cityscapes-512x1024.py",
+           "deeplabv3plus_qarepvgg-b1g4_4xb2-80k_cityscapes-512x1024.py",
            "fcn_qarepvgg-a0h_1xb16-4000it_digits-canvas-64x64.py")  # the paper's two heads and the main job's
 
 
@@ -57,8 +58,8 @@ def parse_args() -> argparse.Namespace:
 
 
 _FRAMES: dict = {}
-exec(compile("def at_depth(depth, fn):\n    return fn() if depth <= 0 else at_depth(depth - 1, fn)\n", "<string>", "exec"),
-     _FRAMES)
+exec(compile("def at_depth(depth, fn):\n    return fn() if depth <= 0 else at_depth(depth - 1, fn)\n", "<string>",
+             "exec"), _FRAMES)
 at_depth = _FRAMES["at_depth"]  # ``fn()`` called ``depth`` frames (of a file named "<string>") below here
 
 
@@ -83,7 +84,8 @@ def help_seconds(tool: str, preload: str | None) -> float:
             + f"sys.argv = ['tools/{tool}', '--help']\nrunpy.run_path('tools/{tool}', run_name='__main__')\n")
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                          env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}:{ROOT / 'tools'}"})
+                          env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1",
+                               "PYTHONPATH": f"{ROOT}:{ROOT / 'tools'}"})
     seconds = time.perf_counter() - start
     if proc.returncode or not proc.stdout.startswith("usage:"):
         raise RuntimeError(f"tools/{tool} --help (preload {preload}) failed: {proc.stderr.strip()[-500:]}")
@@ -107,7 +109,8 @@ def main() -> None:
     for depth in (0, args.depth):
         theirs = median_of(lambda: build_seconds(fused, backend, False, depth), args.repeats)
         ours = median_of(lambda: build_seconds(fused, backend, True, depth), args.repeats)
-        lines.append(f"| build the {layers} quantized layers of the fused A0, {depth + 1} frame{'s' * (depth > 0)} from a "
+        frames = f"{depth + 1} frame{'s' * (depth > 0)}"
+        lines.append(f"| build the {layers} quantized layers of the fused A0, {frames} from a "
                      f"string ({len(sys.modules)} modules loaded) | {theirs * 1e3:.0f} ms | {ours * 1e3:.0f} ms | "
                      f"{theirs / ours:.1f}x |")
 

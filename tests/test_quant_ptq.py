@@ -234,7 +234,6 @@ def test_test_arch_swap_keeps_geometry_and_weights_grouped_convs_run():
     assert 0 < err < 0.01
 
 
-
 def test_building_quantized_layers_never_walks_the_stack_with_inspect(monkeypatch):
     """pytorch-quantization checks its caller with ``inspect.stack()`` once per layer (0.2 s each in a pytest
     worker); the backend answers that check with the frames' names only. The check itself still runs: a layer
@@ -259,6 +258,7 @@ def test_building_quantized_layers_never_walks_the_stack_with_inspect(monkeypatc
     with pytest.raises(TypeError, match="should be only called by __init__"), _building_layers():
         conv.init_quantizer(conv.input_quantizer, conv.weight_quantizer)
     assert pq_module_utils.inspect is inspect
+
 
 def test_b1g4_builds_and_swaps_with_groups_4():
     from pytorch_quantization import nn as pq_nn

@@ -59,8 +59,8 @@ CLS_RECIPE = ["optim.lr=0.4", "optim.weight_decay=5e-4", "optim.warmup_epochs=0"
 # machine (BENCHMARKS.md, "The main job with channels-last classifiers").
 # The story's classifiers are evaluated every 10th epoch (and after the last) instead of every epoch: the same models
 # bit for bit (the loaders draw from their own seeded generators and evaluation draws no global random number:
-# tests/test_train_cls.py), about 1 s less per epoch on 2 AVX2 cores. The Hyper-Search run keeps every epoch: the best
-# of them (its best.pt) gives RepOpt-VGG its scales.
+# tests/test_train_cls.py), about 0.4 s less per evaluation left out (1.04x at 10 epochs; BENCHMARKS.md). The
+# Hyper-Search run keeps every epoch: the best of them (its best.pt) gives RepOpt-VGG its scales.
 CLS_EVAL_INTERVAL = 10
 PIPELINE_MODELS = ("repvgg_custom", "qarepvgg")  # tools/quantize.py runs on these (the story's pair)
 CLS_MODELS = {  # name -> (config, extra overrides); the RepOpt scales come from one Hyper-Search run

@@ -21,7 +21,6 @@ from .equivalence import normalized_max_error, remaining_multi_branch
 from .ort import _flat, export_graph, make_session, run_session
 
 
-
 @torch.no_grad()
 def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, opset: int = 13,
                 dynamic_batch: bool = True, dynamic_hw: bool = False) -> Path:
@@ -40,7 +39,8 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, opset
 
 @dataclass
 class OnnxCheck:
-    """ORT vs PyTorch on one input: its shape, the normalized error (see :data:`qarep_dense.choices.ONNX_RTOL`) and max |diff|."""
+    """ORT vs PyTorch on one input: its shape, the normalized error (see :data:`qarep_dense.choices.ONNX_RTOL`)
+    and max |diff|."""
 
     input_shape: list[int]
     normalized_error: float

@@ -20,7 +20,6 @@ from ..engine.checkpoint import CheckpointError
 from ..evaluation.evaluators import EvalRequest, Evaluator
 
 
-
 @dataclass(frozen=True)
 class TaskRow:
     """One task of the toolkit.

@@ -1,8 +1,8 @@
 """The command line shared by the tools: the training tools' CONFIG [--set k=v ...] [--work-dir] [--resume |
 --overwrite] [--device], and every tool's answer to a user error.
 
-Light on purpose: a tool builds its parser from this module and :mod:`qarep_dense.choices` and imports torch and
-the task modules only after parsing, so ``--help`` answers at once.
+Light on purpose: a tool builds its parser from this module (which re-exports :mod:`qarep_dense.choices`, the
+tools' names and defaults) and imports torch and the task modules only after parsing, so ``--help`` answers at once.
 """
 from __future__ import annotations
 

@@ -121,7 +121,7 @@ class QuantizeOptions:
         if self.source is not None and self.source not in CHECKPOINT_SOURCES:
             raise ValueError(f"--from {self.source!r}: expected one of {list(CHECKPOINT_SOURCES)}")
         if self.ort_precision not in ORT_KERNEL_MODES:
-            raise ValueError(f"--ort-precision {self.ort_precision!r}: expected auto, default or precise")
+            raise ValueError(f"--ort-precision {self.ort_precision!r}: expected one of {list(ORT_KERNEL_MODES)}")
         for name in ("calib_batches", "batch_size", "selection_images", "qat_epochs", "latency_repeats"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
