@@ -2,6 +2,7 @@
 
     python benchmarks/_gpu_check.py ddp-evidence TASK WORK_DIR LOG     # exit 1 unless the run went through DDP
     python benchmarks/_gpu_check.py summarize RUN_DIR RESULTS_DIR MODE # gpu_check.{json,md} + the table on stdout
+    python benchmarks/_gpu_check.py environment OUT_JSON MODE MODULE...  # the environment check (below)
 
 RUN_DIR holds steps.tsv (name, status, exit code, seconds per step, written by the script), logs/ and
 each step's outputs; MODE is "gpu" or "dry-run" (a loss that does not fall fails a step only on the GPU,
@@ -9,8 +10,12 @@ where the step runs long enough for it to fall).
 """
 from __future__ import annotations
 
+import importlib
 import json
+import platform
+import shutil
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -125,11 +130,52 @@ def render(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+NO_CUDA = 3  # environment's exit code when the GPU run finds no CUDA device
+
+
+def environment(out: Path, mode: str, modules: list[str]) -> int:
+    """Import every module the steps need and print, as the last line of stdout, those that fail ("name (Error:
+    message)", "; "-joined; empty when all import). When all import: on the GPU, exit NO_CUDA unless torch sees a
+    CUDA device; then write the environment (versions, device, commit, free /dev/shm) to ``out``.
+
+    One process for the three checks, since every Python that imports torch takes seconds to start (2-3 s on a
+    2-core CPU, a few of them per run): the imports, the device, the record."""
+    missing = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # an ImportError, or a broken binary wheel
+            missing.append(f"{name} ({type(err).__name__}: {err})")
+    print("; ".join(missing), flush=True)
+    if missing:
+        return 0
+    import torch
+
+    if mode == "gpu" and not torch.cuda.is_available():
+        return NO_CUDA
+    cuda = torch.cuda.is_available() and mode == "gpu"
+    try:  # a copied tree may have no .git, a machine no git
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    env = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+           "device": torch.cuda.get_device_name(0) if cuda else "cpu", "commit": commit or None}
+    try:  # DataLoader workers pass batches through /dev/shm: a small one makes them die with a bus error
+        env["shm_free_gib"] = round(shutil.disk_usage("/dev/shm").free / 2 ** 30, 1)
+    except OSError:
+        env["shm_free_gib"] = None
+    out.write_text(json.dumps(env, indent=2) + "\n")
+    print("[gpu_check] " + ", ".join(f"{k} {v}" for k, v in env.items()), file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if len(argv) == 4 and argv[0] == "ddp-evidence":
         return ddp_evidence(argv[1], Path(argv[2]), Path(argv[3]))
     if len(argv) == 4 and argv[0] == "summarize":
         return summarize(Path(argv[1]), Path(argv[2]), argv[3])
+    if len(argv) >= 3 and argv[0] == "environment":
+        return environment(Path(argv[1]), argv[2], argv[3:])
     print(__doc__, file=sys.stderr)
     return 2
 

@@ -94,32 +94,28 @@ say() { echo "[gpu_check] $*"; }
 # --- Python packages ------------------------------------------------------------------------------------
 NEEDED="torch torchvision onnxruntime onnx cv2 numpy scipy sklearn matplotlib tqdm pycocotools mmengine mmcv \
 mmseg ftfy prettytable pytorch_quantization qarep_mmcv_lite_ops"
-missing_modules() {
-  "$PY" - $NEEDED <<'EOF'
-import importlib, sys
-missing = []
-for name in sys.argv[1:]:
-    try:
-        importlib.import_module(name)
-    except Exception as err:  # an ImportError, or a broken binary wheel
-        missing.append(f"{name} ({type(err).__name__}: {err})")
-print("; ".join(missing))
-EOF
+# The module imports, the CUDA device (on the GPU) and environment.json, in one Python (benchmarks/_gpu_check.py):
+# its last line of stdout lists the modules that cannot be imported; exit 3: no CUDA device.
+check_environment() {
+  "$PY" benchmarks/_gpu_check.py environment "$RUN/environment.json" "$MODE" $NEEDED | tail -n 1
 }
 # The repo, and the project's mmcv-lite shim (its .pth, which registers it where pip installs it, would not be
 # processed from a PYTHONPATH folder: qarep_dense.integrations.mmseg imports it and registers it itself).
 SRC_PATH="$REPO:$REPO/shims/mmcv-lite-ops"
 export PYTHONPATH="$SRC_PATH${PYTHONPATH:+:$PYTHONPATH}"
-missing="$(missing_modules)"
+env_code=0
+missing="$(check_environment)" || env_code=$?
 if [ -n "$missing" ] && compgen -G "$WHEELS/*.whl" >/dev/null; then
   say "installing $(ls "$WHEELS"/*.whl | wc -l) wheels from $WHEELS into $BASE/site (missing: ${missing%%;*} ...)"
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$BASE/site" \
     "$WHEELS"/*.whl 2>&1 | tee -a "$RUN/logs/environment.log"
   export PYTHONPATH="$SRC_PATH:$BASE/site${PYTHONPATH#"$SRC_PATH"}"
-  missing="$(missing_modules)"
+  env_code=0
+  missing="$(check_environment)" || env_code=$?
 elif [ -n "$missing" ] && [ -d "$BASE/site" ]; then
   export PYTHONPATH="$SRC_PATH:$BASE/site${PYTHONPATH#"$SRC_PATH"}"  # installed by an earlier run
-  missing="$(missing_modules)"
+  env_code=0
+  missing="$(check_environment)" || env_code=$?
 fi
 # The environment's problems go to stderr and to logs/environment.log (so into gpu_check.log too).
 die() { echo "gpu_check: $*" | tee -a "$RUN/logs/environment.log" >&2; exit 1; }
@@ -127,25 +123,11 @@ if [ -n "$missing" ]; then
   die "$PY cannot import: $missing; run 'bash benchmarks/gpu_wheels.sh' on a machine with registry access and" \
     "carry $WHEELS with the tree (wheels for Python $("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])'))"
 fi
-if [ "$MODE" = gpu ] && ! "$PY" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then
+if [ "$env_code" -eq 3 ]; then
   die "no CUDA device visible to $PY (torch.cuda.is_available() is False); use --dry-run on a CPU"
+elif [ "$env_code" -ne 0 ]; then
+  die "the environment check ($PY benchmarks/_gpu_check.py environment) failed with exit $env_code"
 fi
-"$PY" - "$RUN/environment.json" "$MODE" <<'EOF'
-import json, platform, shutil, subprocess, sys, torch
-cuda = torch.cuda.is_available() and sys.argv[2] == "gpu"
-try:  # a copied tree may have no .git, a machine no git
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-except OSError:
-    commit = ""
-env = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-       "device": torch.cuda.get_device_name(0) if cuda else "cpu", "commit": commit or None}
-try:  # DataLoader workers pass batches through /dev/shm: a small one makes them die with a bus error
-    env["shm_free_gib"] = round(shutil.disk_usage("/dev/shm").free / 2 ** 30, 1)
-except OSError:
-    env["shm_free_gib"] = None
-open(sys.argv[1], "w").write(json.dumps(env, indent=2) + "\n")
-print("[gpu_check] " + ", ".join(f"{k} {v}" for k, v in env.items()))
-EOF
 
 # --- steps ---------------------------------------------------------------------------------------------
 finish() {

@@ -51,6 +51,29 @@ def test_an_environment_failure_still_leaves_its_reason_in_the_results(tmp_path)
     assert "stopped before the summary (exit 1)" in proc.stderr
 
 
+def test_the_environment_check_reports_missing_modules_a_missing_gpu_and_records_the_rest(tmp_path, monkeypatch,
+                                                                                           capsys):
+    """benchmarks/_gpu_check.py environment: one process for the imports, the device and environment.json."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import _gpu_check
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    out = tmp_path / "environment.json"
+    assert _gpu_check.environment(out, "gpu", ["json", "no_such_module_here"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("no_such_module_here (ModuleNotFoundError: ")
+    assert not out.exists()  # nothing recorded until every module imports
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _gpu_check.environment(out, "gpu", ["json"]) == _gpu_check.NO_CUDA and not out.exists()
+    assert _gpu_check.environment(out, "dry-run", ["json"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == ""  # the last line: nothing missing
+    env = json.loads(out.read_text())
+    assert env["device"] == "cpu" and env["torch"] == torch.__version__
+
+
 @pytest.fixture
 def failing_python(tmp_path):
     """The real interpreter, except that the classification benchmark dies with a message."""
