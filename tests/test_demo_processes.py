@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from qarep_dense.demo.processes import StageFailed, run_in_process
+from qarep_dense.demo.processes import HEAP_TUNABLES, StageFailed, run_in_process
 
 from support import REPO  # noqa: E402
 
@@ -85,3 +85,36 @@ def test_a_stage_error_comes_back_as_one_line_and_its_traceback_stays_in_the_log
     with pytest.raises(StageFailed, match=r"^ValueError: invalid literal for int\(\) with base 10: 'x'$"):
         run_in_process(int, ("x",), log)
     assert "Traceback" in log.read_text()
+
+
+def test_stage_processes_run_with_the_heap_settings_unless_the_user_chose_their_own(tmp_path, monkeypatch):
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    assert run_in_process(os.getenv, ("GLIBC_TUNABLES",), tmp_path / "a.log") == HEAP_TUNABLES
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=1")
+    assert run_in_process(os.getenv, ("GLIBC_TUNABLES",), tmp_path / "b.log") == "glibc.malloc.arena_max=1"
+
+
+# Rounds of ten 4 MB buffers, all freed at the end of each round, as a training step frees its activations:
+# glibc's defaults give the freed top of the heap back to the kernel, so every round faults its pages in again.
+ALLOCATION_ROUNDS = """
+import resource
+for _ in range(40):
+    buffers = [bytearray(4 << 20) for _ in range(10)]
+    del buffers
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+"""
+
+
+@pytest.mark.skipif(os.confstr("CS_GNU_LIBC_VERSION").split()[0] != "glibc", reason="glibc's tunables")
+def test_the_heap_settings_take_effect_in_glibc():
+    """A misspelt tunable is ignored without a word: count the page faults of freed-and-reallocated buffers."""
+    def faults(tunables: str | None) -> int:
+        env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+        if tunables:
+            env["GLIBC_TUNABLES"] = tunables
+        return int(subprocess.run([sys.executable, "-c", ALLOCATION_ROUNDS], env=env, capture_output=True,
+                                  text=True, check=True).stdout)
+
+    default, kept = faults(None), faults(HEAP_TUNABLES)
+    assert default > 40 * 10 * 1024 / 2  # most rounds fault their 40 MB in again (1024 pages per 4 MB)
+    assert kept < default / 5, (default, kept)

@@ -27,6 +27,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 GRACE_S = 5.0  # between SIGTERM and SIGKILL: a stage may finish writing a checkpoint atomically
+# glibc's heap for the stage processes: allocations under 32 MiB (glibc's own ceiling for its moving mmap threshold)
+# come from the heap, and the heap keeps up to 1 GiB free instead of giving it back to the kernel. With the
+# defaults every training step's activations came back as fresh pages, faulted and zeroed by the kernel (about
+# a million page faults per minute of a segmentor); the same trainings, bit for bit, faster
+# (benchmarks/bench_allocator.py; BENCHMARKS.md "The stage processes' heap"). Ignored where libc is not glibc; a
+# GLIBC_TUNABLES of the user's own is kept as it is.
+HEAP_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
 ROOT = Path(__file__).resolve().parents[2]  # the checkout (or site-packages): the package must import from it
 
 _running: dict[int, subprocess.Popen] = {}
@@ -44,7 +51,8 @@ class StageFailed(RuntimeError):
 def run_in_process(fn: Callable[..., Any], args: tuple, log_path: Path, threads: int = 1) -> Any:
     """``fn(*args)`` in a new session, its output appended to ``log_path``; returns what ``fn`` returned."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+    env = {"GLIBC_TUNABLES": HEAP_TUNABLES, **os.environ, "OMP_NUM_THREADS": str(threads),
+           "MKL_NUM_THREADS": str(threads),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     with tempfile.TemporaryDirectory(prefix="qarep-stage-") as tmp, open(log_path, "ab") as log:
         job, result = Path(tmp) / "job.pkl", Path(tmp) / "result.pkl"
