@@ -32,6 +32,13 @@ def append_report(out: Path | None, text: str) -> None:
         f.write(text.rstrip("\n") + "\n\n")
 
 
+def publish_report(out: Path | None, text: str) -> str:
+    """Print ``text`` (the run's report) and append it to ``out`` when given; returns it."""
+    print(text)
+    append_report(out, text)
+    return text
+
+
 def digits_models_parser(description: str, names: list[str]) -> argparse.ArgumentParser:
     """Options of the scripts that run over the main job's digits models (``MODELS/<name>_s<seed>/deploy.pt``)."""
     p = argparse.ArgumentParser(description=description)

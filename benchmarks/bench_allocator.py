@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks._timing import append_report  # noqa: E402
+from benchmarks._timing import publish_report  # noqa: E402
 from qarep_dense.demo.processes import HEAP_TUNABLES  # noqa: E402
 
 SETTINGS = {"glibc defaults": None, "main job": HEAP_TUNABLES}
@@ -151,10 +151,7 @@ def main(argv: list[str] | None = None) -> str:
                          f"{min(r['faults'] for r in rows):,} | {max(r['peak_mb'] for r in rows):.0f} | "
                          f"{f'{speedup:.2f}x, {cpu_speedup:.2f}x' if last else ''} | "
                          f"{('yes' if same[label] else 'NO') if last else ''} |")
-    report = "\n".join(lines)
-    print(report)
-    append_report(args.out, report)
-    return report
+    return publish_report(args.out, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _timing import append_report, median_ms, ort_speed_parser
+from _timing import median_ms, ort_speed_parser, publish_report
 from bench_backends import ort_fix_config
 from bench_ort_kernels import fused_model, random_images
 from qarep_dense.data.preprocess import IMAGENET
@@ -118,8 +118,7 @@ def main() -> None:
         f"load average {load[0]:.1f} before / {after[0]:.1f} after)", "",
         "| batch | INT8 variant | integer convs | FP32 ms | INT8 ms | speed-up | ops in ORT's optimized graph |",
         "|---|---|---|---|---|---|---|", *rows])
-    print(text)
-    append_report(args.out, text)
+    publish_report(args.out, text)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks._timing import append_report  # noqa: E402
+from benchmarks._timing import publish_report  # noqa: E402
 from qarep_dense.quant.calibration import mse_amax  # noqa: E402
 
 
@@ -99,8 +99,7 @@ def main() -> None:
     fastest = {f: min(r["s"] for r in rs) for f, rs in runs.items()}
     lines += ["", f"Worst peak: {worst['fresh_temporaries'] / worst['in_place']:.2f}x less in place; fastest round: "
               f"{fastest['fresh_temporaries'] / fastest['in_place']:.2f}x faster in place."]
-    print("\n".join(lines))
-    append_report(args.out, "\n".join(lines))
+    publish_report(args.out, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -25,11 +25,10 @@ import platform
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from _timing import append_report, median_ms, ort_speed_parser
+from _timing import median_ms, ort_speed_parser, publish_report
 from qarep_dense.data.preprocess import IMAGENET
 from qarep_dense.deploy.onnx import export_onnx
 from qarep_dense.deploy.ort import cpu_int8_features, make_session, relative_error, run_session
@@ -135,7 +134,7 @@ def main() -> None:
             vs_fq = f"{relative_error(out, fake_quant):.4f}" if key.startswith("ours") else "-"
             times = " | ".join(f"{ms[b][name]:.1f} | {ms[b]['fp32'] / ms[b][name]:.2f}x" for b in args.batches)
             rows.append(f"| {name} | {kernels[key]} | {times} | {relative_error(out, fp32_out):.4f} | {vs_fq} |")
-        rows.append(f"| PyTorch fake quant (reference, not timed) | - | " + " | ".join("- | -" for _ in args.batches)
+        rows.append("| PyTorch fake quant (reference, not timed) | - | " + " | ".join("- | -" for _ in args.batches)
                     + f" | {relative_error(fake_quant, torch_fp32):.4f} | 0 |")
         layouts = {level: layout_ops(files["ours"], level, args.threads) for level in ("extended", "all")}
         layouts["fp32 all"] = layout_ops(files["fp32"], "all", args.threads)
@@ -151,8 +150,7 @@ def main() -> None:
              f"- ORT ops, ours at opt all: {layouts['all']}",
              f"- ORT ops, fp32 at opt all: {layouts['fp32 all']}"]
     text = "\n".join(header + rows) + "\n\n" + "\n".join(notes) + "\n"
-    print(text)
-    append_report(args.out, text)
+    publish_report(args.out, text)
 
 
 if __name__ == "__main__":

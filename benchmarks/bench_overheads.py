@@ -34,7 +34,7 @@ from qarep_dense.quant import QuantConfig
 from qarep_dense.quant.backends import get_backend
 from qarep_dense.quant.backends import pytorch_quant
 from qarep_dense.quant.swap import quantize_modules
-from _timing import append_report, median_ms  # benchmarks/ is the script's folder, first on sys.path  # noqa: E402
+from _timing import median_ms, publish_report  # benchmarks/ is the script's folder, first on sys.path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ("fcn_qarepvgg-b1g4_4xb2-40k_cityscapes-512x1024.py",
@@ -129,8 +129,7 @@ def main() -> None:
         lines.append(f"| `python tools/{tool} --help` (its task module imported first / after parsing) | "
                      f"{ms['theirs']:.0f} ms | {ms['ours']:.0f} ms | {ms['theirs'] / ms['ours']:.1f}x |")
     text = "\n".join(lines)
-    print(text)
-    append_report(args.out, text)
+    publish_report(args.out, text)
 
 
 if __name__ == "__main__":

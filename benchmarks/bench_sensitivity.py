@@ -31,7 +31,7 @@ from qarep_dense.tasks.detection import DetConfig, train
 from qarep_dense.tasks.quant_check import CheckOptions, QuantConfig, quantize_and_check
 from qarep_dense.tasks.registry import get_task, load_fused
 from qarep_dense.tasks.splits import request_for
-from _timing import append_report  # benchmarks/ is the script's folder, first on sys.path  # noqa: E402
+from _timing import publish_report  # benchmarks/ is the script's folder, first on sys.path  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "det" / "synthetic_repvgg.toml"
 RECIPE = ["model.scale=test", "data.workers=0",
@@ -114,8 +114,7 @@ def main() -> None:
              f"- units whose AP drop is > 0: {sum(1 for e in slow if (e.metric_drop or 0) > 0)} of {len(slow)} "
              "(AP on a small val set moves in coarse steps: ties among the rest are broken arbitrarily)"]
     text = "\n".join(lines) + "\n"
-    print(text)
-    append_report(args.out, text)
+    publish_report(args.out, text)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from torch import nn
 from qarep_dense.engine.trainer import compile_for_training
 from qarep_dense.models import build_classifier
 from qarep_dense.models.detector import build_trunk_detector
-from _timing import append_report, median_ms  # benchmarks/ is the script's folder, first on sys.path  # noqa: E402
+from _timing import median_ms, publish_report  # benchmarks/ is the script's folder, first on sys.path  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -120,10 +120,7 @@ def main() -> str:
     ms = segmentor_steps(args.repeats)
     lines.append(f"| digit-canvas FCN segmentor, A0h trunk, 16 x 64x64 | {ms['eager NCHW']:.1f} | "
                  f"{ms['channels_last']:.1f} | - | {ms['eager NCHW'] / ms['channels_last']:.2f}x | - |")
-    report = "\n".join(lines)
-    print(report)
-    append_report(args.out, report)
-    return report
+    return publish_report(args.out, "\n".join(lines))
 
 
 if __name__ == "__main__":
