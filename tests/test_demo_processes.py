@@ -3,6 +3,7 @@ stage started; the main job says so in one line, exits non-zero, without a trace
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -88,6 +89,7 @@ def test_a_stage_error_comes_back_as_one_line_and_its_traceback_stays_in_the_log
 
 
 def test_stage_processes_run_with_the_heap_settings_unless_the_user_chose_their_own(tmp_path, monkeypatch):
+    """Every stage process gets HEAP_TUNABLES in its environment; a GLIBC_TUNABLES of the user's own wins."""
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     assert run_in_process(os.getenv, ("GLIBC_TUNABLES",), tmp_path / "a.log") == HEAP_TUNABLES
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=1")
@@ -105,7 +107,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
 """
 
 
-@pytest.mark.skipif(os.confstr("CS_GNU_LIBC_VERSION").split()[0] != "glibc", reason="glibc's tunables")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="GLIBC_TUNABLES is glibc's")
 def test_the_heap_settings_take_effect_in_glibc():
     """A misspelt tunable is ignored without a word: count the page faults of freed-and-reallocated buffers."""
     def faults(tunables: str | None) -> int:
