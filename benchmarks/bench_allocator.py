@@ -28,6 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks._timing import publish_report  # noqa: E402
+from benchmarks.bench_parallel_train import _same_weights  # noqa: E402  (last.pt's model tensors, bit for bit)
+from qarep_dense.demo.main_job import _prepare_det_data  # noqa: E402  (the canvases, as the main job writes them)
 from qarep_dense.demo.processes import HEAP_TUNABLES  # noqa: E402
 
 SETTINGS = {"glibc defaults": None, "main job": HEAP_TUNABLES}
@@ -87,27 +89,14 @@ def _side_by_side(commands: dict[str, list[str]]) -> dict[str, dict]:
     return out
 
 
-def _same_weights(a: Path, b: Path) -> bool:
-    import torch
-
-    def tensors(run: Path) -> dict:
-        return torch.load(run / "last.pt", map_location="cpu", weights_only=False)["model"]
-
-    sa, sb = tensors(a), tensors(b)
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
 def _prepare_data(work: Path) -> None:
     """The digits (tools/train_cls.py writes them on first use) and the canvases (the detection config's export)."""
-    from qarep_dense.config import load_config
-    from qarep_dense.tasks.detection import DetConfig, data_paths
-
     warmup = _jobs(work, "warmup")["classifier, 4 epochs"][0]
     proc = subprocess.run([*warmup, "optim.epochs=1"], cwd=ROOT, env=_env(None), capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"writing the digits failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-    data_paths(load_config(ROOT / "configs" / "det" / "digits_canvas_repvgg.toml", DetConfig,
-                           [f"data.root={work / 'digits_canvas'}"]).data)
+    _prepare_det_data(str(ROOT / "configs" / "det" / "digits_canvas_repvgg.toml"),
+                      [f"data.root={work / 'digits_canvas'}"])
 
 
 def main(argv: list[str] | None = None) -> str:
