@@ -60,11 +60,15 @@ def _started(job: subprocess.Popen) -> int:
 
 
 def test_ctrl_c_sigterm_or_sigkill_of_the_main_job_ends_every_stage_group(tmp_path):
-    """Three main jobs at once (their start-up dominates): SIGINT, SIGTERM, SIGKILL."""
+    """Three main jobs at once (their start-up dominates): SIGINT, SIGTERM, SIGKILL. None leaves its stage's
+    hand-over folder behind, not even the one killed outright (its stage removes it)."""
     sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
+    tmp = {sig: tmp_path / f"tmp_{sig.name}" for sig in sigs}
+    for folder in tmp.values():
+        folder.mkdir()
     jobs = [subprocess.Popen([sys.executable, "-c", MAIN_JOB, str(tmp_path / f"{sig.name}.log")], cwd=REPO,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONPATH": str(REPO)}) for sig in sigs]
+                             env={**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp[sig])}) for sig in sigs]
     stages = [_started(job) for job in jobs]
     for job, sig in zip(jobs, sigs):
         job.send_signal(sig)
@@ -79,6 +83,7 @@ def test_ctrl_c_sigterm_or_sigkill_of_the_main_job_ends_every_stage_group(tmp_pa
             break
         time.sleep(0.05)
     assert not any(map(_alive, stages))  # each stage and its grandchild
+    assert {sig.name: sorted(p.name for p in tmp[sig].iterdir()) for sig in sigs} == {sig.name: [] for sig in sigs}
 
 
 def test_a_stage_error_comes_back_as_one_line_and_its_traceback_stays_in_the_log(tmp_path):

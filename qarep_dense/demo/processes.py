@@ -8,7 +8,8 @@ stderr go to its log; its result (or its error, as one line and the traceback in
 While :func:`stop_on_signals` is active, SIGINT or SIGTERM to the main job ends every running stage's group
 (SIGTERM, then SIGKILL after ``GRACE_S``) and raises :class:`Interrupted`: one message, a non-zero exit, no
 traceback, and no stage left behind. A stage also ends when the main job is killed outright (SIGKILL):
-it asks the kernel for SIGTERM when its parent dies (``PR_SET_PDEATHSIG``, Linux).
+it asks the kernel for SIGHUP when its parent dies (``PR_SET_PDEATHSIG``, Linux), ends its group, and removes
+the hand-over folder the dead main job can no longer remove.
 """
 from __future__ import annotations
 
@@ -34,6 +35,12 @@ GRACE_S = 5.0  # between SIGTERM and SIGKILL: a stage may finish writing a check
 # (benchmarks/bench_allocator.py; BENCHMARKS.md "The stage processes' heap"). Ignored where libc is not glibc; a
 # GLIBC_TUNABLES of the user's own is kept as it is.
 HEAP_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
+# The signal a stage asks the kernel for when the main job dies. Not SIGTERM, which the main job itself sends
+# (stop_all): the stage must know which one came, because the kernel sends it when the *thread* that started
+# the stage exits, and while a SIGKILLed main job's threads go one by one the stage is handed to a surviving
+# thread of the same process, so os.getppid() still names the dying main job. SIGHUP has no other sender
+# here: a stage leads a session of its own and has no terminal.
+MAIN_JOB_DIED = signal.SIGHUP
 ROOT = Path(__file__).resolve().parents[2]  # the checkout (or site-packages): the package must import from it
 
 _running: dict[int, subprocess.Popen] = {}
@@ -54,11 +61,13 @@ def run_in_process(fn: Callable[..., Any], args: tuple, log_path: Path, threads:
     env = {"GLIBC_TUNABLES": HEAP_TUNABLES, **os.environ, "OMP_NUM_THREADS": str(threads),
            "MKL_NUM_THREADS": str(threads),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    # The hand-over folder: the main job removes it when the stage ends, the stage when the main job died first.
     with tempfile.TemporaryDirectory(prefix="qarep-stage-") as tmp, open(log_path, "ab") as log:
         job, result = Path(tmp) / "job.pkl", Path(tmp) / "result.pkl"
-        job.write_bytes(pickle.dumps((fn, args, threads, os.getpid())))
-        proc = subprocess.Popen([sys.executable, "-m", __name__, str(job), str(result)], stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        job.write_bytes(pickle.dumps((fn, args, threads)))
+        proc = subprocess.Popen([sys.executable, "-m", __name__, str(job), str(result), str(os.getpid())],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
         with _lock:
             _running[proc.pid] = proc
         try:
@@ -116,42 +125,71 @@ def stop_on_signals() -> Iterator[None]:
 
 
 def _die_with(parent: int) -> None:
-    """Ask for SIGTERM when the main job dies (Linux); if it is already gone, stop now."""
+    """Ask for MAIN_JOB_DIED when the main job dies (Linux); if it is already gone, stop now."""
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, MAIN_JOB_DIED)  # 1 = PR_SET_PDEATHSIG
     if os.getppid() != parent:
         raise SystemExit(f"the main job (pid {parent}) is gone; not starting the stage")
 
 
+_main_job_died = False  # set in a stage when MAIN_JOB_DIED arrives
+
+
+def _note_main_job_died(signum: int, frame: Any) -> None:
+    global _main_job_died
+    _main_job_died = True
+
+
 def _end_group(signum: int, frame: Any) -> None:
-    """SIGTERM to a stage (from the main job, or the kernel when the main job died): pass it to what the stage
+    """SIGTERM (from the main job) or MAIN_JOB_DIED (from the kernel) to a stage: pass SIGTERM to what the stage
     started (its process group), then exit through ``finally`` blocks (claims are released, writes atomic)."""
+    if signum == MAIN_JOB_DIED:
+        _note_main_job_died(signum, frame)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(MAIN_JOB_DIED, _note_main_job_died)  # from now on only noted: the stage is already ending
     _signal_group(os.getpgid(0), signal.SIGTERM)
     sys.exit(143)
 
 
-def _child(job: Path, result: Path) -> None:
-    fn, args, threads, parent = pickle.loads(job.read_bytes())  # written by the main job, not a user's file
-    _die_with(parent)
-    import logging
-
-    import torch
-
-    torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stdout, force=True)
-    signal.signal(signal.SIGTERM, _end_group)
+def _child(job: Path, result: Path, parent: int) -> None:
+    # The handlers come first, so that a signal during the imports below also exits through the hand-over.
+    for sig in (signal.SIGTERM, MAIN_JOB_DIED):
+        signal.signal(sig, _end_group)
+    outcome: tuple = (False, "the stage was stopped before it finished")
     try:
+        _die_with(parent)
+        fn, args, threads = pickle.loads(job.read_bytes())  # written by the main job, not a user's file
+        import logging
+
+        import torch
+
+        torch.set_num_threads(threads)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                            stream=sys.stdout, force=True)
         outcome = (True, fn(*args))
     except BaseException as err:  # reported to the main job as one line; the traceback stays in the log
         if not isinstance(err, SystemExit):
             traceback.print_exc()
         first = str(err).splitlines()[0] if str(err) else ""
         outcome = (False, f"{type(err).__name__}: {first}")
-    sys.stdout.flush()
-    result.write_bytes(pickle.dumps(outcome))
+    finally:  # also when a signal's exit comes while the error above is reported
+        sys.stdout.flush()
+        _hand_over(outcome, job, result, parent)
+
+
+def _hand_over(outcome: tuple, job: Path, result: Path, parent: int) -> None:
+    """Write the result for the main job; or, if the main job died, remove its hand-over folder: a main job
+    killed outright (SIGKILL) never reaches the end of its ``TemporaryDirectory``, and nothing else would."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the work is done: no exit midway through the hand-over
+    signal.signal(MAIN_JOB_DIED, _note_main_job_died)
+    if not _main_job_died and os.getppid() == parent:
+        result.write_bytes(pickle.dumps(outcome))
+    if _main_job_died or os.getppid() != parent:  # asked again: the main job may have died during the write
+        for path in (result, job):  # the two files of this hand-over, then the folder if nothing else is in it
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            job.parent.rmdir()
 
 
 if __name__ == "__main__":
-    _child(Path(sys.argv[1]), Path(sys.argv[2]))
+    _child(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))
