@@ -60,6 +60,13 @@ RECIPES: dict[str, dict] = {
                              "train_cfg.val_interval": 4000, "default_hooks.checkpoint.interval": 4000,
                              "param_scheduler": [dict(type="PolyLR", eta_min=1e-4, power=0.9, begin=0, end=4000,
                                                       by_epoch=False)]}},
+    # The same steps on half the batch (8 canvases): half the compute of the main job's segmentors, which are a
+    # third of its stage time. Does the story survive (RepVGG collapses, QARepVGG holds, FP32 trained)?
+    "seg_lr0.1_4k_b8": {"seg": {"optim_wrapper.optimizer.lr": 0.1, "train_cfg.max_iters": 4000,
+                                "train_cfg.val_interval": 4000, "default_hooks.checkpoint.interval": 4000,
+                                "train_dataloader.batch_size": 8,
+                                "param_scheduler": [dict(type="PolyLR", eta_min=1e-4, power=0.9, begin=0, end=4000,
+                                                         by_epoch=False)]}},
     "det_lr0.02": {"det": ["optim.lr0=0.02"]},
     "det_lr0.03": {"det": ["optim.lr0=0.03"]},
     "det_lr0.04": {"det": ["optim.lr0=0.04"]},
