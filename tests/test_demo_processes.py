@@ -3,6 +3,7 @@ stage started; the main job says so in one line, exits non-zero, without a trace
 from __future__ import annotations
 
 import os
+import pickle
 import platform
 import signal
 import subprocess
@@ -84,6 +85,25 @@ def test_ctrl_c_sigterm_or_sigkill_of_the_main_job_ends_every_stage_group(tmp_pa
         time.sleep(0.05)
     assert not any(map(_alive, stages))  # each stage and its grandchild
     assert {sig.name: sorted(p.name for p in tmp[sig].iterdir()) for sig in sigs} == {sig.name: [] for sig in sigs}
+
+
+@pytest.mark.parametrize("stranger", [False, True])
+def test_a_stage_whose_main_job_is_gone_removes_its_hand_over_files_and_nothing_else(tmp_path, stranger):
+    """The stage is told a main job that is not its parent (pid 1): it does not run, writes no result, and removes
+    the two hand-over files, then the folder only if nothing else is in it."""
+    folder = tmp_path / "qarep-stage-x"
+    folder.mkdir()
+    job, result = folder / "job.pkl", folder / "result.pkl"
+    job.write_bytes(pickle.dumps((print, ("ran",), 1)))
+    if stranger:
+        (folder / "notes.txt").write_text("not the stage's")
+    done = subprocess.run([sys.executable, "-m", "qarep_dense.demo.processes", str(job), str(result), "1"], cwd=REPO,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert "ran" not in done.stdout
+    if stranger:
+        assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+    else:
+        assert not folder.exists()
 
 
 def test_a_stage_error_comes_back_as_one_line_and_its_traceback_stays_in_the_log(tmp_path):
