@@ -152,11 +152,11 @@ def _end_group(signum: int, frame: Any) -> None:
 
 
 def _child(job: Path, result: Path, parent: int) -> None:
-    # The handlers come first, so that a signal during the imports below also exits through the hand-over.
-    for sig in (signal.SIGTERM, MAIN_JOB_DIED):
-        signal.signal(sig, _end_group)
     outcome: tuple = (False, "the stage was stopped before it finished")
     try:
+        # The handlers come first, so that a signal during the imports below also exits through the hand-over.
+        for sig in (signal.SIGTERM, MAIN_JOB_DIED):
+            signal.signal(sig, _end_group)
         _die_with(parent)
         fn, args, threads = pickle.loads(job.read_bytes())  # written by the main job, not a user's file
         import logging
