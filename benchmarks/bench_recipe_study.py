@@ -45,9 +45,6 @@ RECIPES: dict[str, list[str]] = {
     "s16_nowarm_e40": [*AGGRESSIVE, "optim.warmup_epochs=0", "optim.epochs=40", "data.image_size=16"],
     "s16_warm2_e40": [*AGGRESSIVE, "optim.warmup_epochs=2", "optim.epochs=40", "data.image_size=16"],
     "s24_nowarm_e40": [*AGGRESSIVE, "optim.warmup_epochs=0", "optim.epochs=40", "data.image_size=24"],
-    # 20x20: about 0.7x the compute of the main job's 24x24 per epoch; between 16 (more dead channels, but
-    # QARepVGG did not train) and 24
-    "s20_nowarm_e40": [*AGGRESSIVE, "optim.warmup_epochs=0", "optim.epochs=40", "data.image_size=20"],
     "s16_nowarm_e80": [*AGGRESSIVE, "optim.warmup_epochs=0", "optim.epochs=80", "data.image_size=16"],
     "s16_nowarm_e80_lr0.8": ["optim.lr=0.8", "optim.weight_decay=5e-4", "optim.warmup_epochs=0", "optim.epochs=80",
                              "data.image_size=16"],
