@@ -239,8 +239,10 @@ def test_generator_deterministic_and_reused(tmp_path):
     stamp = a["train_ann"].stat().st_mtime_ns
     generate_coco(tmp_path / "a", 3, 2, 64, seed=5, num_classes=3)
     assert a["train_ann"].stat().st_mtime_ns == stamp  # same parameters: skipped
-    generate_coco(tmp_path / "a", 4, 2, 64, seed=5, num_classes=3)
-    assert len(json.loads(a["train_ann"].read_text())["images"]) == 4  # new parameters: regenerated
+    with pytest.raises(FileExistsError, match=r"a: holds synthetic-coco data generated with other settings "
+                                              r"\(num_train 3 -> 4\)"):
+        generate_coco(tmp_path / "a", 4, 2, 64, seed=5, num_classes=3)  # new parameters: refused, not regenerated
+    assert a["train_ann"].stat().st_mtime_ns == stamp
 
 
 def test_generator_content(syn):

@@ -48,21 +48,46 @@ def test_synthetic_coco_refuses_a_users_folder(tmp_path):
 
 
 def test_regeneration_removes_only_what_the_generator_wrote(tmp_path):
+    """A damaged export (one of its images deleted) is generated again; the user's files beside and inside it
+    stay, and stay the user's."""
     root = tmp_path / "syn"
-    generate_coco(root, 3, 2, 64, seed=1, num_classes=2)
+    paths = generate_coco(root, 3, 2, 64, seed=1, num_classes=2)
     mine = {root / "images" / "train" / "keep.jpg": b"user", root / "annotations" / "notes.json": b"{}",
             root / "README.txt": b"user notes"}
     for path, data in mine.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-    paths = generate_coco(root, 4, 2, 64, seed=2, num_classes=2)  # other settings: regenerate
-    assert len(json.loads(paths["train_ann"].read_text())["images"]) == 4
-    assert sorted(p.name for p in paths["train_images"].iterdir()) == [*(f"{i:06d}.jpg" for i in range(1, 5)),
+    (paths["train_images"] / "000002.jpg").unlink()
+    generate_coco(root, 3, 2, 64, seed=1, num_classes=2)
+    assert sorted(p.name for p in paths["train_images"].iterdir()) == [*(f"{i:06d}.jpg" for i in range(1, 4)),
                                                                       "keep.jpg"]
     assert unchanged(mine)  # a file planted inside a folder the generator writes stays, and stays the user's
     record = json.loads((root / RECORD).read_text())
     assert "images/train/keep.jpg" not in record["files"] and "images/train/keep.jpg" in record["foreign"]
-    assert record["info"]["counts"] == {"train": 4, "val": 2}
+    assert record["info"]["counts"] == {"train": 3, "val": 2}
+
+
+@pytest.mark.parametrize("generator", ["digits", "coco", "shapes"])
+def test_a_complete_export_is_never_regenerated_in_place_with_other_settings(tmp_path, generator):
+    """Another run may be reading it (a training at another image size on the same data root would read the new
+    images, resized to its own size, without a word): refused, naming the settings that differ; nothing changes."""
+    root = tmp_path / "data"
+    first, other, changed = {
+        "digits": (lambda: export_digits(root, size=24), lambda: export_digits(root, size=20), r"size 24 -> 20"),
+        "coco": (lambda: generate_coco(root, 2, 1, 64, num_classes=2),
+                 lambda: generate_coco(root, 2, 1, 64, seed=3, num_classes=2), r"seed 0 -> 3"),
+        "shapes": (lambda: generate_imagefolder(root, num_classes=2, per_class_train=2, per_class_val=1, size=16),
+                   lambda: generate_imagefolder(root, num_classes=2, per_class_train=2, per_class_val=1, size=24),
+                   r"size 16 -> 24"),
+    }[generator]
+    first()
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+    with pytest.raises(FileExistsError, match=rf"data: holds .* data generated with other settings \({changed}\); "
+                                              r"regenerating it in place would change the files under any run "
+                                              r"reading them"):
+        other()
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()} == before
+    first()  # its own settings: reused as before
 
 
 def test_a_deleted_or_edited_file_triggers_regeneration(tmp_path):
@@ -83,15 +108,17 @@ def test_foreign_record_is_never_trusted(tmp_path):
     assert (tmp_path / "a" / RECORD).read_text() == '{"their": "record"}'
 
 
-def test_regenerating_with_other_settings_keeps_a_users_image_in_a_split(tmp_path):
+def test_regenerating_a_damaged_export_keeps_a_users_image_in_a_split(tmp_path):
     """A user's image inside train/<class>/ of a generated dataset survives a regeneration (it used to go
     with the whole split folder)."""
     out = generate_imagefolder(tmp_path / "syn", num_classes=2, per_class_train=2, per_class_val=1, size=16)
     photo = out / "train" / "circle" / "user_added_photo.png"
     photo.write_bytes(b"user photo")
-    generate_imagefolder(out, num_classes=2, per_class_train=3, per_class_val=1, size=16)
+    generated = sorted((out / "train" / "circle").glob("0*.png"))
+    generated[0].unlink()
+    generate_imagefolder(out, num_classes=2, per_class_train=2, per_class_val=1, size=16)
     assert photo.read_bytes() == b"user photo"
-    assert len(list((out / "train" / "circle").glob("0*.png"))) == 3
+    assert sorted((out / "train" / "circle").glob("0*.png")) == generated
 
 
 def test_another_generator_refuses_a_generated_dataset_of_another_kind(tmp_path):

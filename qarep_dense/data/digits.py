@@ -64,10 +64,10 @@ def export_digits(out_dir: str | os.PathLike, size: int = 32, seed: int = 0) -> 
     spec = {"dataset": "sklearn-digits", "size": size, "seed": seed, "split": "stratified-80-20", "version": 1}
     if sealed(out_dir, "sklearn-digits", spec):
         return out_dir
-    log.info("exporting scikit-learn digits at %dx%d to %s", size, size, out_dir)
-    images, labels = digits_images(size)
-    train_idx, val_idx = digits_split(labels, seed)
     with claim(out_dir, "sklearn-digits", spec, writes=("train", "val"), shared=True) as out:
+        log.info("exporting scikit-learn digits at %dx%d to %s", size, size, out_dir)
+        images, labels = digits_images(size)
+        train_idx, val_idx = digits_split(labels, seed)
         counts = {}
         for split, ids in (("train", train_idx), ("val", val_idx)):
             for label in range(10):

@@ -6,7 +6,8 @@ pipeline, the PTQ table, exports, the main job).
 
 * a folder with no record of ours must be empty (``shared``: a dataset root, where only the ``writes``
   paths must be): otherwise :class:`ClaimError` names the path and its first foreign files and nothing is
-  changed. A record of another writer (``owner``) is refused the same way;
+  changed. A record of another writer (``owner``) is refused the same way, and so is a complete dataset
+  (``shared``) of other settings, which another run may be reading;
 * a lock (``fcntl.flock`` on ``.written.lock`` beside the record) keeps a second run out while the first
   holds the claim: it gets ``in use by pid N``. The kernel drops the lock when its process ends, however
   it ends, so a killed run never blocks the next one;
@@ -165,6 +166,15 @@ def _as_json(data: Any) -> Any:
     return json.loads(json.dumps(data, default=str))
 
 
+def _changed(recorded: Any, spec: Any) -> str:
+    """The settings that differ, ``key recorded -> asked`` (the whole specs when they are not dicts)."""
+    asked = _as_json(spec)
+    if not isinstance(recorded, dict) or not isinstance(asked, dict):
+        return f"{recorded} -> {asked}"
+    keys = sorted(set(recorded) | set(asked), key=str)
+    return ", ".join(f"{k} {recorded.get(k)} -> {asked.get(k)}" for k in keys if recorded.get(k) != asked.get(k))
+
+
 def _matches(rel: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatch(PurePosixPath(rel).name, p) for p in patterns)
 
@@ -250,7 +260,8 @@ def claim(root: str | os.PathLike, owner: str, spec: Any = None, *, writes: Iter
 
     writes: the paths (relative, files or folders) the run writes: a file of someone else's there is refused.
     shared: the folder may hold other files (a dataset root beside a user's files): without a record only the
-    ``writes`` paths must be free of them.
+    ``writes`` paths must be free of them. A generated dataset is also never regenerated in place with other
+    settings (a complete record of another ``spec`` is refused): another run may be reading it.
     keep: keep the files of the earlier run (a resumed training) instead of removing them.
     label: the option that named the path (``--out``), for messages. unhashed: name patterns of files
     recorded without a hash (logs a run appends to). adopt: relative-path patterns of files only this writer
@@ -311,6 +322,10 @@ def _take(root: Path, only: str | None, owner: str, spec: Any, fd: int, where: s
         if record.get("owner") not in (None, owner):
             raise ClaimError(f"{where}: holds the output of {record['owner']!r}, not of {owner!r}; choose another "
                              "path (nothing was changed)")
+        if shared and record.get("status") == "complete" and "spec" in record and record["spec"] != _as_json(spec):
+            raise ClaimError(f"{where}: holds {owner} data generated with other settings ({_changed(record['spec'], spec)});"
+                             " regenerating it in place would change the files under any run reading them: choose "
+                             "another path for these settings, or move this folder away (nothing was changed)")
         mine = _ours(record, present, root, where, unhashed) | _adopted(present, adopt)
         clash = sorted(w for w in writes or () if w in present - mine)
         if clash:
