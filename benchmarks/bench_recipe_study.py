@@ -71,12 +71,10 @@ def train_run(recipe: str, seed: int, block: str, work: Path, data_root: Path) -
 
     run = run_dir(work, recipe, seed, block)
     if not (run / "results.json").is_file():
-        sets = RECIPES[recipe]
-        # One export per image size: a generated dataset is never regenerated in place with other settings
-        size = next((s.split("=", 1)[1] for s in sets if s.startswith("data.image_size=")), "base")
-        root = data_root / f"{'synthetic' if 'data.kind=synthetic' in sets else 'digits'}_{size}"
-        cfg = load_config(BASE, ClsConfig, [*sets, *BLOCKS[block], f"train.seed={seed}", f"data.root={root}",
+        cfg = load_config(BASE, ClsConfig, [*RECIPES[recipe], *BLOCKS[block], f"train.seed={seed}",
                                             "train.progress=false", "train.deterministic=true"])
+        # One export per kind and size: a generated dataset is never regenerated in place with other settings
+        cfg.data.root = str(data_root / f"{cfg.data.kind}_{cfg.data.image_size}")
         cpu0, wall0 = time.process_time(), time.perf_counter()
         results = train(cfg, run, device="cpu")
         results["cpu_seconds"] = time.process_time() - cpu0

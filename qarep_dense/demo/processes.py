@@ -128,7 +128,7 @@ def _die_with(parent: int) -> None:
     """Ask for MAIN_JOB_DIED when the main job dies (Linux); if it is already gone, stop now."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, MAIN_JOB_DIED)  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() != parent:
+    if _main_job_gone(parent):
         raise SystemExit(f"the main job (pid {parent}) is gone; not starting the stage")
 
 
@@ -140,13 +140,22 @@ def _note_main_job_died(signum: int, frame: Any) -> None:
     _main_job_died = True
 
 
+def _main_job_gone(parent: int) -> bool:
+    return _main_job_died or os.getppid() != parent
+
+
+def _stop_exiting_on_signals() -> None:
+    """From now on SIGTERM is ignored and MAIN_JOB_DIED only noted: the stage is already ending."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(MAIN_JOB_DIED, _note_main_job_died)
+
+
 def _end_group(signum: int, frame: Any) -> None:
     """SIGTERM (from the main job) or MAIN_JOB_DIED (from the kernel) to a stage: pass SIGTERM to what the stage
     started (its process group), then exit through ``finally`` blocks (claims are released, writes atomic)."""
     if signum == MAIN_JOB_DIED:
         _note_main_job_died(signum, frame)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(MAIN_JOB_DIED, _note_main_job_died)  # from now on only noted: the stage is already ending
+    _stop_exiting_on_signals()
     _signal_group(os.getpgid(0), signal.SIGTERM)
     sys.exit(143)
 
@@ -180,11 +189,10 @@ def _child(job: Path, result: Path, parent: int) -> None:
 def _hand_over(outcome: tuple, job: Path, result: Path, parent: int) -> None:
     """Write the result for the main job; or, if the main job died, remove its hand-over folder: a main job
     killed outright (SIGKILL) never reaches the end of its ``TemporaryDirectory``, and nothing else would."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the work is done: no exit midway through the hand-over
-    signal.signal(MAIN_JOB_DIED, _note_main_job_died)
-    if not _main_job_died and os.getppid() == parent:
+    _stop_exiting_on_signals()  # the work is done: no exit midway through the hand-over
+    if not _main_job_gone(parent):
         result.write_bytes(pickle.dumps(outcome))
-    if _main_job_died or os.getppid() != parent:  # asked again: the main job may have died during the write
+    if _main_job_gone(parent):  # asked again: the main job may have died during the write
         for path in (result, job):  # the two files of this hand-over, then the folder if nothing else is in it
             path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):

@@ -166,9 +166,8 @@ def _as_json(data: Any) -> Any:
     return json.loads(json.dumps(data, default=str))
 
 
-def _changed(recorded: Any, spec: Any) -> str:
+def _changed(recorded: Any, asked: Any) -> str:
     """The settings that differ, ``key recorded -> asked`` (the whole specs when they are not dicts)."""
-    asked = _as_json(spec)
     if not isinstance(recorded, dict) or not isinstance(asked, dict):
         return f"{recorded} -> {asked}"
     keys = sorted(set(recorded) | set(asked), key=str)
@@ -322,8 +321,9 @@ def _take(root: Path, only: str | None, owner: str, spec: Any, fd: int, where: s
         if record.get("owner") not in (None, owner):
             raise ClaimError(f"{where}: holds the output of {record['owner']!r}, not of {owner!r}; choose another "
                              "path (nothing was changed)")
-        if shared and record.get("status") == "complete" and "spec" in record and record["spec"] != _as_json(spec):
-            raise ClaimError(f"{where}: holds {owner} data generated with other settings ({_changed(record['spec'], spec)});"
+        asked = _as_json(spec)
+        if shared and record.get("status") == "complete" and "spec" in record and record["spec"] != asked:
+            raise ClaimError(f"{where}: holds {owner} data generated with other settings ({_changed(record['spec'], asked)});"
                              " regenerating it in place would change the files under any run reading them: choose "
                              "another path for these settings, or move this folder away (nothing was changed)")
         mine = _ours(record, present, root, where, unhashed) | _adopted(present, adopt)
