@@ -5,7 +5,7 @@
 #                                             pictures; results and summary.md in work_dirs/demo/ (48 minutes on
 #                                             2 cores of the slowest machine measured: two one-thread stages at a time)
 #   bash scripts/demo.sh --cls-models repvgg_custom,qarepvgg,repopt   RepOpt-VGG's classification rows too
-#   bash scripts/demo.sh --quick              one seed's story, classification and detection (about 10 minutes)
+#   bash scripts/demo.sh --quick              one seed's story, classification and detection (10-15 minutes)
 #   bash scripts/demo.sh --tasks cls          any subset of cls,det,seg
 # A rerun reuses every finished stage (work_dirs/demo/.stages/) and redoes only what is missing.
 # Other options: python tools/demo.py --help

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -34,6 +34,7 @@ from ..fileio import claim, write_json_atomic, write_text_atomic
 from . import cls_story, stage_jobs
 from .config_digest import config_digest
 from .processes import run_in_process, stop_on_signals
+from .progress import TimeLeft, describe, expected_seconds
 from .speed import measure_speed
 from .stages import Stage, StageRunner
 from .results import DENSE_PAIR, RESULTS_FILE, dense_stage, write_results
@@ -122,7 +123,7 @@ class DemoOptions:
     """What the user asked for (tools/demo.py's command line)."""
 
     out: Path | None = None  # default: DEFAULT_OUT of the profile
-    tasks: list[str] | None = None  # default: all three; --quick: cls,det (to fit about 10 minutes)
+    tasks: list[str] | None = None  # default: all three; --quick: cls,det (10-15 minutes)
     profile: str = "full"  # full | quick (one seed, fewer epochs) | tiny (toy models, for the tests)
     seeds: list[int] | None = None  # default: the profile's
     cls_epochs: int | None = None
@@ -250,8 +251,19 @@ class Demo:
         (no marker) and the others go on, so one diverged training does not hide the rest. A stage that
         needs a failed one's outputs is not run and says why."""
         stages = [j if isinstance(j, Stage) else Stage(*j) for j in jobs]
-        with tqdm(total=len(stages), desc=f"demo {desc}", unit="stage") as bar:
-            self.failed.update(self.stages.run_all(stages, self.opts.jobs, lambda name, err: bar.update()))
+        # the time left weighs each stage by its expected cost (tqdm's own estimate counts stages: see .progress)
+        left = TimeLeft(expected_seconds([st.name for st in stages], self.prof.cls_epochs, self.prof.det_epochs),
+                        self.opts.jobs, alone=[st.name for st in stages if st.alone])
+        stages = [replace(st, fn=left.timed(st.name, st.fn)) for st in stages]
+
+        def done(name: str, err: BaseException | None) -> None:
+            left.finished(name)
+            bar.set_postfix_str(describe(left.seconds_left()), refresh=False)
+            bar.update()
+
+        with tqdm(total=len(stages), desc=f"demo {desc}", unit="stage", postfix=describe(left.seconds_left()),
+                  bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} stages [{elapsed}{postfix}]") as bar:
+            self.failed.update(self.stages.run_all(stages, self.opts.jobs, done))
 
     # --- classification --------------------------------------------------------------------------
 
