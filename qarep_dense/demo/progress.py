@@ -8,8 +8,9 @@ weighs what it is expected to cost:
 * :data:`REFERENCE_SECONDS`: each kind of stage's time in the default run on the slowest machine measured (the
   AVX2-only AMD EPYC, 2026-12-07, commit c573d8a: its stage records, one thread per stage), scaled to the run's
   recipe (epochs). Only the ratios matter: the *pace* corrects the scale.
-* the pace: the seconds the finished stages of this run took per reference second (1 until one has finished). A
-  faster machine, or a quieter hour, is seen after the first stage.
+* the pace: the seconds the finished stages of this run took per reference second, counting the stages of a
+  minute or more (1 until one has finished). A faster machine, or a quieter hour, is seen after the first
+  training.
 * time left: the pace times what is left (the stages not started, and what is left of the running ones), shared
   by the workers and never less than the longest one of them (a stage runs on one worker), plus the stages that
   run alone (the latency measurements) in full.
@@ -34,7 +35,7 @@ REFERENCE_SECONDS: dict[str, float] = {
 }
 OTHER_SECONDS = 15.0  # a stage kind the table does not know (a test's): a short measurement
 # Stages shorter than this (on the reference run) say little about the machine's pace: their time is mostly
-# the stage process's start (importing torch), so the pace is measured on the longer ones once there are any.
+# the stage process's start (importing torch), so the pace is measured on the longer ones only.
 PACE_FROM_SECONDS = 60.0
 
 
@@ -88,13 +89,11 @@ class TimeLeft:
                 self.took[name] = self.clock() - start
 
     def pace(self) -> float:
-        """Seconds per reference second, from the finished stages (the long ones once any has finished)."""
-        ran = [n for n in self.took if self.expected.get(n, 0) > 0]
-        long = [n for n in ran if self.expected[n] >= PACE_FROM_SECONDS]
-        use = long or ran
-        if not use:
+        """Seconds per reference second, from the long stages that finished (1 until one has)."""
+        long = [n for n in self.took if self.expected.get(n, 0) >= PACE_FROM_SECONDS]
+        if not long:
             return 1.0
-        return sum(self.took[n] for n in use) / sum(self.expected[n] for n in use)
+        return sum(self.took[n] for n in long) / sum(self.expected[n] for n in long)
 
     def seconds_left(self) -> float:
         with self._lock:
