@@ -60,7 +60,8 @@ def reference_seconds(name: str, cls_epochs: int = 40, det_epochs: int = 10) -> 
 class TimeLeft:
     """Tracks the stages of one ``run_all`` and estimates the wall time left.
 
-    ``timed(name, fn)`` wraps a stage's function so that its start is seen; ``finished(name)`` is called as
+    ``expected``: every stage's reference seconds (:func:`expected_seconds`); ``timed(name, fn)`` wraps a
+    stage's function so that its start is seen; ``finished(name)`` is called as
     each stage ends (a stage reused from an earlier run ends without starting: it costs nothing and says
     nothing about the pace). ``clock``: injectable for the tests.
     """
@@ -90,7 +91,7 @@ class TimeLeft:
 
     def pace(self) -> float:
         """Seconds per reference second, from the long stages that finished (1 until one has)."""
-        long = [n for n in self.took if self.expected.get(n, 0) >= PACE_FROM_SECONDS]
+        long = [n for n in self.took if self.expected[n] >= PACE_FROM_SECONDS]
         if not long:
             return 1.0
         return sum(self.took[n] for n in long) / sum(self.expected[n] for n in long)
@@ -98,8 +99,7 @@ class TimeLeft:
     def seconds_left(self) -> float:
         with self._lock:
             pace, now = self.pace(), self.clock()
-            running = [max(pace * self.expected.get(n, OTHER_SECONDS) - (now - t), 0.0)
-                       for n, t in self.started.items()]
+            running = [max(pace * self.expected[n] - (now - t), 0.0) for n, t in self.started.items()]
             waiting = {n: pace * s for n, s in self.expected.items() if n not in self.ended and n not in self.started}
         shared = [s for n, s in waiting.items() if n not in self.alone] + running
         alone = sum(s for n, s in waiting.items() if n in self.alone)
